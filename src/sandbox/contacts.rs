@@ -1,0 +1,312 @@
+//! `GET /v3/contacts`: filters, include, count, keyset paging on contact_id.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use axum::Extension;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::pipeline::AuthCtx;
+use super::respond::{bad_request, json};
+use super::state::{
+    Contact, ContactOut, Inner, Ts, INC_CUSTOM_FIELDS, INC_LIST_MEMBERSHIPS, INC_NOTES,
+    INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS,
+};
+use super::{cursor, state::parse_ts};
+
+/// Contact status filter values (spec enum of `GET /contacts` `status`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum StatusF {
+    All,
+    Active,
+    Deleted,
+    NotSet,
+    PendingConfirmation,
+    TempHold,
+    Unsubscribed,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ContactQuery {
+    statuses: Vec<StatusF>,
+    email: Option<String>,
+    lists: Option<HashSet<Uuid>>,
+    tags: Option<HashSet<Uuid>>,
+    updated_after: Option<Ts>,
+    updated_before: Option<Ts>,
+    created_after: Option<Ts>,
+    created_before: Option<Ts>,
+    optout_after: Option<Ts>,
+    optout_before: Option<Ts>,
+    include: u8,
+    include_count: bool,
+    limit: usize,
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "true" | "TRUE" | "True" => Ok(true),
+        "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("Invalid value for {name}: {v}")),
+    }
+}
+
+fn parse_ids(name: &str, v: &str, max: usize) -> Result<HashSet<Uuid>, String> {
+    let mut out = HashSet::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let id = Uuid::parse_str(part).map_err(|_| format!("Invalid id in {name}: {part}"))?;
+        out.insert(id);
+    }
+    if out.len() > max {
+        return Err(format!("{name} accepts at most {max} ids"));
+    }
+    if out.is_empty() {
+        return Err(format!("{name} must not be empty"));
+    }
+    Ok(out)
+}
+
+pub(crate) fn parse_limit(v: Option<&str>, max: usize) -> Result<usize, String> {
+    match v {
+        None => Ok(50),
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(n) if n >= 1 && n as u64 <= max as u64 => Ok(n as usize),
+            _ => Err(format!(
+                "limit must be an integer between 1 and {max}, got {s}"
+            )),
+        },
+    }
+}
+
+impl ContactQuery {
+    pub(crate) fn parse(params: &[(String, String)]) -> Result<ContactQuery, String> {
+        let get = |k: &str| {
+            params
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let date = |k: &str| -> Result<Option<Ts>, String> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => parse_ts(v)
+                    .map(Some)
+                    .ok_or_else(|| format!("Invalid date-time for {k}: {v}")),
+            }
+        };
+        let mut q = ContactQuery {
+            limit: parse_limit(get("limit"), 500)?,
+            ..Default::default()
+        };
+        if let Some(s) = get("status") {
+            for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                q.statuses.push(match part {
+                    "all" => StatusF::All,
+                    "active" => StatusF::Active,
+                    "deleted" => StatusF::Deleted,
+                    "not_set" => StatusF::NotSet,
+                    "pending_confirmation" => StatusF::PendingConfirmation,
+                    "temp_hold" => StatusF::TempHold,
+                    "unsubscribed" => StatusF::Unsubscribed,
+                    other => return Err(format!("Invalid status: {other}")),
+                });
+            }
+        }
+        q.email = get("email").map(|e| e.trim().to_lowercase());
+        if let Some(v) = get("lists") {
+            q.lists = Some(parse_ids("lists", v, 25)?);
+        }
+        if let Some(v) = get("tags") {
+            q.tags = Some(parse_ids("tags", v, 50)?);
+        }
+        if get("segment_id").is_some() {
+            return Err("segment_id is not supported by the sandbox".into());
+        }
+        q.updated_after = date("updated_after")?;
+        q.updated_before = date("updated_before")?;
+        q.created_after = date("created_after")?;
+        q.created_before = date("created_before")?;
+        q.optout_after = date("optout_after")?;
+        q.optout_before = date("optout_before")?;
+        if let Some(inc) = get("include") {
+            for part in inc.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                q.include |= match part {
+                    "custom_fields" => INC_CUSTOM_FIELDS,
+                    "list_memberships" => INC_LIST_MEMBERSHIPS,
+                    "phone_numbers" => INC_PHONE_NUMBERS,
+                    "street_addresses" => INC_STREET_ADDRESSES,
+                    "taggings" => INC_TAGGINGS,
+                    "notes" => INC_NOTES,
+                    other => return Err(format!("Invalid include value: {other}")),
+                };
+            }
+        }
+        if let Some(v) = get("include_count") {
+            q.include_count = parse_bool("include_count", v)?;
+        }
+        Ok(q)
+    }
+
+    fn status_ok(&self, c: &Contact) -> bool {
+        let deleted = c.is_deleted();
+        if self.statuses.is_empty() {
+            return !deleted;
+        }
+        let perm = c.permission();
+        self.statuses.iter().any(|s| match s {
+            StatusF::All => true,
+            StatusF::Deleted => deleted,
+            StatusF::Active => !deleted && perm != "unsubscribed",
+            StatusF::Unsubscribed => !deleted && perm == "unsubscribed",
+            StatusF::NotSet => !deleted && perm == "not_set",
+            StatusF::PendingConfirmation => !deleted && perm == "pending_confirmation",
+            StatusF::TempHold => !deleted && perm == "temp_hold",
+        })
+    }
+
+    pub(crate) fn matches(&self, c: &Contact) -> bool {
+        if !self.status_ok(c) {
+            return false;
+        }
+        let core = &c.core;
+        if let Some(e) = &self.email {
+            if !core.email_address.address.eq_ignore_ascii_case(e) {
+                return false;
+            }
+        }
+        if let Some(a) = self.updated_after {
+            if core.updated_at <= a {
+                return false;
+            }
+        }
+        if let Some(b) = self.updated_before {
+            if core.updated_at >= b {
+                return false;
+            }
+        }
+        if let Some(a) = self.created_after {
+            if core.created_at <= a {
+                return false;
+            }
+        }
+        if let Some(b) = self.created_before {
+            if core.created_at >= b {
+                return false;
+            }
+        }
+        if self.optout_after.is_some() || self.optout_before.is_some() {
+            let Some(d) = core.email_address.opt_out_date else {
+                return false;
+            };
+            if self.optout_after.is_some_and(|a| d <= a) {
+                return false;
+            }
+            if self.optout_before.is_some_and(|b| d >= b) {
+                return false;
+            }
+        }
+        if let Some(lists) = &self.lists {
+            if !c.subs.list_memberships.iter().any(|l| lists.contains(l)) {
+                return false;
+            }
+        }
+        if let Some(tags) = &self.tags {
+            if !c.subs.taggings.iter().any(|t| tags.contains(t)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Serialize)]
+struct Href {
+    href: String,
+}
+#[derive(Serialize)]
+pub(crate) struct PagingLinks {
+    next: Href,
+}
+
+pub(crate) fn next_links(path: &str, cursor: Option<String>) -> Option<PagingLinks> {
+    cursor.map(|c| PagingLinks {
+        next: Href {
+            href: format!("{path}?cursor={c}"),
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct ContactsBody<'a> {
+    contacts: Vec<ContactOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contacts_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    _links: Option<PagingLinks>,
+}
+
+pub(crate) async fn list_contacts(
+    State(inner): State<Arc<Inner>>,
+    Extension(auth): Extension<AuthCtx>,
+    uri: Uri,
+) -> Response {
+    let (params, after) = match cursor::request_params(&uri) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&e),
+    };
+    let q = match ContactQuery::parse(&params) {
+        Ok(q) => q,
+        Err(e) => return bad_request(&e),
+    };
+    let (page, count, more) = {
+        let mut st = inner.lock();
+        super::activities::tick(&inner, &mut st, &auth.account);
+        let Some(acct) = st.accounts.get(&auth.account) else {
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"contacts": [], "contacts_count": 0}),
+            );
+        };
+        let lower = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut page: Vec<Arc<Contact>> = Vec::with_capacity(q.limit.min(512));
+        let mut more = false;
+        for c in acct
+            .contacts
+            .range((lower, Bound::Unbounded))
+            .map(|(_, c)| c)
+        {
+            if q.matches(c) {
+                if page.len() == q.limit {
+                    more = true;
+                    break;
+                }
+                page.push(Arc::clone(c));
+            }
+        }
+        let count = q
+            .include_count
+            .then(|| acct.contacts.values().filter(|c| q.matches(c)).count());
+        (page, count, more)
+    };
+    let next = if more {
+        page.last()
+            .map(|c| cursor::encode(&params, c.core.contact_id))
+    } else {
+        None
+    };
+    let body = ContactsBody {
+        contacts: page.iter().map(|c| ContactOut::new(c, q.include)).collect(),
+        contacts_count: count,
+        _links: next_links("/v3/contacts", next),
+    };
+    json(StatusCode::OK, &body)
+}

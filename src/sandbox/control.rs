@@ -1,0 +1,320 @@
+//! Control HTTP API under `/__control/` (no auth, loopback clients only).
+//!
+//! - `POST /__control/accounts/{account}/contacts` `{"email", "first_name"?, "list_ids"?}` → `{"contact_id"}`
+//! - `GET  /__control/accounts/{account}/contacts/{id}` → the stored contact
+//! - `POST /__control/accounts/{account}/contacts/{id}/unsubscribe` `{"reason"?}`
+//! - `POST /__control/accounts/{account}/contacts/{id}/resubscribe`
+//! - `POST /__control/accounts/{account}/contacts/{id}/delete` and `/restore`
+//! - `POST /__control/accounts/{account}/contacts/{id}/leave/{list_id}` and `/join/{list_id}`
+//! - `POST /__control/accounts/{account}/lists` `{"name"}` → `{"list_id"}`
+//! - `POST /__control/accounts/{account}/lists/{list_id}/delete`
+//! - `POST /__control/accounts/{account}/generate` `{"contacts","lists","seed"}`
+//! - `POST /__control/accounts/{account}/refresh_token` → `{"refresh_token"}`
+//! - `POST /__control/clock/advance` `{"seconds": n}` → `{"now"}`
+//! - `POST /__control/faults` (a `Fault` as JSON, tagged by `"kind"`, e.g.
+//!   `{"kind":"status","path_prefix":"/v3/contacts","status":503,"times":2}`;
+//!   latency `delay` in milliseconds); `DELETE /__control/faults` clears them
+//! - `POST /__control/limits` `{"requests_per_second": f|null, "daily_quota": n|null}`
+//! - `GET  /__control/requests` → the request log
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::ctl::AccountCtl;
+use super::respond::{self, json};
+use super::state::Inner;
+use super::Fault;
+
+type Rejected<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn ctl(inner: &Arc<Inner>, account: &str) -> AccountCtl {
+    inner.lock().account_mut(account);
+    AccountCtl::new(Arc::clone(inner), account)
+}
+
+fn ok() -> Response {
+    json(StatusCode::OK, &json!({"ok": true}))
+}
+
+fn bad_json(e: axum::extract::rejection::JsonRejection) -> Response {
+    respond::error_array(
+        StatusCode::BAD_REQUEST,
+        "control.bad_request",
+        &e.body_text(),
+    )
+}
+
+#[derive(Deserialize)]
+struct NewContact {
+    email: String,
+    first_name: Option<String>,
+    #[serde(default)]
+    list_ids: Vec<Uuid>,
+}
+
+async fn create_contact(
+    State(inner): State<Arc<Inner>>,
+    Path(account): Path<String>,
+    body: Rejected<NewContact>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    let id = ctl(&inner, &account).create_contact(&b.email, b.first_name.as_deref(), &b.list_ids);
+    json(StatusCode::OK, &json!({"contact_id": id}))
+}
+
+async fn get_contact(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+) -> Response {
+    match ctl(&inner, &account).contact(id) {
+        Some(c) => json(StatusCode::OK, &c),
+        None => respond::not_found("no such contact"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Reason {
+    reason: Option<String>,
+}
+
+async fn unsubscribe(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+    body: Option<Json<Reason>>,
+) -> Response {
+    let reason = body.and_then(|b| b.0.reason);
+    ctl(&inner, &account).unsubscribe(id, reason.as_deref());
+    ok()
+}
+
+async fn resubscribe(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).resubscribe(id);
+    ok()
+}
+
+async fn delete_contact(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).delete_contact(id);
+    ok()
+}
+
+async fn restore_contact(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).restore_contact(id);
+    ok()
+}
+
+async fn leave(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id, list)): Path<(String, Uuid, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).leave_list(id, list);
+    ok()
+}
+
+async fn join(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id, list)): Path<(String, Uuid, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).join_list(id, list);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct NewList {
+    name: String,
+}
+
+async fn create_list(
+    State(inner): State<Arc<Inner>>,
+    Path(account): Path<String>,
+    body: Rejected<NewList>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    let id = ctl(&inner, &account).create_list(&b.name);
+    json(StatusCode::OK, &json!({"list_id": id}))
+}
+
+async fn delete_list(
+    State(inner): State<Arc<Inner>>,
+    Path((account, list)): Path<(String, Uuid)>,
+) -> Response {
+    ctl(&inner, &account).delete_list(list);
+    ok()
+}
+
+#[derive(Deserialize)]
+struct Generate {
+    contacts: usize,
+    #[serde(default)]
+    lists: usize,
+    #[serde(default)]
+    seed: u64,
+}
+
+async fn generate(
+    State(inner): State<Arc<Inner>>,
+    Path(account): Path<String>,
+    body: Rejected<Generate>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    let c = ctl(&inner, &account);
+    let res = tokio::task::spawn_blocking(move || c.generate(b.contacts, b.lists, b.seed)).await;
+    match res {
+        Ok(()) => ok(),
+        Err(e) => respond::error_array(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "control.generate",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn refresh_token(State(inner): State<Arc<Inner>>, Path(account): Path<String>) -> Response {
+    let rt = ctl(&inner, &account).seed_refresh_token();
+    json(StatusCode::OK, &json!({"refresh_token": rt}))
+}
+
+#[derive(Deserialize)]
+struct Advance {
+    seconds: f64,
+}
+
+async fn advance(State(inner): State<Arc<Inner>>, body: Rejected<Advance>) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    let mut st = inner.lock();
+    st.clock_offset += chrono::Duration::milliseconds((b.seconds * 1000.0) as i64);
+    let now = st.now();
+    drop(st);
+    json(
+        StatusCode::OK,
+        &json!({"now": super::state::fmt_ts(&now).to_string()}),
+    )
+}
+
+async fn inject(State(inner): State<Arc<Inner>>, body: Rejected<Fault>) -> Response {
+    let Json(f) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    super::faults::push(&mut inner.lock(), f);
+    ok()
+}
+
+async fn clear(State(inner): State<Arc<Inner>>) -> Response {
+    inner.lock().faults.clear();
+    ok()
+}
+
+#[derive(Deserialize)]
+struct LimitsBody {
+    #[serde(default)]
+    requests_per_second: Option<f64>,
+    #[serde(default)]
+    daily_quota: Option<u64>,
+}
+
+async fn set_limits(State(inner): State<Arc<Inner>>, body: Rejected<LimitsBody>) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    let mut st = inner.lock();
+    st.limits.per_second = b.requests_per_second;
+    st.limits.tat = None;
+    st.limits.daily_quota = b.daily_quota;
+    drop(st);
+    ok()
+}
+
+async fn requests(State(inner): State<Arc<Inner>>) -> Response {
+    let log = inner.lock().requests.clone();
+    json(StatusCode::OK, &log)
+}
+
+async fn loopback_only(req: Request, next: Next) -> Response {
+    let allowed = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_none_or(|ci| ci.0.ip().is_loopback());
+    if !allowed {
+        return respond::error_array(
+            StatusCode::FORBIDDEN,
+            "control.forbidden",
+            "The control API only answers loopback clients",
+        );
+    }
+    next.run(req).await
+}
+
+pub(crate) fn routes() -> Router<Arc<Inner>> {
+    let acct = "/__control/accounts/{account}";
+    Router::new()
+        .route(&format!("{acct}/contacts"), post(create_contact))
+        .route(&format!("{acct}/contacts/{{id}}"), get(get_contact))
+        .route(
+            &format!("{acct}/contacts/{{id}}/unsubscribe"),
+            post(unsubscribe),
+        )
+        .route(
+            &format!("{acct}/contacts/{{id}}/resubscribe"),
+            post(resubscribe),
+        )
+        .route(
+            &format!("{acct}/contacts/{{id}}/delete"),
+            post(delete_contact),
+        )
+        .route(
+            &format!("{acct}/contacts/{{id}}/restore"),
+            post(restore_contact),
+        )
+        .route(
+            &format!("{acct}/contacts/{{id}}/leave/{{list_id}}"),
+            post(leave),
+        )
+        .route(
+            &format!("{acct}/contacts/{{id}}/join/{{list_id}}"),
+            post(join),
+        )
+        .route(&format!("{acct}/lists"), post(create_list))
+        .route(
+            &format!("{acct}/lists/{{list_id}}/delete"),
+            post(delete_list),
+        )
+        .route(&format!("{acct}/generate"), post(generate))
+        .route(&format!("{acct}/refresh_token"), post(refresh_token))
+        .route("/__control/clock/advance", post(advance))
+        .route("/__control/faults", post(inject).delete(clear))
+        .route("/__control/limits", post(set_limits))
+        .route("/__control/requests", get(requests))
+        .route_layer(axum::middleware::from_fn(loopback_only))
+}

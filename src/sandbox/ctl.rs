@@ -1,0 +1,336 @@
+//! `AccountCtl`: acts as a subscriber / admin on one sandbox account.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::generator;
+use super::oauth;
+use super::state::{
+    trunc_ms, Account, Contact, ContactCore, ContactSubs, EmailAddress, Inner, ListRec, State,
+};
+
+/// Handle on one account of a running sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct AccountCtl {
+    inner: Arc<Inner>,
+    name: String,
+}
+
+impl AccountCtl {
+    pub(crate) fn new(inner: Arc<Inner>, name: &str) -> AccountCtl {
+        AccountCtl {
+            inner,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on the account (after due activities were processed) with the sandbox now.
+    fn with<R>(&self, f: impl FnOnce(&mut Account, DateTime<Utc>) -> R) -> R {
+        let mut st = self.inner.lock();
+        super::activities::tick(&self.inner, &mut st, &self.name);
+        let now = st.now();
+        f(st.account_mut(&self.name), now)
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.inner.lock();
+        f(&mut st)
+    }
+
+    /// Mints a fresh valid refresh token for this account.
+    pub fn seed_refresh_token(&self) -> String {
+        let name = self.name.clone();
+        self.with_state(|st| oauth::mint_refresh(st, &name))
+    }
+
+    /// Adds deterministic data (lists first, then contacts spread over them).
+    pub fn generate(&self, contacts: usize, lists: usize, seed: u64) {
+        self.with(|a, now| generator::generate(a, contacts, lists, seed, now));
+    }
+
+    /// Creates a subscriber (permission explicit, create_source Contact) on the given
+    /// lists. If the address exists, returns the existing id and adds the lists.
+    pub fn create_contact(&self, email: &str, first_name: Option<&str>, list_ids: &[Uuid]) -> Uuid {
+        self.with(|a, now| {
+            if let Some(id) = a.by_email.get(&email.to_lowercase()).copied() {
+                if let Some(c) = a.contact_mut(&id) {
+                    for l in list_ids {
+                        if !c.subs.list_memberships.contains(l) {
+                            c.subs.list_memberships.push(*l);
+                        }
+                    }
+                }
+                return id;
+            }
+            let id = Uuid::new_v4();
+            let c = Contact {
+                core: ContactCore {
+                    contact_id: id,
+                    email_address: EmailAddress {
+                        address: email.to_string(),
+                        permission_to_send: "explicit".into(),
+                        created_at: now,
+                        updated_at: now,
+                        opt_in_source: Some("Contact".into()),
+                        opt_in_date: Some(now),
+                        opt_out_source: None,
+                        opt_out_date: None,
+                        opt_out_reason: None,
+                        confirm_status: "off".into(),
+                    },
+                    first_name: first_name.map(str::to_string),
+                    last_name: None,
+                    job_title: None,
+                    company_name: None,
+                    birthday_month: None,
+                    birthday_day: None,
+                    anniversary: None,
+                    create_source: "Contact".into(),
+                    update_source: "Contact".into(),
+                    created_at: now,
+                    updated_at: now,
+                    deleted_at: None,
+                },
+                subs: ContactSubs {
+                    list_memberships: dedup(list_ids),
+                    ..Default::default()
+                },
+            };
+            a.insert_contact(c);
+            id
+        })
+    }
+
+    /// Edits the stored contact JSON (spec shape, all sub-resources), then bumps
+    /// `updated_at` (and `email_address.updated_at` if the address changed). An edit that
+    /// no longer deserialises as a contact is ignored (with a warning).
+    pub fn update_contact(&self, id: Uuid, f: impl FnOnce(&mut serde_json::Value)) {
+        self.with(|a, now| {
+            let Some(old) = a.contacts.get(&id) else {
+                tracing::warn!(%id, "update_contact: no such contact");
+                return;
+            };
+            let old_email = old.core.email_address.address.clone();
+            let mut v = match serde_json::to_value(old.as_ref()) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "update_contact: cannot serialise");
+                    return;
+                }
+            };
+            f(&mut v);
+            let mut c: Contact = match serde_json::from_value(v) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "update_contact: edit is not a valid contact");
+                    return;
+                }
+            };
+            c.core.contact_id = id;
+            c.core.updated_at = now;
+            if c.core.email_address.address != old_email {
+                c.core.email_address.updated_at = now;
+            }
+            a.replace_contact(c);
+        });
+    }
+
+    /// Sets `updated_at` exactly (millisecond precision), for boundary-tie tests.
+    pub fn set_updated_at(&self, id: Uuid, at: DateTime<Utc>) {
+        self.with(|a, _| {
+            if let Some(c) = a.contact_mut(&id) {
+                c.core.updated_at = trunc_ms(at);
+            }
+        });
+    }
+
+    /// The subscriber unsubscribes: permission unsubscribed, opt_out_* set,
+    /// `email_address.updated_at` = now. Contact `updated_at` is NOT bumped (as the real
+    /// service); list memberships are kept.
+    pub fn unsubscribe(&self, id: Uuid, reason: Option<&str>) {
+        self.with(|a, now| {
+            if let Some(c) = a.contact_mut(&id) {
+                let e = &mut c.core.email_address;
+                e.permission_to_send = "unsubscribed".into();
+                e.opt_out_source = Some("Contact".into());
+                e.opt_out_date = Some(now);
+                e.opt_out_reason = reason.map(str::to_string);
+                e.updated_at = now;
+            }
+        });
+    }
+
+    /// The subscriber opts in again: permission explicit, opt_out_* cleared,
+    /// `email_address.updated_at` and `opt_in_date` = now. Contact `updated_at` is not
+    /// bumped (mirrors `unsubscribe`).
+    pub fn resubscribe(&self, id: Uuid) {
+        self.with(|a, now| {
+            if let Some(c) = a.contact_mut(&id) {
+                let e = &mut c.core.email_address;
+                e.permission_to_send = "explicit".into();
+                e.opt_out_source = None;
+                e.opt_out_date = None;
+                e.opt_out_reason = None;
+                e.opt_in_date = Some(now);
+                e.updated_at = now;
+            }
+        });
+    }
+
+    /// Removes one membership; bumps nothing.
+    pub fn leave_list(&self, id: Uuid, list_id: Uuid) {
+        self.with(|a, _| {
+            if let Some(c) = a.contact_mut(&id) {
+                c.subs.list_memberships.retain(|l| *l != list_id);
+            }
+        });
+    }
+
+    /// Adds one membership; bumps nothing. Adding a deleted contact revives it
+    /// (deleted_at removed, updated_at bumped).
+    pub fn join_list(&self, id: Uuid, list_id: Uuid) {
+        self.with(|a, now| {
+            if let Some(c) = a.contact_mut(&id) {
+                if c.core.deleted_at.take().is_some() {
+                    c.core.updated_at = now;
+                }
+                if !c.subs.list_memberships.contains(&list_id) {
+                    c.subs.list_memberships.push(list_id);
+                }
+            }
+        });
+    }
+
+    /// `deleted_at` = today (a date), memberships cleared, `updated_at` bumped.
+    pub fn delete_contact(&self, id: Uuid) {
+        self.with(|a, now| {
+            if let Some(c) = a.contact_mut(&id) {
+                c.core.deleted_at = Some(now.date_naive());
+                c.subs.list_memberships.clear();
+                c.core.updated_at = now;
+            }
+        });
+    }
+
+    /// `deleted_at` removed, `updated_at` bumped (memberships stay gone).
+    pub fn restore_contact(&self, id: Uuid) {
+        self.with(|a, now| {
+            if let Some(c) = a.contact_mut(&id) {
+                c.core.deleted_at = None;
+                c.core.updated_at = now;
+            }
+        });
+    }
+
+    pub fn create_list(&self, name: &str) -> Uuid {
+        self.with(|a, now| {
+            let id = Uuid::new_v4();
+            a.lists.insert(
+                id,
+                ListRec {
+                    list_id: id,
+                    name: name.to_string(),
+                    description: None,
+                    favorite: false,
+                    created_at: now,
+                    updated_at: now,
+                    deleted_at: None,
+                    membership_count: None,
+                },
+            );
+            id
+        })
+    }
+
+    /// The list gets `deleted_at` (date-time); its memberships go (contacts not bumped).
+    pub fn delete_list(&self, list_id: Uuid) {
+        self.with(|a, now| {
+            let Some(l) = a.lists.get_mut(&list_id) else {
+                return;
+            };
+            l.deleted_at = Some(now);
+            l.updated_at = now;
+            let ids: Vec<Uuid> = a
+                .contacts
+                .iter()
+                .filter(|(_, c)| c.subs.list_memberships.contains(&list_id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(c) = a.contact_mut(&id) {
+                    c.subs.list_memberships.retain(|l| *l != list_id);
+                }
+            }
+        });
+    }
+
+    /// Full spec shape, all sub-resources included.
+    pub fn contact(&self, id: Uuid) -> Option<serde_json::Value> {
+        self.with(|a, _| {
+            a.contacts
+                .get(&id)
+                .and_then(|c| serde_json::to_value(c.as_ref()).ok())
+        })
+    }
+
+    pub fn contact_by_email(&self, email: &str) -> Option<serde_json::Value> {
+        let id = self.with(|a, _| a.by_email.get(&email.to_lowercase()).copied())?;
+        self.contact(id)
+    }
+
+    /// Every contact id (deleted ones included), ordered.
+    pub fn contact_ids(&self) -> Vec<Uuid> {
+        self.with(|a, _| a.contacts.keys().copied().collect())
+    }
+
+    /// Ids of the lists that are not deleted, ordered.
+    pub fn list_ids(&self) -> Vec<Uuid> {
+        self.with(|a, _| {
+            a.lists
+                .values()
+                .filter(|l| l.deleted_at.is_none())
+                .map(|l| l.list_id)
+                .collect()
+        })
+    }
+
+    pub fn memberships(&self, id: Uuid) -> Vec<Uuid> {
+        self.with(|a, _| {
+            a.contacts
+                .get(&id)
+                .map(|c| c.subs.list_memberships.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Contacts that are not deleted.
+    pub fn contacts_count(&self) -> usize {
+        self.with(|a, _| a.contacts.values().filter(|c| !c.is_deleted()).count())
+    }
+
+    /// Every import request body received (parsed JSON), in order.
+    pub fn imports(&self) -> Vec<serde_json::Value> {
+        self.with(|a, _| a.imports.clone())
+    }
+
+    /// An activity in its `Activity` response shape.
+    pub fn activity(&self, id: Uuid) -> Option<serde_json::Value> {
+        self.with(|a, _| super::activities::activity_json(a, id))
+    }
+}
+
+fn dedup(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    out
+}

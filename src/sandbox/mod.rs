@@ -1,0 +1,343 @@
+//! The local Constant Contact V3 API fake ("the sandbox").
+//!
+//! An independent fake: it shares no code with `crate::ctct`, `crate::store` or
+//! `crate::sync`, so that a misunderstanding of the API cannot pass both sides.
+//! Response bodies follow the official Swagger 2.0 definitions (`Contacts`,
+//! `ContactResource`, `ContactListArray`, `ActivityImport`, ...).
+//!
+//! HTTP surface: `POST /oauth2/default/v1/token`, `GET /v3/contacts`,
+//! `GET /v3/contact_lists`, the bulk activities under `/v3/activities`, the control API
+//! under `/__control/` (loopback only, no auth) and `GET /healthz`.
+
+mod activities;
+mod contacts;
+mod control;
+mod ctl;
+mod cursor;
+mod faults;
+mod generator;
+mod limits;
+mod lists;
+mod oauth;
+mod pipeline;
+mod respond;
+mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use ctl::AccountCtl;
+
+use state::{Inner, Limits, State};
+
+/// Sandbox settings.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Generated contacts for the first account ("default").
+    pub contacts: usize,
+    /// Generated lists for the first account.
+    pub lists: usize,
+    /// Deterministic generator seed.
+    pub seed: u64,
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token_ttl: Duration,
+    /// Per API key (client_id); `None` = unlimited.
+    pub requests_per_second: Option<f64>,
+    /// Per API key; resets at 00:00 UTC (sandbox clock). `None` = unlimited.
+    pub daily_quota: Option<u64>,
+    /// Time an import spends in `initialized`/`processing` before it completes.
+    pub import_processing: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            contacts: 1_000,
+            lists: 8,
+            seed: 42,
+            client_id: "ccsync-sandbox".into(),
+            client_secret: "sandbox-secret".into(),
+            access_token_ttl: Duration::from_secs(24 * 3600),
+            requests_per_second: None,
+            daily_quota: None,
+            import_processing: Duration::from_millis(200),
+        }
+    }
+}
+
+/// One logged API request (`/v3/*` only; control and token requests are not logged).
+/// `status` is 0 when the connection was dropped by a `Fault::Reset`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    pub account: Option<String>,
+    pub body: Option<serde_json::Value>,
+}
+
+/// Injected failures. Queued, consumed in order by matching requests. `path_prefix`
+/// matches the request path with or without the `/v3` prefix ("" matches everything).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with that status (JSON error array body) `times` times.
+    Status {
+        path_prefix: String,
+        status: u16,
+        times: usize,
+    },
+    /// 429 `{"error_key":"throttled","error_message":"Too Many Requests"}`.
+    Throttle { times: usize },
+    /// Delay matching requests (then serve them normally, or apply another fault).
+    Latency {
+        path_prefix: String,
+        #[serde(with = "duration_ms")]
+        delay: Duration,
+        times: usize,
+    },
+    /// Drop the connection without a response.
+    Reset { path_prefix: String, times: usize },
+    /// 200 with a `Content-Length` of the full body but only half the bytes.
+    TruncateBody { path_prefix: String, times: usize },
+    /// Let `ok` matching requests through, then answer `status` until `clear_faults`.
+    FailAfter {
+        path_prefix: String,
+        ok: usize,
+        status: u16,
+    },
+    /// The next `times` imports end in `state` ("failed" | "timed_out" | "cancelled")
+    /// with these `activity_errors` and change nothing.
+    ActivityOutcome {
+        state: String,
+        times: usize,
+        errors: Vec<String>,
+    },
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// A running sandbox server. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    finished: CancellationToken,
+}
+
+impl Sandbox {
+    /// Binds `127.0.0.1:0` and serves in a background task.
+    pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
+        Self::start_on(cfg, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)).await
+    }
+
+    pub async fn start_on(cfg: SandboxConfig, listen: SocketAddr) -> anyhow::Result<Sandbox> {
+        let inner = tokio::task::spawn_blocking(move || build_inner(cfg)).await?;
+        let inner = Arc::new(inner);
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let app = router(Arc::clone(&inner));
+        let shutdown = CancellationToken::new();
+        let finished = CancellationToken::new();
+        let (sd, fin) = (shutdown.clone(), finished.clone());
+        tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(sd.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "sandbox server ended with an error");
+            }
+            fin.cancel();
+        });
+        Ok(Sandbox {
+            inner,
+            addr,
+            shutdown,
+            finished,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v3`
+    pub fn api_base(&self) -> String {
+        format!("http://{}/v3", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/oauth2/default/v1/token`
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth2/default/v1/token", self.addr)
+    }
+
+    /// Stops serving (in-flight requests finish).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Resolves when the server task has ended.
+    pub async fn stopped(&self) {
+        self.finished.cancelled().await;
+    }
+
+    /// The account `name` (created empty if missing).
+    pub fn account(&self, name: &str) -> AccountCtl {
+        self.inner.lock().account_mut(name);
+        AccountCtl::new(Arc::clone(&self.inner), name)
+    }
+
+    pub fn default_account(&self) -> AccountCtl {
+        self.account("default")
+    }
+
+    pub fn set_rate_limit(&self, per_second: Option<f64>) {
+        let mut st = self.inner.lock();
+        st.limits.per_second = per_second;
+        st.limits.tat = None;
+    }
+
+    pub fn set_daily_quota(&self, quota: Option<u64>) {
+        self.inner.lock().limits.daily_quota = quota;
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        faults::push(&mut self.inner.lock(), fault);
+    }
+
+    pub fn clear_faults(&self) {
+        self.inner.lock().faults.clear();
+    }
+
+    /// Every `/v3/*` request so far, in arrival order of completion.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// Requests answered 429 `throttled` (rate limit or `Fault::Throttle`).
+    pub fn throttled_count(&self) -> u64 {
+        self.inner.lock().throttled
+    }
+
+    /// Requests to the token endpoint.
+    pub fn token_requests(&self) -> u64 {
+        self.inner.lock().token_requests
+    }
+
+    /// Sandbox clock: real clock + offset, millisecond precision.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.lock().now()
+    }
+
+    pub fn advance_clock(&self, by: chrono::Duration) {
+        let mut st = self.inner.lock();
+        st.clock_offset += by;
+    }
+}
+
+fn build_inner(cfg: SandboxConfig) -> Inner {
+    let mut st = State {
+        accounts: HashMap::new(),
+        refresh_tokens: HashMap::new(),
+        access_tokens: HashMap::new(),
+        clock_offset: chrono::Duration::zero(),
+        limits: Limits {
+            per_second: cfg.requests_per_second,
+            tat: None,
+            daily_quota: cfg.daily_quota,
+            day: None,
+            day_count: 0,
+        },
+        faults: VecDeque::new(),
+        requests: Vec::new(),
+        throttled: 0,
+        token_requests: 0,
+    };
+    let now = st.now();
+    let acct = st.account_mut("default");
+    generator::generate(acct, cfg.contacts, cfg.lists, cfg.seed, now);
+    Inner {
+        state: Mutex::new(st),
+        client_id: cfg.client_id,
+        client_secret: cfg.client_secret,
+        access_token_ttl: cfg.access_token_ttl,
+        import_processing: cfg.import_processing,
+    }
+}
+
+fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/oauth2/default/v1/token", post(oauth::token))
+        .route("/v3/contacts", get(contacts::list_contacts))
+        .route("/v3/contact_lists", get(lists::list_lists))
+        .merge(activities::routes())
+        .merge(control::routes())
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&inner),
+            pipeline::api_layer,
+        ))
+        .layer(DefaultBodyLimit::max(pipeline::MAX_BODY))
+        .with_state(inner)
+}
+
+async fn fallback() -> axum::response::Response {
+    respond::error_array(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "The requested resource does not exist in the sandbox",
+    )
+}
+
+/// Serves the sandbox until `shutdown` is cancelled (`ccsync sandbox`). Prints the
+/// API base, the token URL, the client credentials and a seed refresh token for the
+/// "default" account on stdout.
+pub async fn run_standalone(
+    cfg: SandboxConfig,
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (client_id, client_secret) = (cfg.client_id.clone(), cfg.client_secret.clone());
+    let sb = Sandbox::start_on(cfg, listen).await?;
+    let rt = sb.default_account().seed_refresh_token();
+    println!("api_base: {}", sb.api_base());
+    println!("token_url: {}", sb.token_url());
+    println!("client_id: {client_id}");
+    println!("client_secret: {client_secret}");
+    println!("refresh_token: {rt}");
+    println!("control: http://{}/__control/", sb.addr());
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = sb.stopped() => {}
+    }
+    sb.shutdown();
+    sb.stopped().await;
+    Ok(())
+}

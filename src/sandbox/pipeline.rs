@@ -1,0 +1,212 @@
+//! Middleware for every `/v3/*` request: auth, rate limit, daily quota, faults, logging.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::faults::{self, FaultAction};
+use super::limits::{self, LimitOutcome};
+use super::respond;
+use super::state::Inner;
+use super::RequestRecord;
+
+/// Largest request body read (the import endpoint looks at the first 4,000,000 bytes).
+pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The authenticated account of a request.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthCtx {
+    pub account: String,
+}
+
+enum Decision {
+    Unauthorized,
+    Throttled,
+    Quota,
+    Go {
+        account: String,
+        plan: faults::FaultPlan,
+    },
+}
+
+fn bearer(req_headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = req_headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, tok) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(tok.trim())
+}
+
+pub(crate) async fn api_layer(
+    State(inner): State<Arc<Inner>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !(req.uri().path() == "/v3" || req.uri().path().starts_with("/v3/")) {
+        return next.run(req).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (mut parts, body) = req.into_parts();
+    let bytes = if parts.method == Method::GET || parts.method == Method::HEAD {
+        Bytes::new()
+    } else {
+        match to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                let resp = respond::error_array(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "Request body too large",
+                );
+                log(
+                    &inner,
+                    method,
+                    path,
+                    query,
+                    resp.status().as_u16(),
+                    None,
+                    None,
+                );
+                return resp;
+            }
+        }
+    };
+    let json_body: Option<serde_json::Value> = if bytes.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&bytes).ok()
+    };
+
+    let decision = {
+        let mut st = inner.lock();
+        let now = st.now();
+        let account = bearer(&parts.headers).and_then(|t| {
+            st.access_tokens
+                .get(t)
+                .filter(|a| a.expires > now)
+                .map(|a| a.account.clone())
+        });
+        match account {
+            None => Decision::Unauthorized,
+            Some(account) => match limits::check(&mut st, Instant::now()) {
+                LimitOutcome::Throttled => Decision::Throttled,
+                LimitOutcome::QuotaExceeded => Decision::Quota,
+                LimitOutcome::Ok => {
+                    let plan = faults::plan(&mut st, &path);
+                    if matches!(plan.action, Some(FaultAction::Throttle)) {
+                        st.throttled += 1;
+                    }
+                    Decision::Go { account, plan }
+                }
+            },
+        }
+    };
+
+    let (account, plan) = match decision {
+        Decision::Unauthorized => {
+            let resp = respond::unauthorized();
+            log(&inner, method, path, query, 401, None, json_body);
+            return resp;
+        }
+        Decision::Throttled => {
+            log(&inner, method, path, query, 429, None, json_body);
+            return respond::throttled();
+        }
+        Decision::Quota => {
+            log(&inner, method, path, query, 429, None, json_body);
+            return respond::quota_exceeded();
+        }
+        Decision::Go { account, plan } => (account, plan),
+    };
+
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    let acct = Some(account.clone());
+    match plan.action {
+        Some(FaultAction::Status(code)) => {
+            log(&inner, method, path, query, code, acct, json_body);
+            return respond::fault_status(code);
+        }
+        Some(FaultAction::Throttle) => {
+            log(&inner, method, path, query, 429, acct, json_body);
+            return respond::throttled();
+        }
+        Some(FaultAction::Reset) => {
+            log(&inner, method, path, query, 0, acct, json_body);
+            return reset_response();
+        }
+        Some(FaultAction::Truncate) | None => {}
+    }
+
+    parts.extensions.insert(AuthCtx { account });
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    log(&inner, method, path, query, status, acct, json_body);
+    if matches!(plan.action, Some(FaultAction::Truncate)) {
+        return truncate_response(resp).await;
+    }
+    resp
+}
+
+fn log(
+    inner: &Inner,
+    method: String,
+    path: String,
+    query: String,
+    status: u16,
+    account: Option<String>,
+    body: Option<serde_json::Value>,
+) {
+    inner.lock().requests.push(RequestRecord {
+        method,
+        path,
+        query,
+        status,
+        account,
+        body,
+    });
+}
+
+/// A response whose body fails before any byte is written: hyper then closes the
+/// connection without sending the response head.
+fn reset_response() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "sandbox fault: reset",
+        ))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+/// Same status and headers, a `Content-Length` of the full body, but only half the bytes
+/// before the connection is closed.
+async fn truncate_response(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let full = match to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return reset_response(),
+    };
+    let half = full.slice(0..full.len() / 2);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(full.len() as u64));
+    // The error comes a little later so that hyper flushes the head and the half body.
+    let first = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(half) });
+    let fail = futures_util::stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "sandbox fault: truncated body",
+        ))
+    });
+    let stream = futures_util::StreamExt::chain(first, fail);
+    Response::from_parts(parts, Body::from_stream(stream))
+}

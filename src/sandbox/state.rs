@@ -1,0 +1,394 @@
+//! Sandbox state: accounts, contacts, lists, tokens, limits, faults, request log.
+//!
+//! Stored shapes follow the spec definitions (`ContactResource`, `EmailAddress`,
+//! `ContactList`, ...) so that serialising a stored record gives a valid response body.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::activities::ActivityRec;
+use super::{Fault, RequestRecord};
+
+pub(crate) type Ts = DateTime<Utc>;
+
+/// Millisecond-precision, `Z`-suffixed date-time serialisation (`2026-11-26T05:28:00.123Z`).
+pub(crate) mod ts {
+    use super::Ts;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Ts, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&super::fmt_ts(d))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ts, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_ts(&s).ok_or_else(|| serde::de::Error::custom("invalid date-time"))
+    }
+}
+
+pub(crate) mod ts_opt {
+    use super::Ts;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Ts>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&super::fmt_ts(d)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Ts>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        match s {
+            None => Ok(None),
+            Some(s) => super::parse_ts(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("invalid date-time")),
+        }
+    }
+}
+
+pub(crate) fn fmt_ts(d: &Ts) -> impl std::fmt::Display + '_ {
+    d.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+}
+
+/// Lenient ISO-8601 parsing: `Z`, `+hh:mm`, `+hhmm`, optional fractional seconds.
+/// A space in place of `+` (an unencoded `+` in a query string) is tolerated.
+pub(crate) fn parse_ts(s: &str) -> Option<Ts> {
+    let s = s.trim();
+    let try_one = |s: &str| -> Option<Ts> {
+        if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+            return Some(d.with_timezone(&Utc));
+        }
+        if let Ok(d) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z") {
+            return Some(d.with_timezone(&Utc));
+        }
+        None
+    };
+    if let Some(d) = try_one(s) {
+        return Some(d);
+    }
+    if s.contains(' ') {
+        return try_one(&s.replace(' ', "+"));
+    }
+    None
+}
+
+/// Truncates to millisecond precision (what the API shows).
+pub(crate) fn trunc_ms(d: Ts) -> Ts {
+    DateTime::from_timestamp_millis(d.timestamp_millis()).unwrap_or(d)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct EmailAddress {
+    pub address: String,
+    #[serde(default = "default_permission")]
+    pub permission_to_send: String,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    #[serde(with = "ts")]
+    pub updated_at: Ts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_in_source: Option<String>,
+    #[serde(default, with = "ts_opt", skip_serializing_if = "Option::is_none")]
+    pub opt_in_date: Option<Ts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out_source: Option<String>,
+    #[serde(default, with = "ts_opt", skip_serializing_if = "Option::is_none")]
+    pub opt_out_date: Option<Ts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out_reason: Option<String>,
+    #[serde(default = "default_confirm")]
+    pub confirm_status: String,
+}
+
+fn default_permission() -> String {
+    "implicit".into()
+}
+fn default_confirm() -> String {
+    "off".into()
+}
+
+/// Core (always returned) contact fields.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ContactCore {
+    pub contact_id: Uuid,
+    pub email_address: EmailAddress,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birthday_month: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birthday_day: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anniversary: Option<String>,
+    pub create_source: String,
+    pub update_source: String,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    #[serde(with = "ts")]
+    pub updated_at: Ts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<NaiveDate>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct CustomFieldValue {
+    pub custom_field_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PhoneNumber {
+    pub phone_number_id: Uuid,
+    pub phone_number: String,
+    pub kind: String,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    #[serde(with = "ts")]
+    pub updated_at: Ts,
+    pub update_source: String,
+    pub create_source: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StreetAddress {
+    pub street_address_id: Uuid,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub street: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    #[serde(with = "ts")]
+    pub updated_at: Ts,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Note {
+    pub note_id: Uuid,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    pub content: String,
+}
+
+/// Sub-resources (returned only with `include=`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ContactSubs {
+    #[serde(default)]
+    pub custom_fields: Vec<CustomFieldValue>,
+    #[serde(default)]
+    pub list_memberships: Vec<Uuid>,
+    #[serde(default)]
+    pub phone_numbers: Vec<PhoneNumber>,
+    #[serde(default)]
+    pub street_addresses: Vec<StreetAddress>,
+    #[serde(default)]
+    pub taggings: Vec<Uuid>,
+    #[serde(default)]
+    pub notes: Vec<Note>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Contact {
+    #[serde(flatten)]
+    pub core: ContactCore,
+    #[serde(flatten)]
+    pub subs: ContactSubs,
+}
+
+impl Contact {
+    pub fn is_deleted(&self) -> bool {
+        self.core.deleted_at.is_some()
+    }
+    pub fn permission(&self) -> &str {
+        &self.core.email_address.permission_to_send
+    }
+}
+
+pub(crate) const INC_CUSTOM_FIELDS: u8 = 1;
+pub(crate) const INC_LIST_MEMBERSHIPS: u8 = 2;
+pub(crate) const INC_PHONE_NUMBERS: u8 = 4;
+pub(crate) const INC_STREET_ADDRESSES: u8 = 8;
+pub(crate) const INC_TAGGINGS: u8 = 16;
+pub(crate) const INC_NOTES: u8 = 32;
+
+/// Serialisation view of a contact with only the included sub-resources.
+#[derive(Serialize)]
+pub(crate) struct ContactOut<'a> {
+    #[serde(flatten)]
+    pub core: &'a ContactCore,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_fields: Option<&'a [CustomFieldValue]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_memberships: Option<&'a [Uuid]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_numbers: Option<&'a [PhoneNumber]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub street_addresses: Option<&'a [StreetAddress]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taggings: Option<&'a [Uuid]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<&'a [Note]>,
+}
+
+impl<'a> ContactOut<'a> {
+    pub fn new(c: &'a Contact, inc: u8) -> Self {
+        let pick = |flag: u8| inc & flag != 0;
+        ContactOut {
+            core: &c.core,
+            custom_fields: pick(INC_CUSTOM_FIELDS).then_some(c.subs.custom_fields.as_slice()),
+            list_memberships: pick(INC_LIST_MEMBERSHIPS)
+                .then_some(c.subs.list_memberships.as_slice()),
+            phone_numbers: pick(INC_PHONE_NUMBERS).then_some(c.subs.phone_numbers.as_slice()),
+            street_addresses: pick(INC_STREET_ADDRESSES)
+                .then_some(c.subs.street_addresses.as_slice()),
+            taggings: pick(INC_TAGGINGS).then_some(c.subs.taggings.as_slice()),
+            notes: pick(INC_NOTES).then_some(c.subs.notes.as_slice()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ListRec {
+    pub list_id: Uuid,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub favorite: bool,
+    #[serde(with = "ts")]
+    pub created_at: Ts,
+    #[serde(with = "ts")]
+    pub updated_at: Ts,
+    #[serde(default, with = "ts_opt", skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Ts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_count: Option<u64>,
+}
+
+#[allow(dead_code)] // part C
+#[derive(Clone, Debug)]
+pub(crate) struct CustomFieldDef {
+    pub custom_field_id: Uuid,
+    pub name: String,
+}
+
+#[allow(dead_code)] // part C
+#[derive(Default)]
+pub(crate) struct Account {
+    pub contacts: BTreeMap<Uuid, Arc<Contact>>,
+    /// lowercase address -> contact id
+    pub by_email: HashMap<String, Uuid>,
+    pub lists: BTreeMap<Uuid, ListRec>,
+    pub custom_fields: Vec<CustomFieldDef>,
+    pub tags: Vec<Uuid>,
+    pub activities: BTreeMap<Uuid, ActivityRec>,
+    /// Activity ids in creation order.
+    pub activity_order: Vec<Uuid>,
+    pub imports: Vec<serde_json::Value>,
+}
+
+impl Account {
+    pub fn insert_contact(&mut self, c: Contact) {
+        let id = c.core.contact_id;
+        self.by_email
+            .insert(c.core.email_address.address.to_lowercase(), id);
+        self.contacts.insert(id, Arc::new(c));
+    }
+
+    /// Replaces a stored contact, keeping the email index right.
+    pub fn replace_contact(&mut self, c: Contact) {
+        let id = c.core.contact_id;
+        if let Some(old) = self.contacts.get(&id) {
+            let old_email = old.core.email_address.address.to_lowercase();
+            if old_email != c.core.email_address.address.to_lowercase() {
+                self.by_email.remove(&old_email);
+            }
+        }
+        self.insert_contact(c);
+    }
+
+    pub fn contact_mut(&mut self, id: &Uuid) -> Option<&mut Contact> {
+        self.contacts.get_mut(id).map(Arc::make_mut)
+    }
+}
+
+pub(crate) struct AccessToken {
+    pub account: String,
+    pub expires: Ts,
+}
+
+/// Per API key limits (one API key: the sandbox's client_id).
+pub(crate) struct Limits {
+    pub per_second: Option<f64>,
+    /// GCRA theoretical arrival time.
+    pub tat: Option<Instant>,
+    pub daily_quota: Option<u64>,
+    pub day: Option<NaiveDate>,
+    pub day_count: u64,
+}
+
+pub(crate) enum FaultSlot {
+    Fault(Fault),
+    /// FailAfter with its running count of passed requests.
+    FailAfter {
+        path_prefix: String,
+        ok: usize,
+        status: u16,
+        seen: usize,
+    },
+}
+
+pub(crate) struct State {
+    pub accounts: HashMap<String, Account>,
+    pub refresh_tokens: HashMap<String, String>,
+    pub access_tokens: HashMap<String, AccessToken>,
+    pub clock_offset: chrono::Duration,
+    pub limits: Limits,
+    pub faults: VecDeque<FaultSlot>,
+    pub requests: Vec<RequestRecord>,
+    pub throttled: u64,
+    pub token_requests: u64,
+}
+
+#[allow(dead_code)] // part C
+pub(crate) struct Inner {
+    pub state: Mutex<State>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token_ttl: std::time::Duration,
+    pub import_processing: std::time::Duration,
+}
+
+impl Inner {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    pub fn now(&self) -> Ts {
+        trunc_ms(Utc::now() + self.clock_offset)
+    }
+
+    pub fn account_mut(&mut self, name: &str) -> &mut Account {
+        self.accounts.entry(name.to_string()).or_default()
+    }
+}
