@@ -1,0 +1,1001 @@
+//! The sandbox (local CC V3 fake) over real HTTP: OAuth, contacts, lists, limits, faults.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
+use chrono::{DateTime, Utc};
+use reqwest::{Client, StatusCode};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::schema::assert_valid;
+
+pub(crate) struct Env {
+    pub sb: Sandbox,
+    pub http: Client,
+    pub token: String,
+}
+
+pub(crate) async fn start(contacts: usize, lists: usize) -> Env {
+    let sb = Sandbox::start(SandboxConfig {
+        contacts,
+        lists,
+        seed: 7,
+        ..Default::default()
+    })
+    .await
+    .expect("sandbox starts");
+    let http = Client::new();
+    let rt = sb.default_account().seed_refresh_token();
+    let (status, body) = refresh(&http, &sb, &rt, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+    Env { sb, http, token }
+}
+
+async fn refresh(http: &Client, sb: &Sandbox, rt: &str, secret: &str) -> (StatusCode, Value) {
+    let resp = http
+        .post(sb.token_url())
+        .basic_auth("ccsync-sandbox", Some(secret))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", rt)])
+        .send()
+        .await
+        .expect("token request");
+    let status = resp.status();
+    (status, resp.json().await.expect("token body is JSON"))
+}
+
+impl Env {
+    fn url(&self, path_and_query: &str) -> String {
+        // path_and_query starts with /v3/...
+        format!("http://{}{}", self.sb.addr(), path_and_query)
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(self.url(path_and_query))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, v)
+    }
+
+    #[allow(dead_code)] // used by the activity tests
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        (status, v)
+    }
+
+    /// GET that must answer 200 with a body valid against `definition`.
+    pub async fn get_ok(&self, path_and_query: &str, definition: &str) -> Value {
+        let (status, v) = self.get(path_and_query).await;
+        assert_eq!(status, StatusCode::OK, "{path_and_query}: {v}");
+        assert_valid(definition, &v);
+        v
+    }
+
+    /// Follows `_links.next.href` through every page.
+    pub async fn all_contacts(&self, first: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut next = Some(first.to_string());
+        while let Some(url) = next.take() {
+            let page = self.get_ok(&url, "Contacts").await;
+            out.extend(page["contacts"].as_array().cloned().unwrap_or_default());
+            next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+        }
+        out
+    }
+}
+
+fn ids(contacts: &[Value]) -> Vec<String> {
+    contacts
+        .iter()
+        .map(|c| c["contact_id"].as_str().expect("contact_id").to_string())
+        .collect()
+}
+
+fn ts(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|| panic!("not a date-time: {v}"))
+}
+
+fn fmt(d: DateTime<Utc>) -> String {
+    d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn jwt_exp(token: &str) -> i64 {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("JWT has 3 parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let v: Value = serde_json::from_slice(&bytes).expect("JSON payload");
+    v["exp"].as_i64().expect("exp claim")
+}
+
+#[tokio::test]
+async fn token_refresh_rotates_and_rejects_reuse() {
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("start");
+    let http = Client::new();
+    let rt1 = sb.default_account().seed_refresh_token();
+
+    let (status, body) = refresh(&http, &sb, &rt1, "wrong-secret").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+
+    let (status, body) = refresh(&http, &sb, &rt1, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 86400);
+    assert_eq!(body["scope"], "contact_data offline_access");
+    let at = body["access_token"].as_str().expect("access_token");
+    let exp = jwt_exp(at);
+    let expect = sb.now().timestamp() + 86400;
+    assert!((exp - expect).abs() <= 5, "exp {exp} vs {expect}");
+    let rt2 = body["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_string();
+    assert_ne!(rt2, rt1);
+
+    // The used token is gone; the new one works once.
+    let (status, body) = refresh(&http, &sb, &rt1, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(
+        body["error_description"],
+        "The refresh token is invalid or expired."
+    );
+    let (status, _) = refresh(&http, &sb, &rt2, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = refresh(&http, &sb, &rt2, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(sb.token_requests(), 5);
+
+    // The access token works until it expires (sandbox clock).
+    let resp = http
+        .get(format!("{}/contacts", sb.api_base()))
+        .bearer_auth(at)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::OK);
+    sb.advance_clock(chrono::Duration::hours(25));
+    let resp = http
+        .get(format!("{}/contacts", sb.api_base()))
+        .bearer_auth(at)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.expect("json");
+    assert_valid("AuthorizationErrorSchema", &body);
+}
+
+#[tokio::test]
+async fn v3_needs_a_bearer_token() {
+    let env = start(3, 2).await;
+    for auth in [None, Some("Bearer nope"), Some("Basic abc")] {
+        let mut req = env.http.get(format!("{}/contacts", env.sb.api_base()));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let resp = req.send().await.expect("get");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"error_key":"unauthorized","error_message":"Unauthorized"})
+        );
+        assert_valid("AuthorizationErrorSchema", &body);
+    }
+    let log = env.sb.requests();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|r| r.status == 401 && r.account.is_none()));
+}
+
+#[tokio::test]
+async fn paging_1200_contacts_at_500() {
+    let env = start(1200, 8).await;
+    let mut pages = 0;
+    let mut seen = Vec::new();
+    let mut next = Some("/v3/contacts?limit=500&include_count=true".to_string());
+    while let Some(url) = next.take() {
+        let page = env.get_ok(&url, "Contacts").await;
+        pages += 1;
+        assert_eq!(page["contacts_count"], 1200);
+        let contacts = page["contacts"].as_array().expect("contacts");
+        assert!(contacts.len() <= 500);
+        seen.extend(ids(contacts));
+        next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+        if let Some(href) = &next {
+            assert!(href.starts_with("/v3/contacts?cursor="), "{href}");
+        } else {
+            assert!(page.get("_links").is_none_or(|l| l.get("next").is_none()));
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 1200);
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 1200);
+    // Ordered by id, not by updated_at.
+    let all = env.all_contacts("/v3/contacts?limit=500").await;
+    let updated: Vec<DateTime<Utc>> = all.iter().map(|c| ts(&c["updated_at"])).collect();
+    assert!(
+        updated.windows(2).any(|w| w[0] > w[1]),
+        "must not be sorted by updated_at"
+    );
+    // Core fields only without include.
+    assert!(all.iter().all(|c| c.get("list_memberships").is_none()));
+    let unsub = all
+        .iter()
+        .filter(|c| c["email_address"]["permission_to_send"] == "unsubscribed")
+        .count();
+    assert!(
+        unsub > 20 && unsub < 120,
+        "about 5% unsubscribed, got {unsub}"
+    );
+}
+
+#[tokio::test]
+async fn cursor_keeps_filters_and_limit() {
+    let env = start(300, 4).await;
+    let list = env.sb.default_account().list_ids()[0];
+    let first = format!("/v3/contacts?lists={list}&limit=7&include=list_memberships");
+    let page = env.get_ok(&first, "Contacts").await;
+    let href = page["_links"]["next"]["href"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    let page2 = env.get_ok(&href, "Contacts").await;
+    let cs = page2["contacts"].as_array().expect("contacts");
+    assert_eq!(cs.len(), 7);
+    for c in cs {
+        let lm: Vec<&str> = c["list_memberships"]
+            .as_array()
+            .expect("included")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(lm.contains(&list.to_string().as_str()));
+    }
+    let (status, body) = env.get("/v3/contacts?cursor=not-a-cursor").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_valid("APIErrorSchema", &body);
+}
+
+#[tokio::test]
+async fn updated_after_is_strict() {
+    let env = start(50, 2).await;
+    let acct = env.sb.default_account();
+    let id = acct.contact_ids()[10];
+    let t = env.sb.now() + chrono::Duration::days(1);
+    acct.set_updated_at(id, t);
+    let hit =
+        |v: &Value| ids(v["contacts"].as_array().expect("contacts")).contains(&id.to_string());
+
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?updated_after={}", fmt(t)),
+            "Contacts",
+        )
+        .await;
+    assert!(!hit(&v), "updated_after equal to updated_at must exclude");
+    let before = t - chrono::Duration::milliseconds(1);
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?updated_after={}", fmt(before)),
+            "Contacts",
+        )
+        .await;
+    assert!(hit(&v));
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(1));
+    // +hh:mm, +hhmm (no colon) and no fraction are accepted too.
+    for q in [
+        before.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
+        before.format("%Y-%m-%dT%H:%M:%S%.6f+0000").to_string(),
+    ] {
+        let q = q.replace('+', "%2B");
+        let v = env
+            .get_ok(&format!("/v3/contacts?updated_after={q}"), "Contacts")
+            .await;
+        assert!(hit(&v), "{q}");
+    }
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?updated_before={}&status=all", fmt(t)),
+            "Contacts",
+        )
+        .await;
+    assert!(!hit(&v), "updated_before equal to updated_at must exclude");
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(49));
+    let (status, body) = env.get("/v3/contacts?updated_after=yesterday").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.is_array());
+}
+
+#[tokio::test]
+async fn status_filters() {
+    let env = start(40, 2).await;
+    let acct = env.sb.default_account();
+    let all_ids = acct.contact_ids();
+    let (del, unsub) = (all_ids[0], all_ids[1]);
+    // Start from a known state: nobody unsubscribed except `unsub`.
+    for id in &all_ids {
+        acct.resubscribe(*id);
+    }
+    acct.unsubscribe(unsub, Some("bored"));
+    let before = acct.contact(del).expect("contact");
+    acct.delete_contact(del);
+    let after = acct.contact(del).expect("contact");
+    assert!(ts(&after["updated_at"]) > ts(&before["updated_at"]));
+    assert_eq!(after["list_memberships"], serde_json::json!([]));
+    let today = env.sb.now().date_naive().to_string();
+    assert_eq!(after["deleted_at"], Value::String(today));
+    assert_eq!(acct.contacts_count(), 39);
+
+    let count = |v: &Value| v["contacts"].as_array().map(Vec::len).unwrap_or(0);
+    let set = |v: &Value| -> HashSet<String> {
+        ids(v["contacts"].as_array().expect("contacts"))
+            .into_iter()
+            .collect()
+    };
+    let v = env.get_ok("/v3/contacts?limit=500", "Contacts").await;
+    assert_eq!(count(&v), 39);
+    assert!(!set(&v).contains(&del.to_string()));
+    assert!(set(&v).contains(&unsub.to_string()));
+    let v = env
+        .get_ok("/v3/contacts?limit=500&status=all", "Contacts")
+        .await;
+    assert_eq!(count(&v), 40);
+    let v = env.get_ok("/v3/contacts?status=deleted", "Contacts").await;
+    assert_eq!(set(&v), HashSet::from([del.to_string()]));
+    assert!(v["contacts"][0]["deleted_at"].is_string());
+    let v = env
+        .get_ok("/v3/contacts?status=unsubscribed", "Contacts")
+        .await;
+    assert_eq!(set(&v), HashSet::from([unsub.to_string()]));
+    let c = &v["contacts"][0]["email_address"];
+    assert_eq!(c["opt_out_source"], "Contact");
+    assert_eq!(c["opt_out_reason"], "bored");
+    let v = env
+        .get_ok("/v3/contacts?status=unsubscribed,deleted", "Contacts")
+        .await;
+    assert_eq!(count(&v), 2);
+    let v = env
+        .get_ok("/v3/contacts?status=active&limit=500", "Contacts")
+        .await;
+    assert_eq!(count(&v), 38);
+    let (status, _) = env.get("/v3/contacts?status=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // email finds one contact; a deleted one only with status=all.
+    let email = after["email_address"]["address"].as_str().expect("address");
+    let v = env
+        .get_ok(&format!("/v3/contacts?email={email}"), "Contacts")
+        .await;
+    assert_eq!(count(&v), 0);
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?email={email}&status=all"),
+            "Contacts",
+        )
+        .await;
+    assert_eq!(count(&v), 1);
+
+    // Restore: back in the default view, updated_at bumped again.
+    acct.restore_contact(del);
+    let v = env.get_ok("/v3/contacts?limit=500", "Contacts").await;
+    assert_eq!(count(&v), 40);
+    assert!(acct.contact(del).expect("c").get("deleted_at").is_none());
+}
+
+#[tokio::test]
+async fn unsubscribe_does_not_bump_updated_at_and_optout_after_finds_it() {
+    let env = start(20, 2).await;
+    let acct = env.sb.default_account();
+    let id = acct.contact_ids()[3];
+    acct.resubscribe(id);
+    let before = acct.contact(id).expect("contact");
+    let mark = env.sb.now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    acct.unsubscribe(id, None);
+    let after = acct.contact(id).expect("contact");
+    assert_eq!(after["updated_at"], before["updated_at"]);
+    assert_eq!(after["email_address"]["permission_to_send"], "unsubscribed");
+    assert!(ts(&after["email_address"]["updated_at"]) > mark);
+    assert!(after["email_address"].get("opt_out_reason").is_none());
+    assert_eq!(after["list_memberships"], before["list_memberships"]);
+
+    // updated_after misses it; optout_after finds it.
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?updated_after={}", fmt(mark)),
+            "Contacts",
+        )
+        .await;
+    assert!(!ids(v["contacts"].as_array().expect("c")).contains(&id.to_string()));
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?optout_after={}", fmt(mark)),
+            "Contacts",
+        )
+        .await;
+    assert_eq!(
+        ids(v["contacts"].as_array().expect("c")),
+        vec![id.to_string()]
+    );
+    let optout = ts(&after["email_address"]["opt_out_date"]);
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts?optout_after={}", fmt(optout)),
+            "Contacts",
+        )
+        .await;
+    assert!(
+        v["contacts"].as_array().expect("c").is_empty(),
+        "strictly after"
+    );
+}
+
+#[tokio::test]
+async fn lists_filter_and_membership_changes() {
+    let env = start(200, 6).await;
+    let acct = env.sb.default_account();
+    let lists = acct.list_ids();
+    let (a, b) = (lists[0], lists[1]);
+    let members = |v: &Value| -> HashSet<String> {
+        ids(v["contacts"].as_array().expect("contacts"))
+            .into_iter()
+            .collect()
+    };
+    let in_a = members(
+        &env.get_ok(&format!("/v3/contacts?lists={a}&limit=500"), "Contacts")
+            .await,
+    );
+    let in_b = members(
+        &env.get_ok(&format!("/v3/contacts?lists={b}&limit=500"), "Contacts")
+            .await,
+    );
+    let in_ab = members(
+        &env.get_ok(&format!("/v3/contacts?lists={a},{b}&limit=500"), "Contacts")
+            .await,
+    );
+    assert!(!in_a.is_empty() && !in_b.is_empty());
+    assert_eq!(in_ab, in_a.union(&in_b).cloned().collect::<HashSet<_>>());
+
+    // leave_list removes the membership without bumping updated_at.
+    let who: Uuid = in_a.iter().next().expect("member").parse().expect("uuid");
+    let before = acct.contact(who).expect("c");
+    acct.leave_list(who, a);
+    let after = acct.contact(who).expect("c");
+    assert_eq!(before["updated_at"], after["updated_at"]);
+    assert!(!acct.memberships(who).contains(&a));
+    let now_a = members(
+        &env.get_ok(&format!("/v3/contacts?lists={a}&limit=500"), "Contacts")
+            .await,
+    );
+    assert!(!now_a.contains(&who.to_string()));
+    acct.join_list(who, a);
+    assert!(acct.memberships(who).contains(&a));
+
+    // 26 lists is too many; a bad id is rejected.
+    let many: Vec<String> = (0..26).map(|_| Uuid::new_v4().to_string()).collect();
+    let (status, body) = env
+        .get(&format!("/v3/contacts?lists={}", many.join(",")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_valid("APIErrorSchema", &body);
+    let (status, _) = env
+        .get(&format!("/v3/contacts?lists={}", many[..25].join(",")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = env.get("/v3/contacts?lists=nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // delete_list: memberships go, the list shows up only with status=deleted/all.
+    acct.delete_list(b);
+    assert!(acct
+        .contact_ids()
+        .iter()
+        .all(|c| !acct.memberships(*c).contains(&b)));
+    let v = env.get_ok("/v3/contact_lists", "ContactListArray").await;
+    let active: Vec<&str> = v["lists"]
+        .as_array()
+        .expect("lists")
+        .iter()
+        .filter_map(|l| l["list_id"].as_str())
+        .collect();
+    assert_eq!(active.len(), 5);
+    assert!(!active.contains(&b.to_string().as_str()));
+    let v = env
+        .get_ok("/v3/contact_lists?status=deleted", "ContactListArray")
+        .await;
+    assert_eq!(v["lists"][0]["list_id"], b.to_string());
+    assert!(v["lists"][0]["deleted_at"].is_string());
+    let v = env
+        .get_ok(
+            "/v3/contact_lists?status=all&include_count=true",
+            "ContactListArray",
+        )
+        .await;
+    assert_eq!(v["lists_count"], 6);
+}
+
+#[tokio::test]
+async fn contact_lists_paging_and_counts() {
+    let env = start(100, 7).await;
+    let acct = env.sb.default_account();
+    let mut seen = Vec::new();
+    let mut next = Some("/v3/contact_lists?limit=3&include_membership_count=all".to_string());
+    let mut pages = 0;
+    let mut total_members = 0;
+    while let Some(url) = next.take() {
+        let v = env.get_ok(&url, "ContactListArray").await;
+        pages += 1;
+        for l in v["lists"].as_array().expect("lists") {
+            assert!(l["name"].is_string());
+            total_members += l["membership_count"].as_u64().expect("membership_count");
+            seen.push(l["list_id"].as_str().expect("id").to_string());
+        }
+        next = v["_links"]["next"]["href"].as_str().map(str::to_string);
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 7);
+    let expected: usize = acct
+        .contact_ids()
+        .iter()
+        .map(|c| acct.memberships(*c).len())
+        .sum();
+    assert_eq!(total_members as usize, expected);
+    let v = env
+        .get_ok(
+            "/v3/contact_lists?include_membership_count=active",
+            "ContactListArray",
+        )
+        .await;
+    let active: u64 = v["lists"]
+        .as_array()
+        .expect("lists")
+        .iter()
+        .map(|l| l["membership_count"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(active <= total_members);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "status=gone",
+        "include_membership_count=x",
+    ] {
+        let (status, body) = env.get(&format!("/v3/contact_lists?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_valid("APIErrorSchema", &body);
+    }
+    let v = env
+        .get_ok("/v3/contact_lists?limit=1000", "ContactListArray")
+        .await;
+    assert!(v.get("_links").is_none());
+}
+
+#[tokio::test]
+async fn include_sub_resources() {
+    let env = start(60, 3).await;
+    let v = env
+        .get_ok(
+            "/v3/contacts?limit=60&include=custom_fields,list_memberships,phone_numbers,street_addresses,taggings,notes",
+            "Contacts",
+        )
+        .await;
+    let cs = v["contacts"].as_array().expect("contacts");
+    assert_eq!(cs.len(), 60);
+    for c in cs {
+        for k in [
+            "custom_fields",
+            "list_memberships",
+            "phone_numbers",
+            "street_addresses",
+            "taggings",
+            "notes",
+        ] {
+            assert!(c[k].is_array(), "{k} missing");
+        }
+        assert!(!c["custom_fields"].as_array().expect("cf").is_empty());
+        assert!(!c["list_memberships"].as_array().expect("lm").is_empty());
+    }
+    assert!(cs
+        .iter()
+        .any(|c| !c["phone_numbers"].as_array().expect("p").is_empty()));
+    assert!(cs
+        .iter()
+        .any(|c| !c["street_addresses"].as_array().expect("a").is_empty()));
+    let v = env
+        .get_ok("/v3/contacts?include=phone_numbers", "Contacts")
+        .await;
+    for c in v["contacts"].as_array().expect("contacts") {
+        assert!(c["phone_numbers"].is_array());
+        assert!(c.get("list_memberships").is_none());
+        assert!(c.get("custom_fields").is_none());
+    }
+    let (status, _) = env.get("/v3/contacts?include=sms_channel").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn limit_validation() {
+    let env = start(10, 1).await;
+    for bad in ["0", "501", "-1", "abc", "1.5"] {
+        let (status, body) = env.get(&format!("/v3/contacts?limit={bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "limit={bad}");
+        let arr = body.as_array().expect("error array");
+        assert_eq!(arr.len(), 1);
+        assert_valid("APIErrorSchema", &body);
+    }
+    for good in ["1", "500"] {
+        env.get_ok(&format!("/v3/contacts?limit={good}"), "Contacts")
+            .await;
+    }
+    let v = env.get_ok("/v3/contacts", "Contacts").await;
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(10));
+    let v = env.get_ok("/v3/contacts?limit=3", "Contacts").await;
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn rate_limit_throttles() {
+    let env = start(5, 1).await;
+    env.sb.set_rate_limit(Some(4.0));
+    let mut throttled = 0;
+    for _ in 0..6 {
+        let (status, body) = env.get("/v3/contacts").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+            assert_eq!(
+                body,
+                serde_json::json!({"error_key":"throttled","error_message":"Too Many Requests"})
+            );
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    assert!(
+        throttled >= 4,
+        "back-to-back requests at 4/s: {throttled} throttled"
+    );
+    assert_eq!(env.sb.throttled_count(), throttled);
+    // Evenly spaced requests pass.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let (status, _) = env.get("/v3/contacts").await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(260)).await;
+    }
+    env.sb.set_rate_limit(None);
+    for _ in 0..5 {
+        assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn daily_quota_exceeded_until_midnight() {
+    let env = start(5, 1).await;
+    env.sb.set_daily_quota(Some(3));
+    for _ in 0..3 {
+        assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
+    }
+    let (status, body) = env.get("/v3/contacts").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body,
+        serde_json::json!({"error_key":"quota_exceeded","error_message":"Limit Exceeded"})
+    );
+    env.sb.advance_clock(chrono::Duration::days(1));
+    // The access token lives 24 h; get a new one after the jump.
+    let rt = env.sb.default_account().seed_refresh_token();
+    let (_, tok) = refresh(&env.http, &env.sb, &rt, "sandbox-secret").await;
+    let env = Env {
+        token: tok["access_token"].as_str().expect("at").to_string(),
+        ..env
+    };
+    assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn fault_status_throttle_and_fail_after() {
+    let env = start(5, 2).await;
+    env.sb.inject(Fault::Status {
+        path_prefix: "/v3/contacts".into(),
+        status: 503,
+        times: 2,
+    });
+    // Other paths are not affected.
+    env.get_ok("/v3/contact_lists", "ContactListArray").await;
+    for _ in 0..2 {
+        let (status, body) = env.get("/v3/contacts").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_valid("APIErrorSchema", &body);
+    }
+    env.get_ok("/v3/contacts", "Contacts").await;
+
+    env.sb.inject(Fault::Throttle { times: 1 });
+    let (status, body) = env.get("/v3/contact_lists").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error_key"], "throttled");
+    assert_eq!(env.sb.throttled_count(), 1);
+    env.get_ok("/v3/contact_lists", "ContactListArray").await;
+
+    env.sb.inject(Fault::FailAfter {
+        path_prefix: "/contacts".into(),
+        ok: 2,
+        status: 500,
+    });
+    env.get_ok("/v3/contacts", "Contacts").await;
+    env.get_ok("/v3/contacts", "Contacts").await;
+    for _ in 0..3 {
+        assert_eq!(
+            env.get("/v3/contacts").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    env.sb.clear_faults();
+    env.get_ok("/v3/contacts", "Contacts").await;
+    let statuses: Vec<u16> = env.sb.requests().iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        vec![200, 503, 503, 200, 429, 200, 200, 200, 500, 500, 500, 200]
+    );
+}
+
+#[tokio::test]
+async fn fault_latency_reset_truncate() {
+    let env = start(30, 2).await;
+    env.sb.inject(Fault::Latency {
+        path_prefix: "/v3/contacts".into(),
+        delay: Duration::from_millis(300),
+        times: 1,
+    });
+    let t = std::time::Instant::now();
+    env.get_ok("/v3/contacts", "Contacts").await;
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    env.get_ok("/v3/contacts", "Contacts").await;
+    assert!(t.elapsed() < Duration::from_millis(300));
+
+    env.sb.inject(Fault::Reset {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+    });
+    let res = env
+        .http
+        .get(format!("{}/contacts", env.sb.api_base()))
+        .bearer_auth(&env.token)
+        .send()
+        .await;
+    assert!(
+        res.is_err(),
+        "connection must be dropped without a response: {res:?}"
+    );
+    env.get_ok("/v3/contacts", "Contacts").await;
+
+    env.sb.inject(Fault::TruncateBody {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+    });
+    let resp = env
+        .http
+        .get(format!("{}/contacts?limit=30", env.sb.api_base()))
+        .bearer_auth(&env.token)
+        .send()
+        .await
+        .expect("head arrives");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.is_err(), "body must be cut short");
+    env.get_ok("/v3/contacts", "Contacts").await;
+    let statuses: Vec<u16> = env.sb.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200, 0, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn control_http_api() {
+    let env = start(5, 2).await;
+    let base = format!("http://{}", env.sb.addr());
+    let list = env.sb.default_account().list_ids()[0];
+    let resp = env
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = env
+        .http
+        .post(format!("{base}/__control/accounts/default/contacts"))
+        .json(&serde_json::json!({"email": "new.person@example.com", "first_name": "New", "list_ids": [list]}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id: Uuid = v["contact_id"].as_str().expect("id").parse().expect("uuid");
+    let page = env
+        .get_ok(
+            "/v3/contacts?email=new.person@example.com&include=list_memberships",
+            "Contacts",
+        )
+        .await;
+    assert_eq!(page["contacts"][0]["contact_id"], id.to_string());
+    assert_eq!(page["contacts"][0]["list_memberships"][0], list.to_string());
+    for action in [
+        format!("contacts/{id}/unsubscribe"),
+        format!("contacts/{id}/leave/{list}"),
+        format!("contacts/{id}/delete"),
+    ] {
+        let resp = env
+            .http
+            .post(format!("{base}/__control/accounts/default/{action}"))
+            .send()
+            .await
+            .expect("control");
+        assert_eq!(resp.status(), StatusCode::OK, "{action}");
+    }
+    let c = env.sb.default_account().contact(id).expect("contact");
+    assert_eq!(c["email_address"]["permission_to_send"], "unsubscribed");
+    assert!(c["deleted_at"].is_string());
+    let v: Value = env
+        .http
+        .post(format!("{base}/__control/accounts/other/refresh_token"))
+        .send()
+        .await
+        .expect("rt")
+        .json()
+        .await
+        .expect("json");
+    let rt = v["refresh_token"].as_str().expect("rt");
+    let (status, tok) = refresh(&env.http, &env.sb, rt, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::OK);
+    // The "other" account is empty.
+    let other = Env {
+        sb: env.sb.clone(),
+        http: env.http.clone(),
+        token: tok["access_token"].as_str().expect("at").to_string(),
+    };
+    let v = other.get_ok("/v3/contacts", "Contacts").await;
+    assert_eq!(v["contacts"], serde_json::json!([]));
+    let resp = env
+        .http
+        .post(format!("{base}/__control/faults"))
+        .json(&serde_json::json!({"kind": "status", "path_prefix": "/v3/contact_lists", "status": 502, "times": 1}))
+        .send()
+        .await
+        .expect("fault");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        env.get("/v3/contact_lists").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    let before = env.sb.now();
+    let resp = env
+        .http
+        .post(format!("{base}/__control/clock/advance"))
+        .json(&serde_json::json!({"seconds": 3600}))
+        .send()
+        .await
+        .expect("advance");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(env.sb.now() - before >= chrono::Duration::minutes(59));
+    let log: Vec<Value> = env
+        .http
+        .get(format!("{base}/__control/requests"))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(log.len(), env.sb.requests().len());
+    assert!(log.iter().any(|r| r["account"] == "other"));
+}
+
+#[tokio::test]
+async fn update_contact_bumps_updated_at() {
+    let env = start(5, 1).await;
+    let acct = env.sb.default_account();
+    let id = acct.contact_ids()[0];
+    let before = acct.contact(id).expect("c");
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    acct.update_contact(id, |c| c["first_name"] = "Renamed".into());
+    let after = acct.contact(id).expect("c");
+    assert_eq!(after["first_name"], "Renamed");
+    assert!(ts(&after["updated_at"]) > ts(&before["updated_at"]));
+    assert_eq!(
+        after["email_address"]["updated_at"],
+        before["email_address"]["updated_at"]
+    );
+    acct.update_contact(id, |c| {
+        c["email_address"]["address"] = "renamed@example.com".into()
+    });
+    let after2 = acct
+        .contact_by_email("renamed@example.com")
+        .expect("by email");
+    assert_eq!(after2["contact_id"], id.to_string());
+    assert!(
+        ts(&after2["email_address"]["updated_at"]) > ts(&before["email_address"]["updated_at"])
+    );
+    assert_valid("ContactResource", &after2);
+}
+
+#[tokio::test]
+async fn generator_is_deterministic() {
+    let a = Sandbox::start(SandboxConfig {
+        contacts: 50,
+        seed: 9,
+        ..Default::default()
+    })
+    .await
+    .expect("a");
+    let b = Sandbox::start(SandboxConfig {
+        contacts: 50,
+        seed: 9,
+        ..Default::default()
+    })
+    .await
+    .expect("b");
+    assert_eq!(
+        a.default_account().contact_ids(),
+        b.default_account().contact_ids()
+    );
+    let ida = a.default_account().contact_ids()[7];
+    let ca = a.default_account().contact(ida).expect("a");
+    let cb = b.default_account().contact(ida).expect("b");
+    assert_eq!(
+        ca["email_address"]["address"],
+        cb["email_address"]["address"]
+    );
+    assert_eq!(ca["custom_fields"], cb["custom_fields"]);
+    let emails: HashSet<String> = a
+        .default_account()
+        .contact_ids()
+        .iter()
+        .filter_map(|id| a.default_account().contact(*id))
+        .map(|c| {
+            c["email_address"]["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(emails.len(), 50);
+    assert!(emails
+        .iter()
+        .all(|e| e == &e.to_lowercase() && e.ends_with("@example.com")));
+    a.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), a.stopped())
+        .await
+        .expect("stops");
+}
