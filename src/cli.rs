@@ -1,0 +1,150 @@
+//! The command line (clap). `--config` is global: accepted before or after the subcommand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::sync::Job;
+
+#[derive(Debug, Parser)]
+#[command(name = "ccsync", version, about = "Keeps a local PostgreSQL store in sync with Constant Contact")]
+pub struct Cli {
+    /// Configuration file (TOML). Environment: CCSYNC_CONFIG.
+    #[arg(long, global = true, env = "CCSYNC_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--job` values: one job, or all of them in cycle order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobArg {
+    Contacts,
+    Unsubscribes,
+    Deletes,
+    Lists,
+    Reconcile,
+    Push,
+    All,
+}
+
+impl JobArg {
+    pub fn jobs(self) -> Vec<Job> {
+        match self {
+            JobArg::Contacts => vec![Job::Contacts],
+            JobArg::Unsubscribes => vec![Job::Unsubscribes],
+            JobArg::Deletes => vec![Job::Deletes],
+            JobArg::Lists => vec![Job::Lists],
+            JobArg::Reconcile => vec![Job::Reconcile],
+            JobArg::Push => vec![Job::Push],
+            JobArg::All => Job::cycle().to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: migrations, scheduler, health/metrics listener, graceful shutdown.
+    Run {
+        /// Do not run migrations at start-up.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Run one cycle now, then exit (non-zero when a job failed).
+    Sync {
+        /// Only this account (default: every configured account).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, value_enum, default_value = "all")]
+        job: JobArg,
+        /// Ignore watermarks and read everything again.
+        #[arg(long)]
+        full: bool,
+        /// Report what would change on both sides; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not run migrations first.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Per account and job: watermark, last run and outcome, API requests used today.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print it with secrets masked.
+    CheckConfig,
+    /// Obtain, import or inspect OAuth tokens.
+    Auth {
+        #[command(subcommand)]
+        what: AuthCommand,
+    },
+    /// Exit 0 when the daemon's /readyz answers 200 (Docker HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9187/readyz")]
+        url: String,
+    },
+    /// Run the local Constant Contact fake.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        listen: SocketAddr,
+        /// Generated contacts in the default account.
+        #[arg(long, default_value_t = 1000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Requests per second per API key (like the real 4/s); 0 = unlimited.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// The whole loop against an in-process sandbox and the configured database.
+    Demo {
+        #[arg(long, default_value_t = 2000)]
+        contacts: usize,
+    },
+    /// Benchmarks that print numbers.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// End-to-end pull throughput (rate limiting off) and peak RSS of this process.
+    Pull {
+        #[arg(long, default_value_t = 200_000)]
+        contacts: usize,
+        /// Use a sandbox already running at this API base (e.g. http://127.0.0.1:8765/v3)
+        /// so that its memory is not counted; default: start one in-process.
+        #[arg(long)]
+        sandbox: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Authorise an account (device flow; `--browser` for authorization code + PKCE).
+    Login {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Read a refresh token for an account from stdin (never from argv) and store it.
+    Import {
+        #[arg(long)]
+        account: String,
+    },
+    /// Per account: has tokens, access expiry, last refresh, refresh-token kind.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,579 @@
+//! Settings: embedded commented defaults, then the `--config` file, then `CCSYNC__SECTION__KEY`
+//! environment variables (added last, so they win). `validate()` checks what serde cannot;
+//! every error names the key so that an operator can fix it (exit code 78).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+/// The embedded defaults; every key is present and commented.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// A configuration problem. Displayed as `key: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration error: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration error: {0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub constant_contact: CtctSettings,
+    /// Connected Constant Contact accounts.
+    #[serde(default)]
+    pub accounts: Vec<AccountSettings>,
+    pub sync: SyncSettings,
+    pub schedule: ScheduleSettings,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL; may embed a password, so it is a secret and never printed whole.
+    pub url: SecretString,
+    /// Password kept out of the URL (environment or `password_file`).
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// A file holding the password (systemd credential, Docker secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub max_connections: u32,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CtctSettings {
+    /// Base URL of the V3 API, e.g. `https://api.cc.email/v3`.
+    pub api_base: String,
+    /// OAuth2 token endpoint.
+    pub token_url: String,
+    /// The application's API key (OAuth client id).
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Requests per second for the API key; 0 turns pacing off (sandbox and benchmarks).
+    pub requests_per_second: f64,
+    /// Requests per UTC day for the API key, shared by every account and replica.
+    pub daily_request_limit: u64,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Retries of one request on throttling, 5xx, timeouts and connection errors.
+    pub max_retries: u32,
+    #[serde(deserialize_with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccountSettings {
+    /// Local name of a connected Constant Contact account.
+    pub id: String,
+    /// One-time seed, used only while `oauth_tokens` has no row for the account.
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// `"all"` or a list of list ids whose memberships are synced.
+    #[serde(default)]
+    pub lists: ListsSetting,
+}
+
+/// Which lists' memberships an account syncs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ListsSetting {
+    Named(String),
+    Ids(Vec<Uuid>),
+}
+
+impl Default for ListsSetting {
+    fn default() -> Self {
+        ListsSetting::Named("all".into())
+    }
+}
+
+impl ListsSetting {
+    /// `None` means every list.
+    pub fn ids(&self) -> Option<&[Uuid]> {
+        match self {
+            ListsSetting::Named(_) => None,
+            ListsSetting::Ids(ids) => Some(ids),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncSettings {
+    #[serde(deserialize_with = "duration")]
+    pub lookback: Duration,
+    pub page_size: u32,
+    pub import_max_contacts: usize,
+    pub import_max_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub poll_initial: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub poll_max: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub poll_timeout: Duration,
+    pub max_push_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduleSettings {
+    pub contacts: String,
+    pub unsubscribes: String,
+    pub deletes: String,
+    pub lists: String,
+    pub push: String,
+    pub reconcile: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+impl Settings {
+    /// Loads defaults, then `path` (if any), then the environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut settings = Self::load_unvalidated(path)?;
+        settings.resolve_secret_files()?;
+        settings.validate()?;
+        if let Some(p) = path {
+            settings.check_file_secrets(p)?;
+        }
+        Ok(settings)
+    }
+
+    /// Loads without validating (for `check-config`, which reports problems itself).
+    pub fn load_unvalidated(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("file {} does not exist", p.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(p).format(FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("CCSYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let cfg = builder
+            .build()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Reads `*_file` secrets into their values (the file wins over nothing, never over an
+    /// explicit value).
+    pub fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            Ok(SecretString::from(text.trim().to_owned()))
+        }
+        if self.constant_contact.client_secret.is_none() {
+            if let Some(p) = &self.constant_contact.client_secret_file {
+                self.constant_contact.client_secret =
+                    Some(read("constant_contact.client_secret_file", p)?);
+            }
+        }
+        if self.database.password.is_none() {
+            if let Some(p) = &self.database.password_file {
+                self.database.password = Some(read("database.password_file", p)?);
+            }
+        }
+        for (i, a) in self.accounts.iter_mut().enumerate() {
+            if a.refresh_token.is_none() {
+                if let Some(p) = &a.refresh_token_file {
+                    a.refresh_token = Some(read(&format!("accounts[{i}].refresh_token_file"), p)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: URLs, limits, cron strings, account ids.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(self.database.url.expose_secret())
+            .map_err(|e| ConfigError::invalid("database.url", e.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.database.max_connections < 2 {
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "must be at least 2 (a run holds one connection for its lock)",
+            ));
+        }
+        for (key, value) in [
+            ("constant_contact.api_base", &self.constant_contact.api_base),
+            ("constant_contact.token_url", &self.constant_contact.token_url),
+        ] {
+            let u = url::Url::parse(value).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(key, "must be an http(s) URL"));
+            }
+        }
+        let c = &self.constant_contact;
+        if !(c.requests_per_second >= 0.0 && c.requests_per_second.is_finite()) {
+            return Err(ConfigError::invalid(
+                "constant_contact.requests_per_second",
+                "must be a number >= 0 (0 turns pacing off)",
+            ));
+        }
+        if c.daily_request_limit == 0 {
+            return Err(ConfigError::invalid(
+                "constant_contact.daily_request_limit",
+                "must be greater than 0",
+            ));
+        }
+        let s = &self.sync;
+        if !(1..=500).contains(&s.page_size) {
+            return Err(ConfigError::invalid("sync.page_size", "must be 1..=500 (the API's limit)"));
+        }
+        if !(1..=40_000).contains(&s.import_max_contacts) {
+            return Err(ConfigError::invalid(
+                "sync.import_max_contacts",
+                "must be 1..=40000 (the API's limit)",
+            ));
+        }
+        if !(1024..=4_000_000).contains(&s.import_max_bytes) {
+            return Err(ConfigError::invalid(
+                "sync.import_max_bytes",
+                "must be 1024..=4000000 (the API silently drops what is beyond 4 MB)",
+            ));
+        }
+        if s.poll_initial.is_zero() || s.poll_max < s.poll_initial {
+            return Err(ConfigError::invalid(
+                "sync.poll_max",
+                "poll_initial must be > 0 and poll_max >= poll_initial",
+            ));
+        }
+        if s.max_push_attempts == 0 {
+            return Err(ConfigError::invalid("sync.max_push_attempts", "must be at least 1"));
+        }
+        for (key, expr) in self.schedule.entries() {
+            parse_cron(expr).map_err(|m| ConfigError::invalid(format!("schedule.{key}"), m))?;
+        }
+        if !matches!(
+            self.log.level.to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error"
+        ) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                "must be one of trace, debug, info, warn, error",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let valid = !a.id.is_empty()
+                && a.id.len() <= 64
+                && a.id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+            if !valid {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].id"),
+                    "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !seen.insert(a.id.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].id"),
+                    format!("duplicate account id {:?}", a.id),
+                ));
+            }
+            if let ListsSetting::Named(n) = &a.lists {
+                if n != "all" {
+                    return Err(ConfigError::invalid(
+                        format!("accounts[{i}].lists"),
+                        "must be \"all\" or an array of list ids",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that need an account to sync (used by `sync`, `run` and `check-config`).
+    pub fn validate_for_sync(&self) -> Result<(), ConfigError> {
+        if self.accounts.is_empty() {
+            return Err(ConfigError::invalid(
+                "accounts",
+                "no [[accounts]] configured: add one with an id and a refresh_token",
+            ));
+        }
+        if self.constant_contact.client_id.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "constant_contact.client_id",
+                "is empty: set your application's API key",
+            ));
+        }
+        if self.constant_contact.client_secret.is_none() {
+            return Err(ConfigError::invalid(
+                "constant_contact.client_secret",
+                "is missing: set it, client_secret_file, or CCSYNC__CONSTANT_CONTACT__CLIENT_SECRET",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Secrets written inline in a file that anyone can read are refused.
+    fn check_file_secrets(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        if meta.permissions().mode() & 0o004 == 0 {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let parsed: toml_like::Doc = toml_like::scan(&text);
+        for key in ["client_secret", "refresh_token", "password"] {
+            if parsed.has_key(key) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "is written in {}, which is world-readable: chmod 600 it, or use *_file / the environment",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL with any password masked, for printing.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database.url.expose_secret())
+    }
+
+    /// The effective configuration with every secret masked (for `check-config`).
+    pub fn redacted_summary(&self) -> String {
+        let c = &self.constant_contact;
+        let mut out = String::new();
+        let set = |o: bool| if o { "(set)" } else { "(not set)" };
+        out.push_str(&format!(
+            "[database]\nurl = {:?}\npassword = {}\nmax_connections = {}\n\n",
+            self.database_url_redacted(),
+            set(self.database.password.is_some()),
+            self.database.max_connections
+        ));
+        out.push_str(&format!(
+            "[constant_contact]\napi_base = {:?}\ntoken_url = {:?}\nclient_id = {:?}\nclient_secret = {}\nrequests_per_second = {}\ndaily_request_limit = {}\n\n",
+            c.api_base, c.token_url, c.client_id, set(c.client_secret.is_some()), c.requests_per_second, c.daily_request_limit
+        ));
+        for a in &self.accounts {
+            out.push_str(&format!(
+                "[[accounts]]\nid = {:?}\nrefresh_token = {}\nlists = {}\n\n",
+                a.id,
+                set(a.refresh_token.is_some()),
+                match a.lists.ids() {
+                    None => "\"all\"".to_string(),
+                    Some(ids) => format!("{ids:?}"),
+                }
+            ));
+        }
+        let s = &self.sync;
+        out.push_str(&format!(
+            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\n\n",
+            humantime::format_duration(s.lookback).to_string(), s.page_size, s.import_max_contacts, s.import_max_bytes,
+            humantime::format_duration(s.poll_initial).to_string(), humantime::format_duration(s.poll_max).to_string(),
+            humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts
+        ));
+        out.push_str("[schedule]\n");
+        for (k, v) in self.schedule.entries() {
+            out.push_str(&format!("{k} = {v:?}\n"));
+        }
+        out.push_str(&format!(
+            "\n[server]\nlisten = \"{}\"\n\n[log]\nformat = \"{:?}\"\nlevel = {:?}\n",
+            self.server.listen, self.log.format, self.log.level
+        ));
+        out
+    }
+
+    /// Finds an account's settings.
+    pub fn account(&self, id: &str) -> Option<&AccountSettings> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+}
+
+impl ScheduleSettings {
+    /// `(job, cron expression)` pairs.
+    pub fn entries(&self) -> [(&'static str, &str); 6] {
+        [
+            ("contacts", &self.contacts),
+            ("unsubscribes", &self.unsubscribes),
+            ("deletes", &self.deletes),
+            ("lists", &self.lists),
+            ("push", &self.push),
+            ("reconcile", &self.reconcile),
+        ]
+    }
+}
+
+/// Parses a six-field (seconds first) cron expression.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!(
+            "{expr:?} must have six fields (seconds first), e.g. \"0 */15 * * * *\""
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("{expr:?}: {e}"))
+}
+
+/// Masks the password of a URL.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparseable URL)".to_string(),
+    }
+}
+
+/// A tiny scan of TOML keys, enough to see whether secrets are written inline.
+mod toml_like {
+    pub struct Doc(Vec<(String, bool)>);
+    pub fn scan(text: &str) -> Doc {
+        Doc(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                let key = k.trim().to_string();
+                // `url = "postgres://u:pw@h"` carries a password too.
+                let has_pw = key == "url" && v.contains(':') && v.contains('@') && {
+                    let v = v.trim().trim_matches('"');
+                    v.split_once("://")
+                        .and_then(|(_, rest)| rest.split_once('@'))
+                        .map(|(userinfo, _)| userinfo.contains(':'))
+                        .unwrap_or(false)
+                };
+                (key, has_pw)
+            })
+            .collect())
+    }
+    impl Doc {
+        pub fn has_key(&self, key: &str) -> bool {
+            self.0
+                .iter()
+                .any(|(k, pw)| k == key || (key == "password" && *pw))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Settings {
+        Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("embedded defaults deserialize")
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        defaults().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_page_size_names_the_key() {
+        let mut s = defaults();
+        s.sync.page_size = 501;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("sync.page_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_cron_names_the_key() {
+        let mut s = defaults();
+        s.schedule.deletes = "*/5 * * * *".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("schedule.deletes"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut s = defaults();
+        s.constant_contact.client_secret = Some(SecretString::from("s3cr3t-value".to_string()));
+        s.database.url = SecretString::from("postgres://u:hunter2pw@h/db".to_string());
+        let dbg = format!("{s:?}");
+        let summary = s.redacted_summary();
+        for leak in ["s3cr3t-value", "hunter2pw"] {
+            assert!(!dbg.contains(leak), "Debug leaks {leak}");
+            assert!(!summary.contains(leak), "summary leaks {leak}");
+        }
+    }
+
+    #[test]
+    fn inline_url_password_is_detected() {
+        let doc = toml_like::scan("url = \"postgres://u:pw@h/db\"\n");
+        assert!(doc.has_key("password"));
+        let doc = toml_like::scan("url = \"postgres://u@h/db\"\n");
+        assert!(!doc.has_key("password"));
+    }
+}

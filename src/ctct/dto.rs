@@ -1,0 +1,219 @@
+//! The API's shapes, as much of them as ccsync reads. Every field a defensive `Option`:
+//! the spec marks little as required and the live API adds and drops fields.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
+
+/// `GET /contacts` page (`Contacts`).
+#[derive(Debug, Deserialize)]
+pub struct ContactsPage {
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    #[serde(default)]
+    pub contacts_count: Option<u64>,
+    #[serde(rename = "_links", default)]
+    pub links: Option<PagingLinks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PagingLinks {
+    #[serde(default)]
+    pub next: Option<Link>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Link {
+    pub href: String,
+}
+
+impl PagingLinks {
+    /// The next page's href; a missing or empty link means "done".
+    pub fn next_href(links: &Option<PagingLinks>) -> Option<&str> {
+        links
+            .as_ref()
+            .and_then(|l| l.next.as_ref())
+            .map(|l| l.href.as_str())
+            .filter(|h| !h.is_empty())
+    }
+}
+
+/// `ContactResource`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Contact {
+    pub contact_id: Uuid,
+    #[serde(default)]
+    pub email_address: Option<EmailAddress>,
+    #[serde(default)]
+    pub first_name: Option<String>,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    #[serde(default)]
+    pub company_name: Option<String>,
+    #[serde(default)]
+    pub birthday_month: Option<i16>,
+    #[serde(default)]
+    pub birthday_day: Option<i16>,
+    #[serde(default)]
+    pub anniversary: Option<String>,
+    #[serde(default)]
+    pub create_source: Option<String>,
+    #[serde(default)]
+    pub update_source: Option<String>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// A date on contacts (a date-time on lists); both forms are accepted.
+    #[serde(default, deserialize_with = "lenient_date")]
+    pub deleted_at: Option<NaiveDate>,
+    #[serde(default)]
+    pub custom_fields: Option<serde_json::Value>,
+    #[serde(default)]
+    pub list_memberships: Option<Vec<Uuid>>,
+    #[serde(default)]
+    pub phone_numbers: Option<serde_json::Value>,
+    #[serde(default)]
+    pub street_addresses: Option<serde_json::Value>,
+    #[serde(default)]
+    pub taggings: Option<serde_json::Value>,
+}
+
+/// `EmailAddress`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmailAddress {
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub permission_to_send: Option<String>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub opt_in_source: Option<String>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub opt_in_date: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub opt_out_source: Option<String>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub opt_out_date: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub opt_out_reason: Option<String>,
+    #[serde(default)]
+    pub confirm_status: Option<String>,
+}
+
+/// `ContactListArray`.
+#[derive(Debug, Deserialize)]
+pub struct ContactListsPage {
+    #[serde(default)]
+    pub lists: Vec<ContactList>,
+    #[serde(default)]
+    pub lists_count: Option<u64>,
+    #[serde(rename = "_links", default)]
+    pub links: Option<PagingLinks>,
+}
+
+/// `ContactList`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContactList {
+    pub list_id: Uuid,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub favorite: Option<bool>,
+    #[serde(default)]
+    pub membership_count: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// Parses ISO-8601 date-times with `Z`, `+hh:mm` or `+hhmm` offsets, with or without
+/// fractional seconds.
+pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    // A bare date: midnight UTC.
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|n| n.and_utc())
+}
+
+fn lenient_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => parse_datetime(v)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a date-time: {v:?}"))),
+    }
+}
+
+fn lenient_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => NaiveDate::parse_from_str(v, "%Y-%m-%d")
+            .ok()
+            .or_else(|| parse_datetime(v).map(|t| t.date_naive()))
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a date: {v:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_in_every_offset_style_parse_to_the_same_instant() {
+        let a = parse_datetime("2024-01-01T05:00:00Z").unwrap();
+        for s in [
+            "2024-01-01T05:00:00.000Z",
+            "2024-01-01T00:00:00-05:00",
+            "2024-01-01T05:00:00.000000+0000",
+            "2024-01-01T05:00:00+0000",
+        ] {
+            assert_eq!(parse_datetime(s), Some(a), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_contact_with_date_deleted_at_and_missing_fields_decodes() {
+        let c: Contact = serde_json::from_str(
+            r#"{"contact_id":"4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11","deleted_at":"2016-07-08",
+                "updated_at":"2016-07-08T10:00:00Z","email_address":{"address":"A@B.C"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.deleted_at, NaiveDate::from_ymd_opt(2016, 7, 8));
+        assert!(c.first_name.is_none());
+    }
+
+    #[test]
+    fn missing_or_empty_links_mean_done() {
+        let p: ContactsPage = serde_json::from_str(r#"{"contacts":[],"_links":{}}"#).unwrap();
+        assert!(PagingLinks::next_href(&p.links).is_none());
+        let p: ContactsPage = serde_json::from_str(r#"{"contacts":[]}"#).unwrap();
+        assert!(PagingLinks::next_href(&p.links).is_none());
+        let p: ContactsPage =
+            serde_json::from_str(r#"{"_links":{"next":{"href":"/v3/contacts?cursor=x"}}}"#)
+                .unwrap();
+        assert_eq!(PagingLinks::next_href(&p.links), Some("/v3/contacts?cursor=x"));
+    }
+}

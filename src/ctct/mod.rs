@@ -1,0 +1,13 @@
+//! The Constant Contact V3 client. Knows no SQL and no jobs: token persistence and the
+//! request budget reach it through the `TokenStore` and `RequestBudget` traits.
+
+pub mod auth;
+pub mod client;
+pub mod dto;
+pub mod error;
+pub mod limiter;
+
+pub use auth::{Auth, OAuthClient, TokenSet, TokenStore};
+pub use client::{AccountClient, Api, ApiOptions, ContactsQuery, CONTACT_INCLUDE};
+pub use error::{AuthError, Error};
+pub use limiter::{Budget, RequestBudget};

@@ -1,0 +1,19 @@
+//! ccsync: keeps a local PostgreSQL store in sync with Constant Contact (V3 API).
+//!
+//! Dependencies point one way: `sync` uses `store` and `ctct`; `store` knows no HTTP;
+//! `ctct` knows no SQL; the pure cores in `sync` import neither; nothing in production
+//! depends on `sandbox`, an independent fake of the API (only `demo` and `bench` start it).
+
+pub mod app;
+pub mod auth_cmd;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod ctct;
+pub mod demo;
+pub mod sandbox;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod telemetry;

@@ -1,0 +1,160 @@
+//! `ccsync status` and the run reports of `ccsync sync`: a table on a terminal, JSON on request.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::config::Settings;
+use crate::store;
+use crate::sync::{Outcome, RunReport};
+
+fn ts(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Gathers the status as JSON (also the source of the table).
+pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde_json::Value> {
+    let mut conn = pool.acquire().await.context("acquiring a connection")?;
+    let jobs = store::status::jobs(&mut conn).await.context("reading job status")?;
+    let usage = store::usage::used_today(&mut conn).await.context("reading API usage")?;
+    let exhausted = store::usage::quota_exhausted_today(&mut conn).await?;
+    let outbound = store::status::outbound_by_state(&mut conn).await?;
+    let in_flight = store::status::activities_in_flight(&mut conn).await?;
+    let tokens = store::tokens::info(&mut conn).await?;
+    let used: i64 = usage.iter().map(|(_, n)| n).sum();
+    let limit = settings.constant_contact.daily_request_limit as i64;
+    let now = Utc::now();
+    let jobs_json: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            json!({
+                "account": j.account_id,
+                "job": j.job,
+                "watermark": j.watermark,
+                "lag_seconds": j.watermark.map(|w| (now - w).num_seconds()),
+                "last_success_at": j.last_success_at,
+                "last_run_started_at": j.last_run_started_at,
+                "last_run_finished_at": j.last_run_finished_at,
+                "last_outcome": j.last_outcome,
+                "last_error": j.last_error,
+                "last_stats": j.last_stats,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "jobs": jobs_json,
+        "api_requests_today": {
+            "total": used,
+            "by_account": usage.iter().map(|(a, n)| json!({"account": a, "requests": n})).collect::<Vec<_>>(),
+            "daily_limit": limit,
+            "budget_left": if exhausted { 0 } else { (limit - used).max(0) },
+            "quota_exhausted": exhausted,
+        },
+        "outbound": outbound.iter().map(|(a, s, n)| json!({"account": a, "state": s, "rows": n})).collect::<Vec<_>>(),
+        "activities_in_flight": in_flight.iter().map(|(a, n)| json!({"account": a, "activities": n})).collect::<Vec<_>>(),
+        "tokens": tokens,
+    }))
+}
+
+/// Prints the status.
+pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow::Result<()> {
+    let v = collect(pool, settings).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let jobs = store::status::jobs(&mut *pool.acquire().await?).await?;
+    println!(
+        "{:<12} {:<13} {:<21} {:<21} {:<10} ERROR",
+        "ACCOUNT", "JOB", "WATERMARK", "LAST RUN", "OUTCOME"
+    );
+    for j in &jobs {
+        println!(
+            "{:<12} {:<13} {:<21} {:<21} {:<10} {}",
+            j.account_id,
+            j.job,
+            ts(j.watermark),
+            ts(j.last_run_started_at),
+            j.last_outcome.as_deref().unwrap_or("-"),
+            j.last_error.as_deref().unwrap_or("")
+        );
+    }
+    let u = &v["api_requests_today"];
+    println!(
+        "\nAPI requests today: {} of {} (left {}){}",
+        u["total"],
+        u["daily_limit"],
+        u["budget_left"],
+        if u["quota_exhausted"].as_bool() == Some(true) {
+            " — quota exhausted, paused until 00:00 UTC"
+        } else {
+            ""
+        }
+    );
+    for o in v["outbound"].as_array().into_iter().flatten() {
+        println!("outbound {} {}: {}", o["account"], o["state"], o["rows"]);
+    }
+    for t in v["tokens"].as_array().into_iter().flatten() {
+        println!(
+            "tokens {}: access expires {}, refresh {}{}",
+            t["account_id"],
+            t["access_expires_at"],
+            t["refresh_kind"],
+            if t["needs_reauth"].as_bool() == Some(true) {
+                " — NEEDS RE-AUTHORISATION"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Prints what a `sync` did.
+pub fn print_reports(reports: &[RunReport], as_json: bool) {
+    if as_json {
+        let v: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                let (outcome, detail) = match &r.outcome {
+                    Outcome::Succeeded(s) => ("succeeded", s.clone()),
+                    Outcome::Skipped => ("skipped", json!(null)),
+                    Outcome::Failed(e) => ("failed", json!(e)),
+                };
+                json!({"run_id": r.run_id, "account": r.account, "job": r.job.as_str(),
+                       "outcome": outcome, "detail": detail})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return;
+    }
+    for r in reports {
+        match &r.outcome {
+            Outcome::Succeeded(s) => println!(
+                "{:<12} {:<13} ok      {}",
+                r.account,
+                r.job.as_str(),
+                summarize(s)
+            ),
+            Outcome::Skipped => println!(
+                "{:<12} {:<13} skipped (already running elsewhere)",
+                r.account,
+                r.job.as_str()
+            ),
+            Outcome::Failed(e) => println!("{:<12} {:<13} FAILED  {e}", r.account, r.job.as_str()),
+        }
+    }
+}
+
+fn summarize(s: &serde_json::Value) -> String {
+    let keys = [
+        "pages", "seen", "created", "updated", "unchanged", "stale", "deleted", "unsubscribed",
+        "changes_written", "api_requests", "duration_ms", "dry_run",
+    ];
+    keys.iter()
+        .filter_map(|k| s.get(*k).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,272 @@
+//! `contacts` and `list_memberships`: batched reads and writes for one page at a time.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::sync::merge::{ContactRow, Stored};
+
+const COLUMNS: &str = "contact_id, email, first_name, last_name, job_title, company_name, \
+    birthday_month, birthday_day, anniversary, permission_to_send, opt_in_source, opt_in_date, \
+    opt_out_source, opt_out_date, opt_out_reason, confirm_status, email_updated_at, \
+    custom_fields, phone_numbers, street_addresses, taggings, create_source, update_source, \
+    created_at, updated_at, deleted_at";
+
+fn row_from(r: &sqlx::postgres::PgRow) -> Result<ContactRow, sqlx::Error> {
+    Ok(ContactRow {
+        contact_id: r.try_get("contact_id")?,
+        email: r.try_get("email")?,
+        first_name: r.try_get("first_name")?,
+        last_name: r.try_get("last_name")?,
+        job_title: r.try_get("job_title")?,
+        company_name: r.try_get("company_name")?,
+        birthday_month: r.try_get("birthday_month")?,
+        birthday_day: r.try_get("birthday_day")?,
+        anniversary: r.try_get("anniversary")?,
+        permission_to_send: r.try_get("permission_to_send")?,
+        opt_in_source: r.try_get("opt_in_source")?,
+        opt_in_date: r.try_get("opt_in_date")?,
+        opt_out_source: r.try_get("opt_out_source")?,
+        opt_out_date: r.try_get("opt_out_date")?,
+        opt_out_reason: r.try_get("opt_out_reason")?,
+        confirm_status: r.try_get("confirm_status")?,
+        email_updated_at: r.try_get("email_updated_at")?,
+        custom_fields: r.try_get("custom_fields")?,
+        phone_numbers: r.try_get("phone_numbers")?,
+        street_addresses: r.try_get("street_addresses")?,
+        taggings: r.try_get("taggings")?,
+        create_source: r.try_get("create_source")?,
+        update_source: r.try_get("update_source")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+    })
+}
+
+/// The stored rows and memberships of `ids`, locked for the page's transaction.
+pub async fn load_for_update(
+    conn: &mut PgConnection,
+    account: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Stored>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM ccsync.contacts \
+         WHERE account_id = $1 AND contact_id = ANY($2) FOR UPDATE"
+    ))
+    .bind(account)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let row = row_from(r)?;
+        out.insert(
+            row.contact_id,
+            Stored {
+                row,
+                memberships: BTreeSet::new(),
+            },
+        );
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT contact_id, list_id FROM ccsync.list_memberships \
+         WHERE account_id = $1 AND contact_id = ANY($2)",
+    )
+    .bind(account)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (c, l) in pairs {
+        if let Some(s) = out.get_mut(&c) {
+            s.memberships.insert(l);
+        }
+    }
+    Ok(out)
+}
+
+/// One contact by id (tests, status, the push guard).
+pub async fn get(
+    conn: &mut PgConnection,
+    account: &str,
+    id: Uuid,
+) -> Result<Option<ContactRow>, sqlx::Error> {
+    let r = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM ccsync.contacts WHERE account_id = $1 AND contact_id = $2"
+    ))
+    .bind(account)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    r.as_ref().map(row_from).transpose()
+}
+
+/// Inserts or updates `rows` in one statement. The stale guard in SQL repeats the one of
+/// the merge: an older `updated_at` than stored changes nothing, whoever else writes.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    account: &str,
+    rows: &[ContactRow],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! col {
+        ($f:ident) => {
+            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
+        };
+    }
+    let ids: Vec<Uuid> = col!(contact_id);
+    let email: Vec<Option<String>> = col!(email);
+    let first_name: Vec<Option<String>> = col!(first_name);
+    let last_name: Vec<Option<String>> = col!(last_name);
+    let job_title: Vec<Option<String>> = col!(job_title);
+    let company_name: Vec<Option<String>> = col!(company_name);
+    let birthday_month: Vec<Option<i16>> = col!(birthday_month);
+    let birthday_day: Vec<Option<i16>> = col!(birthday_day);
+    let anniversary: Vec<Option<String>> = col!(anniversary);
+    let permission: Vec<Option<String>> = col!(permission_to_send);
+    let opt_in_source: Vec<Option<String>> = col!(opt_in_source);
+    let opt_in_date: Vec<Option<DateTime<Utc>>> = col!(opt_in_date);
+    let opt_out_source: Vec<Option<String>> = col!(opt_out_source);
+    let opt_out_date: Vec<Option<DateTime<Utc>>> = col!(opt_out_date);
+    let opt_out_reason: Vec<Option<String>> = col!(opt_out_reason);
+    let confirm_status: Vec<Option<String>> = col!(confirm_status);
+    let email_updated_at: Vec<Option<DateTime<Utc>>> = col!(email_updated_at);
+    let custom_fields: Vec<Value> = col!(custom_fields);
+    let phone_numbers: Vec<Value> = col!(phone_numbers);
+    let street_addresses: Vec<Value> = col!(street_addresses);
+    let taggings: Vec<Value> = col!(taggings);
+    let create_source: Vec<Option<String>> = col!(create_source);
+    let update_source: Vec<Option<String>> = col!(update_source);
+    let created_at: Vec<Option<DateTime<Utc>>> = col!(created_at);
+    let updated_at: Vec<DateTime<Utc>> = col!(updated_at);
+    let deleted_at: Vec<Option<NaiveDate>> = col!(deleted_at);
+    let done = sqlx::query(
+        "INSERT INTO ccsync.contacts (account_id, contact_id, email, first_name, last_name, \
+            job_title, company_name, birthday_month, birthday_day, anniversary, \
+            permission_to_send, opt_in_source, opt_in_date, opt_out_source, opt_out_date, \
+            opt_out_reason, confirm_status, email_updated_at, custom_fields, phone_numbers, \
+            street_addresses, taggings, create_source, update_source, created_at, updated_at, \
+            deleted_at, synced_at)
+         SELECT $1, u.* , now() FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], \
+            $6::text[], $7::text[], $8::int2[], $9::int2[], $10::text[], $11::text[], \
+            $12::text[], $13::timestamptz[], $14::text[], $15::timestamptz[], $16::text[], \
+            $17::text[], $18::timestamptz[], $19::jsonb[], $20::jsonb[], $21::jsonb[], \
+            $22::jsonb[], $23::text[], $24::text[], $25::timestamptz[], $26::timestamptz[], \
+            $27::date[]) AS u
+         ON CONFLICT (account_id, contact_id) DO UPDATE SET
+            email = EXCLUDED.email, first_name = EXCLUDED.first_name,
+            last_name = EXCLUDED.last_name, job_title = EXCLUDED.job_title,
+            company_name = EXCLUDED.company_name, birthday_month = EXCLUDED.birthday_month,
+            birthday_day = EXCLUDED.birthday_day, anniversary = EXCLUDED.anniversary,
+            permission_to_send = EXCLUDED.permission_to_send,
+            opt_in_source = EXCLUDED.opt_in_source, opt_in_date = EXCLUDED.opt_in_date,
+            opt_out_source = EXCLUDED.opt_out_source, opt_out_date = EXCLUDED.opt_out_date,
+            opt_out_reason = EXCLUDED.opt_out_reason, confirm_status = EXCLUDED.confirm_status,
+            email_updated_at = EXCLUDED.email_updated_at,
+            custom_fields = EXCLUDED.custom_fields, phone_numbers = EXCLUDED.phone_numbers,
+            street_addresses = EXCLUDED.street_addresses, taggings = EXCLUDED.taggings,
+            create_source = EXCLUDED.create_source, update_source = EXCLUDED.update_source,
+            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+            deleted_at = EXCLUDED.deleted_at, synced_at = now()
+         WHERE ccsync.contacts.updated_at <= EXCLUDED.updated_at",
+    )
+    .bind(account)
+    .bind(ids)
+    .bind(email)
+    .bind(first_name)
+    .bind(last_name)
+    .bind(job_title)
+    .bind(company_name)
+    .bind(birthday_month)
+    .bind(birthday_day)
+    .bind(anniversary)
+    .bind(permission)
+    .bind(opt_in_source)
+    .bind(opt_in_date)
+    .bind(opt_out_source)
+    .bind(opt_out_date)
+    .bind(opt_out_reason)
+    .bind(confirm_status)
+    .bind(email_updated_at)
+    .bind(custom_fields)
+    .bind(phone_numbers)
+    .bind(street_addresses)
+    .bind(taggings)
+    .bind(create_source)
+    .bind(update_source)
+    .bind(created_at)
+    .bind(updated_at)
+    .bind(deleted_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Adds memberships (contact, list) in one statement.
+pub async fn add_memberships(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "INSERT INTO ccsync.list_memberships (account_id, contact_id, list_id)
+         SELECT $1, c, l FROM UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(account)
+    .bind(c)
+    .bind(l)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Removes memberships (contact, list) in one statement.
+pub async fn remove_memberships(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "DELETE FROM ccsync.list_memberships m
+         USING UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
+         WHERE m.account_id = $1 AND m.contact_id = u.c AND m.list_id = u.l",
+    )
+    .bind(account)
+    .bind(c)
+    .bind(l)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Memberships of one contact (tests, reconcile).
+pub async fn memberships_of(
+    conn: &mut PgConnection,
+    account: &str,
+    contact: Uuid,
+) -> Result<BTreeSet<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT list_id FROM ccsync.list_memberships WHERE account_id = $1 AND contact_id = $2",
+    )
+    .bind(account)
+    .bind(contact)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids.into_iter().collect())
+}

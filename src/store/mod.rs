@@ -1,0 +1,118 @@
+//! Every SQL statement lives here, one file per table or aggregate. Functions take
+//! `&mut PgConnection` so that they compose inside one transaction. No HTTP here.
+
+pub mod changes;
+pub mod contacts;
+pub mod runs;
+pub mod status;
+pub mod sync_state;
+pub mod tokens;
+pub mod usage;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::config::DatabaseSettings;
+
+/// The embedded migrations of `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL {url}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot connect to PostgreSQL at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot run migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+}
+
+/// Connect options from the settings (password kept out of the URL when given apart).
+pub fn connect_options(db: &DatabaseSettings) -> Result<PgConnectOptions, StoreError> {
+    let raw = db.url.expose_secret();
+    let mut opts = PgConnectOptions::from_str(raw).map_err(|source| StoreError::BadUrl {
+        url: crate::config::redact_url(raw),
+        source,
+    })?;
+    if let Some(pw) = &db.password {
+        opts = opts.password(pw.expose_secret());
+    }
+    Ok(opts.application_name("ccsync").disable_statement_logging())
+}
+
+/// An eager pool: bad credentials fail here, not at the first tick. Retries the first
+/// connection for up to `connect_timeout` (a database that is still starting).
+pub async fn connect(db: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let opts = connect_options(db)?;
+    let url = crate::config::redact_url(db.url.expose_secret());
+    let deadline = tokio::time::Instant::now() + db.connect_timeout;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_transient_connect_error(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => return Err(StoreError::Connect { url, source }),
+        }
+    }
+}
+
+fn is_transient_connect_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // 57P03: the database system is starting up.
+        sqlx::Error::Database(d) => d.code().as_deref() == Some("57P03"),
+        _ => false,
+    }
+}
+
+/// Runs the migrations (sqlx takes an advisory lock, so replicas may race safely).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Creates the database named in `opts` when it does not exist (used by `ccsync demo`).
+pub async fn ensure_database(opts: &PgConnectOptions) -> Result<(), StoreError> {
+    let Some(name) = opts.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let admin = opts.clone().database("postgres");
+    let mut conn = PgConnection::connect_with(&admin).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! The pure core of applying Constant Contact's contacts to the local store: no I/O.
+//!
+//! Primary wins: an incoming contact replaces the stored copy unless it is stale (an older
+//! `updated_at` than stored changes nothing). Only values that differ produce `changes`
+//! rows, so applying the same page twice is a no-op.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::ctct::dto::Contact;
+
+/// A contact as the local store keeps it (the `contacts` columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactRow {
+    pub contact_id: Uuid,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub job_title: Option<String>,
+    pub company_name: Option<String>,
+    pub birthday_month: Option<i16>,
+    pub birthday_day: Option<i16>,
+    pub anniversary: Option<String>,
+    pub permission_to_send: Option<String>,
+    pub opt_in_source: Option<String>,
+    pub opt_in_date: Option<DateTime<Utc>>,
+    pub opt_out_source: Option<String>,
+    pub opt_out_date: Option<DateTime<Utc>>,
+    pub opt_out_reason: Option<String>,
+    pub confirm_status: Option<String>,
+    pub email_updated_at: Option<DateTime<Utc>>,
+    pub custom_fields: Value,
+    pub phone_numbers: Value,
+    pub street_addresses: Value,
+    pub taggings: Value,
+    pub create_source: Option<String>,
+    pub update_source: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<NaiveDate>,
+}
+
+/// An incoming contact and, when the page included them, its list memberships.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub row: ContactRow,
+    pub memberships: Option<BTreeSet<Uuid>>,
+}
+
+/// What the store holds for one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub row: ContactRow,
+    pub memberships: BTreeSet<Uuid>,
+}
+
+/// Kinds of the `changes` log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Unsubscribed,
+    Resubscribed,
+    Deleted,
+    Restored,
+    ListAdded,
+    ListRemoved,
+    Conflict,
+    Skipped,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Unsubscribed => "unsubscribed",
+            ChangeKind::Resubscribed => "resubscribed",
+            ChangeKind::Deleted => "deleted",
+            ChangeKind::Restored => "restored",
+            ChangeKind::ListAdded => "list_added",
+            ChangeKind::ListRemoved => "list_removed",
+            ChangeKind::Conflict => "conflict",
+            ChangeKind::Skipped => "skipped",
+        }
+    }
+}
+
+/// One `changes` row to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub contact_id: Uuid,
+    pub email: Option<String>,
+    pub kind: ChangeKind,
+    pub field: Option<&'static str>,
+    pub old_value: Option<Value>,
+    pub new_value: Option<Value>,
+}
+
+/// Counters of one page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PageStats {
+    pub seen: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub stale: u64,
+    pub deleted: u64,
+    pub unsubscribed: u64,
+}
+
+impl std::ops::AddAssign for PageStats {
+    fn add_assign(&mut self, o: Self) {
+        self.seen += o.seen;
+        self.created += o.created;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.stale += o.stale;
+        self.deleted += o.deleted;
+        self.unsubscribed += o.unsubscribed;
+    }
+}
+
+/// Everything one page asks of the store.
+#[derive(Debug, Default, PartialEq)]
+pub struct PagePlan {
+    /// Rows to insert or update (new or changed; stale and identical ones are left out).
+    pub upserts: Vec<ContactRow>,
+    pub changes: Vec<Change>,
+    pub add_memberships: Vec<(Uuid, Uuid)>,
+    pub remove_memberships: Vec<(Uuid, Uuid)>,
+    pub stats: PageStats,
+    /// Largest `updated_at` seen on the page (stale rows included: they were read).
+    pub max_updated_at: Option<DateTime<Utc>>,
+}
+
+/// Converts the API's contact into the local row shape (email lower-cased).
+pub fn to_incoming(c: &Contact) -> Incoming {
+    let e = c.email_address.as_ref();
+    let arr = |v: &Option<Value>| match v {
+        Some(Value::Null) | None => json!([]),
+        Some(v) => v.clone(),
+    };
+    let deleted = c.deleted_at.is_some();
+    let row = ContactRow {
+        contact_id: c.contact_id,
+        email: e
+            .and_then(|e| e.address.as_deref())
+            .map(|a| a.trim().to_lowercase()),
+        first_name: c.first_name.clone(),
+        last_name: c.last_name.clone(),
+        job_title: c.job_title.clone(),
+        company_name: c.company_name.clone(),
+        birthday_month: c.birthday_month,
+        birthday_day: c.birthday_day,
+        anniversary: c.anniversary.clone(),
+        permission_to_send: e.and_then(|e| e.permission_to_send.clone()),
+        opt_in_source: e.and_then(|e| e.opt_in_source.clone()),
+        opt_in_date: e.and_then(|e| e.opt_in_date),
+        opt_out_source: e.and_then(|e| e.opt_out_source.clone()),
+        opt_out_date: e.and_then(|e| e.opt_out_date),
+        opt_out_reason: e.and_then(|e| e.opt_out_reason.clone()),
+        confirm_status: e.and_then(|e| e.confirm_status.clone()),
+        email_updated_at: e.and_then(|e| e.updated_at),
+        custom_fields: arr(&c.custom_fields),
+        phone_numbers: arr(&c.phone_numbers),
+        street_addresses: arr(&c.street_addresses),
+        taggings: arr(&c.taggings),
+        create_source: c.create_source.clone(),
+        update_source: c.update_source.clone(),
+        created_at: c.created_at,
+        // Defensive: a contact without updated_at falls back to created_at, then the epoch,
+        // never to the local clock.
+        updated_at: c
+            .updated_at
+            .or(c.created_at)
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+        deleted_at: c.deleted_at,
+    };
+    // A deleted contact has no memberships, whatever the page says.
+    let memberships = if deleted {
+        Some(BTreeSet::new())
+    } else {
+        c.list_memberships
+            .as_ref()
+            .map(|m| m.iter().copied().collect())
+    };
+    Incoming { row, memberships }
+}
+
+/// True when `incoming` is older than what is stored (it must change nothing).
+pub fn is_stale(incoming: &ContactRow, stored: &ContactRow) -> bool {
+    if incoming.updated_at != stored.updated_at {
+        return incoming.updated_at < stored.updated_at;
+    }
+    // Same contact timestamp: an unsubscribe moves only the email address's clock.
+    match (incoming.email_updated_at, stored.email_updated_at) {
+        (Some(i), Some(s)) => i < s,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+macro_rules! diff_fields {
+    ($out:ident, $old:ident, $new:ident; $($field:ident),* $(,)?) => {
+        $(
+            if $old.$field != $new.$field {
+                $out.push((stringify!($field), json!($old.$field), json!($new.$field)));
+            }
+        )*
+    };
+}
+
+/// Field-level differences worth a `changes` row (bookkeeping timestamps excluded).
+pub fn field_diffs(old: &ContactRow, new: &ContactRow) -> Vec<(&'static str, Value, Value)> {
+    let mut out = Vec::new();
+    diff_fields!(out, old, new;
+        email, first_name, last_name, job_title, company_name, birthday_month, birthday_day,
+        anniversary, permission_to_send, opt_in_source, opt_out_source, opt_out_date,
+        opt_out_reason, confirm_status, custom_fields, phone_numbers, street_addresses,
+        taggings, create_source, update_source, deleted_at);
+    out
+}
+
+/// Plans one page. `lists_filter` limits which lists' memberships are synced (`None` = all).
+pub fn plan_page(
+    incoming: &[Incoming],
+    stored: &HashMap<Uuid, Stored>,
+    lists_filter: Option<&HashSet<Uuid>>,
+) -> PagePlan {
+    let mut plan = PagePlan::default();
+    // The API should not repeat a contact within a page; if it does, the last copy wins.
+    let mut seen_in_page = HashSet::new();
+    for inc in incoming.iter().rev() {
+        if !seen_in_page.insert(inc.row.contact_id) {
+            continue;
+        }
+        plan.stats.seen += 1;
+        let new = &inc.row;
+        plan.max_updated_at = plan.max_updated_at.max(Some(new.updated_at));
+        let filtered: Option<BTreeSet<Uuid>> = inc.memberships.as_ref().map(|m| match lists_filter {
+            Some(f) => m.iter().filter(|l| f.contains(l)).copied().collect(),
+            None => m.clone(),
+        });
+        let Some(old) = stored.get(&new.contact_id) else {
+            plan.stats.created += 1;
+            let kind = if new.deleted_at.is_some() {
+                plan.stats.deleted += 1;
+                ChangeKind::Deleted
+            } else {
+                ChangeKind::Created
+            };
+            plan.changes.push(Change {
+                contact_id: new.contact_id,
+                email: new.email.clone(),
+                kind,
+                field: None,
+                old_value: None,
+                new_value: None,
+            });
+            if let Some(m) = &filtered {
+                plan.add_memberships
+                    .extend(m.iter().map(|l| (new.contact_id, *l)));
+            }
+            plan.upserts.push(new.clone());
+            continue;
+        };
+        if is_stale(new, &old.row) {
+            plan.stats.stale += 1;
+            continue;
+        }
+        let mut changed = false;
+        for (field, o, n) in field_diffs(&old.row, new) {
+            changed = true;
+            let kind = match field {
+                "permission_to_send" if n == json!("unsubscribed") => {
+                    plan.stats.unsubscribed += 1;
+                    ChangeKind::Unsubscribed
+                }
+                "permission_to_send" if o == json!("unsubscribed") => ChangeKind::Resubscribed,
+                "deleted_at" if n.is_null() => ChangeKind::Restored,
+                "deleted_at" => {
+                    plan.stats.deleted += 1;
+                    ChangeKind::Deleted
+                }
+                _ => ChangeKind::Updated,
+            };
+            plan.changes.push(Change {
+                contact_id: new.contact_id,
+                email: new.email.clone(),
+                kind,
+                field: Some(field),
+                old_value: Some(o),
+                new_value: Some(n),
+            });
+        }
+        if let Some(m) = &filtered {
+            for l in m.difference(&old.memberships) {
+                changed = true;
+                plan.add_memberships.push((new.contact_id, *l));
+                plan.changes.push(membership_change(new, ChangeKind::ListAdded, *l));
+            }
+            for l in old.memberships.difference(m) {
+                changed = true;
+                plan.remove_memberships.push((new.contact_id, *l));
+                plan.changes.push(membership_change(new, ChangeKind::ListRemoved, *l));
+            }
+        }
+        let bookkeeping_moved = old.row.updated_at != new.updated_at
+            || old.row.email_updated_at != new.email_updated_at
+            || old.row.created_at != new.created_at
+            || old.row.opt_in_date != new.opt_in_date;
+        if changed {
+            plan.stats.updated += 1;
+        } else {
+            plan.stats.unchanged += 1;
+        }
+        if changed || bookkeeping_moved {
+            plan.upserts.push(new.clone());
+        }
+    }
+    plan
+}
+
+fn membership_change(row: &ContactRow, kind: ChangeKind, list: Uuid) -> Change {
+    Change {
+        contact_id: row.contact_id,
+        email: row.email.clone(),
+        kind,
+        field: Some("list_memberships"),
+        old_value: (kind == ChangeKind::ListRemoved).then(|| json!(list)),
+        new_value: (kind == ChangeKind::ListAdded).then(|| json!(list)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn row(id: u128, updated: i64) -> ContactRow {
+        ContactRow {
+            contact_id: Uuid::from_u128(id),
+            email: Some(format!("c{id}@example.com")),
+            first_name: Some("Ann".into()),
+            last_name: None,
+            job_title: None,
+            company_name: None,
+            birthday_month: None,
+            birthday_day: None,
+            anniversary: None,
+            permission_to_send: Some("implicit".into()),
+            opt_in_source: Some("Account".into()),
+            opt_in_date: None,
+            opt_out_source: None,
+            opt_out_date: None,
+            opt_out_reason: None,
+            confirm_status: None,
+            email_updated_at: DateTime::from_timestamp(updated, 0),
+            custom_fields: json!([]),
+            phone_numbers: json!([]),
+            street_addresses: json!([]),
+            taggings: json!([]),
+            create_source: Some("Account".into()),
+            update_source: Some("Account".into()),
+            created_at: DateTime::from_timestamp(0, 0),
+            updated_at: DateTime::from_timestamp(updated, 0).unwrap(),
+            deleted_at: None,
+        }
+    }
+
+    fn stored(r: &ContactRow, lists: &[u128]) -> Stored {
+        Stored {
+            row: r.clone(),
+            memberships: lists.iter().map(|l| Uuid::from_u128(*l)).collect(),
+        }
+    }
+
+    fn inc(r: ContactRow, lists: &[u128]) -> Incoming {
+        Incoming {
+            row: r,
+            memberships: Some(lists.iter().map(|l| Uuid::from_u128(*l)).collect()),
+        }
+    }
+
+    #[test]
+    fn new_contact_is_created_with_its_memberships() {
+        let plan = plan_page(&[inc(row(1, 10), &[7, 8])], &HashMap::new(), None);
+        assert_eq!(plan.stats.created, 1);
+        assert_eq!(plan.upserts.len(), 1);
+        assert_eq!(plan.add_memberships.len(), 2);
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(plan.changes[0].kind, ChangeKind::Created);
+    }
+
+    #[test]
+    fn older_updated_at_changes_nothing() {
+        let mut s = HashMap::new();
+        s.insert(Uuid::from_u128(1), stored(&row(1, 20), &[7]));
+        let mut older = row(1, 10);
+        older.first_name = Some("Old".into());
+        let plan = plan_page(&[inc(older, &[])], &s, None);
+        assert_eq!(plan.stats.stale, 1);
+        assert!(plan.upserts.is_empty() && plan.changes.is_empty());
+        assert!(plan.remove_memberships.is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_without_contact_timestamp_change_is_applied() {
+        let base = row(1, 20);
+        let mut s = HashMap::new();
+        s.insert(base.contact_id, stored(&base, &[]));
+        let mut unsub = base.clone();
+        unsub.permission_to_send = Some("unsubscribed".into());
+        unsub.email_updated_at = DateTime::from_timestamp(30, 0);
+        let plan = plan_page(&[inc(unsub, &[])], &s, None);
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(plan.changes[0].kind, ChangeKind::Unsubscribed);
+        assert_eq!(plan.stats.unsubscribed, 1);
+    }
+
+    #[test]
+    fn membership_diff_and_lists_filter() {
+        let base = row(1, 20);
+        let mut s = HashMap::new();
+        s.insert(base.contact_id, stored(&base, &[7, 8]));
+        let filter: HashSet<Uuid> = [Uuid::from_u128(8), Uuid::from_u128(9)].into();
+        let plan = plan_page(&[inc(base.clone(), &[7, 9])], &s, Some(&filter));
+        // 7 is outside the filter: untouched. 8 removed, 9 added.
+        assert_eq!(plan.add_memberships, vec![(base.contact_id, Uuid::from_u128(9))]);
+        assert_eq!(plan.remove_memberships, vec![(base.contact_id, Uuid::from_u128(8))]);
+    }
+
+    #[test]
+    fn deleted_contact_gets_deleted_kind() {
+        let base = row(1, 20);
+        let mut s = HashMap::new();
+        s.insert(base.contact_id, stored(&base, &[7]));
+        let mut del = row(1, 25);
+        del.deleted_at = NaiveDate::from_ymd_opt(2026, 11, 26);
+        let plan = plan_page(&[Incoming { row: del, memberships: Some(BTreeSet::new()) }], &s, None);
+        assert!(plan.changes.iter().any(|c| c.kind == ChangeKind::Deleted));
+        assert_eq!(plan.remove_memberships.len(), 1);
+    }
+
+    fn arb_row() -> impl Strategy<Value = (ContactRow, Vec<u128>)> {
+        (
+            0u128..6,
+            0i64..5,
+            prop::option::of("[a-c]{1,2}"),
+            prop::sample::select(vec!["implicit", "explicit", "unsubscribed"]),
+            prop::collection::vec(0u128..4, 0..3),
+        )
+            .prop_map(|(id, ts, name, perm, lists)| {
+                let mut r = row(id, ts);
+                r.first_name = name;
+                r.permission_to_send = Some(perm.to_string());
+                (r, lists)
+            })
+    }
+
+    /// Applies a plan to an in-memory store the way the SQL does.
+    fn apply(store: &mut HashMap<Uuid, Stored>, plan: &PagePlan) {
+        for r in &plan.upserts {
+            let e = store.entry(r.contact_id).or_insert_with(|| Stored {
+                row: r.clone(),
+                memberships: BTreeSet::new(),
+            });
+            e.row = r.clone();
+        }
+        for (c, l) in &plan.remove_memberships {
+            if let Some(s) = store.get_mut(c) {
+                s.memberships.remove(l);
+            }
+        }
+        for (c, l) in &plan.add_memberships {
+            if let Some(s) = store.get_mut(c) {
+                s.memberships.insert(*l);
+            }
+        }
+    }
+
+    proptest! {
+        /// Applying the same page twice: the second plan writes nothing.
+        #[test]
+        fn applying_a_page_twice_is_a_no_op(page in prop::collection::vec(arb_row(), 0..12)) {
+            let page: Vec<Incoming> = page.into_iter().map(|(r, l)| inc(r, &l)).collect();
+            let mut store = HashMap::new();
+            let p1 = plan_page(&page, &store, None);
+            apply(&mut store, &p1);
+            let p2 = plan_page(&page, &store, None);
+            prop_assert!(p2.changes.is_empty());
+            prop_assert!(p2.upserts.is_empty());
+            prop_assert!(p2.add_memberships.is_empty() && p2.remove_memberships.is_empty());
+        }
+
+        /// Primary wins: after applying, every contact holds the newest version seen, and a
+        /// stale version never overwrites a newer one whatever the order of pages.
+        #[test]
+        fn newest_version_wins_in_any_order(
+            pages in prop::collection::vec(prop::collection::vec(arb_row(), 1..6), 1..5)
+        ) {
+            let mut store = HashMap::new();
+            for page in &pages {
+                let page: Vec<Incoming> = page.iter().cloned().map(|(r, l)| inc(r, &l)).collect();
+                let plan = plan_page(&page, &store, None);
+                apply(&mut store, &plan);
+            }
+            for s in store.values() {
+                let newest = pages.iter().flatten()
+                    .filter(|(r, _)| r.contact_id == s.row.contact_id)
+                    .map(|(r, _)| r.updated_at)
+                    .max();
+                prop_assert_eq!(Some(s.row.updated_at), newest);
+            }
+        }
+    }
+}
