@@ -1,0 +1,9 @@
+//! The single integration-test binary: real PostgreSQL (a database per test) and the
+//! in-process sandbox over real HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod contacts_pull;
+mod helpers;
+mod sandbox_api;
+mod schema;
