@@ -999,3 +999,29 @@ async fn generator_is_deterministic() {
         .await
         .expect("stops");
 }
+
+/// `cargo test --release --test it sandbox_api::bench_200k -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark; run in release"]
+async fn bench_200k() {
+    let t = std::time::Instant::now();
+    let env = start(200_000, 8).await;
+    let gen = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut next = Some("/v3/contacts?limit=500".to_string());
+    let (mut n, mut pages, mut worst) = (0, 0, Duration::ZERO);
+    while let Some(url) = next.take() {
+        let t1 = std::time::Instant::now();
+        let (status, page) = env.get(&url).await;
+        worst = worst.max(t1.elapsed());
+        assert_eq!(status, StatusCode::OK);
+        pages += 1;
+        n += page["contacts"].as_array().map(Vec::len).unwrap_or(0);
+        next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+    }
+    assert_eq!(n, 200_000);
+    eprintln!(
+        "generate {gen:?}; {pages} pages in {:?} (worst page incl. client parse {worst:?})",
+        t.elapsed()
+    );
+}
