@@ -48,7 +48,9 @@ impl TestDb {
             .connect_with(opts)
             .await
             .expect("connect to test database");
-        ccsync::store::migrate(&pool).await.expect("migrations apply");
+        ccsync::store::migrate(&pool)
+            .await
+            .expect("migrations apply");
         let mut u = url::Url::parse(&server_url()).expect("url");
         u.set_path(&format!("/{name}"));
         TestDb {
@@ -62,9 +64,12 @@ impl TestDb {
     pub async fn cleanup(self) {
         self.pool.close().await;
         if let Ok(mut conn) = PgConnection::connect_with(&self.admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -124,8 +129,13 @@ impl Harness {
         let mut settings = settings_for(&sb, &db.url, &[("default", ctl.seed_refresh_token())]);
         adjust(&mut settings);
         let settings = Arc::new(settings);
-        let ctx = sync::context(settings.clone(), db.pool.clone(), CancellationToken::new(), false)
-            .expect("job context");
+        let ctx = sync::context(
+            settings.clone(),
+            db.pool.clone(),
+            CancellationToken::new(),
+            false,
+        )
+        .expect("job context");
         Harness {
             db,
             sb,
@@ -154,8 +164,13 @@ impl Harness {
 
     /// A fresh context (e.g. to simulate a new process with the same database).
     pub fn new_context(&self) -> JobContext {
-        sync::context(self.settings.clone(), self.db.pool.clone(), CancellationToken::new(), false)
-            .expect("job context")
+        sync::context(
+            self.settings.clone(),
+            self.db.pool.clone(),
+            CancellationToken::new(),
+            false,
+        )
+        .expect("job context")
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
