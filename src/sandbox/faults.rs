@@ -128,7 +128,6 @@ pub(crate) fn plan(st: &mut State, path: &str) -> FaultPlan {
 }
 
 /// Takes the next `ActivityOutcome` fault, if any: `(state, errors)`.
-#[allow(dead_code)] // used by the import worker (part C)
 pub(crate) fn take_activity_outcome(st: &mut State) -> Option<(String, Vec<String>)> {
     let idx = st.faults.iter().position(
         |f| matches!(f, FaultSlot::Fault(Fault::ActivityOutcome { times, .. }) if *times > 0),

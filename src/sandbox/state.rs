@@ -283,14 +283,12 @@ pub(crate) struct ListRec {
     pub membership_count: Option<u64>,
 }
 
-#[allow(dead_code)] // part C
 #[derive(Clone, Debug)]
 pub(crate) struct CustomFieldDef {
     pub custom_field_id: Uuid,
     pub name: String,
 }
 
-#[allow(dead_code)] // part C
 #[derive(Default)]
 pub(crate) struct Account {
     pub contacts: BTreeMap<Uuid, Arc<Contact>>,
@@ -368,7 +366,6 @@ pub(crate) struct State {
     pub token_requests: u64,
 }
 
-#[allow(dead_code)] // part C
 pub(crate) struct Inner {
     pub state: Mutex<State>,
     pub client_id: String,

@@ -69,7 +69,6 @@ impl Env {
         (status, v)
     }
 
-    #[allow(dead_code)] // used by the activity tests
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         let resp = self
             .http
@@ -1024,4 +1023,474 @@ async fn bench_200k() {
         "generate {gen:?}; {pages} pages in {:?} (worst page incl. client parse {worst:?})",
         t.elapsed()
     );
+}
+
+// ------------------------------------------------------------------ bulk activities
+
+async fn start_with(cfg: SandboxConfig) -> Env {
+    let sb = Sandbox::start(cfg).await.expect("sandbox starts");
+    let http = Client::new();
+    let rt = sb.default_account().seed_refresh_token();
+    let (status, body) = refresh(&http, &sb, &rt, "sandbox-secret").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
+    Env { sb, http, token }
+}
+
+/// Polls `GET /v3/activities/{id}` until a terminal state; returns the last body and
+/// every state seen.
+async fn wait_activity(env: &Env, href: &str) -> (Value, Vec<String>) {
+    let mut states = Vec::new();
+    for _ in 0..200 {
+        let v = env.get_ok(href, "Activity").await;
+        let state = v["state"].as_str().expect("state").to_string();
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        if !matches!(state.as_str(), "initialized" | "processing") {
+            return (v, states);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("activity {href} did not finish: {states:?}");
+}
+
+async fn import(env: &Env, body: &Value) -> Value {
+    let (status, v) = env.post("/v3/activities/contacts_json_import", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_valid("ActivityImport", &v);
+    assert_eq!(v["state"], "initialized");
+    v
+}
+
+#[tokio::test]
+async fn import_applies_permission_and_list_rules() {
+    let env = start(30, 3).await;
+    let acct = env.sb.default_account();
+    let ids = acct.contact_ids();
+    let list = acct.list_ids()[0];
+    let (a, u, l) = (ids[0], ids[1], ids[2]);
+    acct.resubscribe(a);
+    acct.resubscribe(l);
+    acct.unsubscribe(u, Some("no thanks"));
+    acct.leave_list(u, list);
+    acct.join_list(l, list);
+    acct.leave_list(l, list);
+    let email = |id: Uuid| {
+        acct.contact(id).expect("c")["email_address"]["address"]
+            .as_str()
+            .expect("address")
+            .to_string()
+    };
+    let before_a = acct.contact(a).expect("a");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let body = serde_json::json!({
+        "import_data": [
+            {"email": email(a), "first_name": "Imported", "cf:favorite_color": "teal", "work_phone": "555-0100", "work_city": "Denver"},
+            {"email": email(u), "job_title": "Returned"},
+            {"email": email(l)},
+            {"email": "Brand.New@Example.com", "first_name": "Brand", "birthday_month": 4, "birthday_day": 30},
+            {"email": "not-an-email", "first_name": "Bad"}
+        ],
+        "list_ids": [list]
+    });
+    let created = import(&env, &body).await;
+    let href = created["_links"]["self"]["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    assert_eq!(
+        href,
+        format!(
+            "/v3/activities/{}",
+            created["activity_id"].as_str().expect("id")
+        )
+    );
+    assert_eq!(created["status"]["items_total_count"], 5);
+    let (done, states) = wait_activity(&env, &href).await;
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("completed"),
+        "{states:?}"
+    );
+    assert_eq!(done["percent_done"], 100);
+    assert!(done["completed_at"].is_string() && done["started_at"].is_string());
+    let st = &done["status"];
+    assert_eq!(st["items_total_count"], 5);
+    assert_eq!(st["items_completed_count"], 5);
+    assert_eq!(st["person_count"], 4);
+    assert_eq!(st["correctable_count"], 1);
+    assert_eq!(st["cannot_add_to_list_count"], 1);
+    assert_eq!(st["error_count"], 0);
+    let errs = done["activity_errors"].as_array().expect("errors");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].as_str().expect("string").contains("not-an-email"));
+
+    // Existing explicit contact: keeps permission, only given fields change, joins the list.
+    let ca = acct.contact(a).expect("a");
+    assert_eq!(ca["email_address"]["permission_to_send"], "explicit");
+    assert_eq!(ca["first_name"], "Imported");
+    assert_eq!(ca["last_name"], before_a["last_name"]);
+    assert!(ts(&ca["updated_at"]) > ts(&before_a["updated_at"]));
+    assert!(acct.memberships(a).contains(&list));
+    assert!(ca["custom_fields"]
+        .as_array()
+        .expect("cf")
+        .iter()
+        .any(|f| f["value"] == "teal"));
+    assert!(ca["phone_numbers"]
+        .as_array()
+        .expect("phones")
+        .iter()
+        .any(|p| p["kind"] == "work" && p["phone_number"] == "555-0100"));
+    assert!(ca["street_addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .any(|p| p["kind"] == "work" && p["city"] == "Denver"));
+    assert_valid("ContactResource", &ca);
+    // Unsubscribed: stays unsubscribed, not added, but properties change.
+    let cu = acct.contact(u).expect("u");
+    assert_eq!(cu["email_address"]["permission_to_send"], "unsubscribed");
+    assert_eq!(cu["job_title"], "Returned");
+    assert!(!acct.memberships(u).contains(&list));
+    // Left the list but not unsubscribed: added back.
+    assert!(acct.memberships(l).contains(&list));
+    // New: implicit, Account.
+    let cn = acct
+        .contact_by_email("brand.new@example.com")
+        .expect("created");
+    assert_eq!(cn["email_address"]["permission_to_send"], "implicit");
+    assert_eq!(cn["email_address"]["opt_in_source"], "Account");
+    assert_eq!(cn["create_source"], "Account");
+    assert_eq!(cn["birthday_month"], 4);
+    assert_eq!(cn["list_memberships"], serde_json::json!([list]));
+    assert!(acct.contact_by_email("not-an-email").is_none());
+    assert_eq!(acct.imports(), vec![body]);
+    let id: Uuid = created["activity_id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    assert_eq!(acct.activity(id).expect("activity")["state"], "completed");
+    // The new contact shows up in an updated_after pull.
+    let v = env
+        .get_ok(
+            "/v3/contacts?email=brand.new@example.com&include=list_memberships",
+            "Contacts",
+        )
+        .await;
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn import_request_validation() {
+    let env = start(3, 2).await;
+    let list = env.sb.default_account().list_ids()[0];
+    let item = serde_json::json!({"email": "x@example.com"});
+    let many: Vec<String> = (0..51).map(|_| Uuid::new_v4().to_string()).collect();
+    let cases = [
+        serde_json::json!({"list_ids": [list]}),
+        serde_json::json!({"import_data": [], "list_ids": [list]}),
+        serde_json::json!({"import_data": [item]}),
+        serde_json::json!({"import_data": [item], "list_ids": []}),
+        serde_json::json!({"import_data": [item], "list_ids": many}),
+        serde_json::json!({"import_data": [item], "list_ids": [Uuid::new_v4()]}),
+        serde_json::json!({"import_data": [item], "list_ids": ["nope"]}),
+        serde_json::json!({"import_data": [{"first_name": "No Email"}], "list_ids": [list]}),
+        serde_json::json!({"import_data": [{"email": "a@example.com", "birthday_month": "4"}], "list_ids": [list]}),
+    ];
+    for body in &cases {
+        let (status, v) = env.post("/v3/activities/contacts_json_import", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_valid("APIErrorSchema", &v);
+    }
+    assert!(env.sb.default_account().imports().is_empty());
+    let resp = env
+        .http
+        .post(format!(
+            "{}/activities/contacts_json_import",
+            env.sb.api_base()
+        ))
+        .bearer_auth(&env.token)
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn import_keeps_only_items_complete_within_4mb() {
+    let env = start_with(SandboxConfig {
+        contacts: 0,
+        lists: 1,
+        import_processing: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .await;
+    let list = env.sb.default_account().list_ids()[0];
+    let pad = "x".repeat(250);
+    let items: Vec<String> = (0..5000)
+        .map(|i| {
+            serde_json::json!({
+                "email": format!("bulk.{i}@example.com"),
+                "street": pad, "home_street": pad, "work_street": pad, "other_street": pad,
+            })
+            .to_string()
+        })
+        .collect();
+    let head = "{\"import_data\":[";
+    let body = format!("{head}{}],\"list_ids\":[\"{list}\"]}}", items.join(","));
+    assert!(body.len() > 4_000_000);
+    let mut end = head.len();
+    let mut expected = 0;
+    for it in &items {
+        let last = end + it.len() - 1; // index of the item's closing brace
+        if last >= 4_000_000 {
+            break;
+        }
+        expected += 1;
+        end += it.len() + 1;
+    }
+    assert!(expected > 1000 && expected < 5000);
+    let resp = env
+        .http
+        .post(format!(
+            "{}/activities/contacts_json_import",
+            env.sb.api_base()
+        ))
+        .bearer_auth(&env.token)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: Value = resp.json().await.expect("json");
+    assert_valid("ActivityImport", &created);
+    assert_eq!(created["status"]["items_total_count"], expected);
+    let href = created["_links"]["self"]["href"].as_str().expect("href");
+    let (done, _) = wait_activity(&env, href).await;
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["status"]["person_count"], expected);
+    let acct = env.sb.default_account();
+    assert_eq!(acct.contacts_count(), expected);
+    assert!(acct
+        .contact_by_email(&format!("bulk.{}@example.com", expected - 1))
+        .is_some());
+    assert!(acct
+        .contact_by_email(&format!("bulk.{expected}@example.com"))
+        .is_none());
+}
+
+#[tokio::test]
+async fn activity_outcome_fault_changes_nothing() {
+    let env = start(5, 1).await;
+    let list = env.sb.default_account().list_ids()[0];
+    env.sb.inject(Fault::ActivityOutcome {
+        state: "failed".into(),
+        times: 1,
+        errors: vec!["Internal import error".into()],
+    });
+    let body = serde_json::json!({"import_data": [{"email": "f@example.com"}], "list_ids": [list]});
+    let created = import(&env, &body).await;
+    let (done, _) = wait_activity(
+        &env,
+        created["_links"]["self"]["href"].as_str().expect("href"),
+    )
+    .await;
+    assert_eq!(done["state"], "failed");
+    assert_eq!(
+        done["activity_errors"],
+        serde_json::json!(["Internal import error"])
+    );
+    assert!(env
+        .sb
+        .default_account()
+        .contact_by_email("f@example.com")
+        .is_none());
+    // Consumed: the next import completes.
+    let created = import(&env, &body).await;
+    let (done, _) = wait_activity(
+        &env,
+        created["_links"]["self"]["href"].as_str().expect("href"),
+    )
+    .await;
+    assert_eq!(done["state"], "completed");
+    assert!(env
+        .sb
+        .default_account()
+        .contact_by_email("f@example.com")
+        .is_some());
+}
+
+#[tokio::test]
+async fn add_and_remove_list_memberships() {
+    let env = start(20, 3).await;
+    let acct = env.sb.default_account();
+    let target = acct.create_list("Target");
+    let ids = acct.contact_ids();
+    for id in &ids[..4] {
+        acct.resubscribe(*id);
+    }
+    acct.unsubscribe(ids[3], None);
+    let src: Vec<String> = ids[..4].iter().map(Uuid::to_string).collect();
+    let (status, v) = env
+        .post(
+            "/v3/activities/add_list_memberships",
+            &serde_json::json!({"source": {"contact_ids": src}, "list_ids": [target]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_valid("ActivityListsMembership", &v);
+    assert_eq!(v["status"]["list_count"], 1);
+    let (done, _) = wait_activity(&env, v["_links"]["self"]["href"].as_str().expect("href")).await;
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["status"]["items_total_count"], 4);
+    for id in &ids[..3] {
+        assert!(acct.memberships(*id).contains(&target));
+    }
+    assert!(
+        !acct.memberships(ids[3]).contains(&target),
+        "unsubscribed is skipped"
+    );
+
+    // Remove (the spec's maxItems: 0 is not enforced).
+    let (status, v) = env
+        .post(
+            "/v3/activities/remove_list_memberships",
+            &serde_json::json!({"source": {"contact_ids": [ids[0]]}, "list_ids": [target]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_valid("ActivityListsMembership", &v);
+    wait_activity(&env, v["_links"]["self"]["href"].as_str().expect("href")).await;
+    assert!(!acct.memberships(ids[0]).contains(&target));
+    assert!(acct.memberships(ids[1]).contains(&target));
+
+    // Remove everyone on a source list, except one.
+    let (status, v) = env
+        .post(
+            "/v3/activities/remove_list_memberships",
+            &serde_json::json!({"source": {"list_ids": [target]}, "exclude": {"contact_ids": [ids[2]]}, "list_ids": [target]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    wait_activity(&env, v["_links"]["self"]["href"].as_str().expect("href")).await;
+    assert!(!acct.memberships(ids[1]).contains(&target));
+    assert!(acct.memberships(ids[2]).contains(&target));
+
+    // Validation.
+    let too_many: Vec<String> = (0..501).map(|_| Uuid::new_v4().to_string()).collect();
+    let (status, v) = env
+        .post(
+            "/v3/activities/add_list_memberships",
+            &serde_json::json!({"source": {"contact_ids": too_many}, "list_ids": [target]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_valid("APIErrorSchema", &v);
+    let (status, v) = env
+        .post(
+            "/v3/activities/remove_list_memberships",
+            &serde_json::json!({"source": {"contact_ids": [ids[0]]}, "list_ids": [Uuid::new_v4()]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_valid("APIErrorSchema", &v);
+    let (status, _) = env
+        .post(
+            "/v3/activities/add_list_memberships",
+            &serde_json::json!({"source": {"contact_ids": [ids[0]], "list_ids": [target]}, "list_ids": [target]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "exactly one source");
+}
+
+#[tokio::test]
+async fn activities_listing_and_retention() {
+    let env = start(5, 2).await;
+    let list = env.sb.default_account().list_ids()[0];
+    let mut hrefs = Vec::new();
+    for i in 0..3 {
+        let body = serde_json::json!({"import_data": [{"email": format!("l{i}@example.com")}], "list_ids": [list]});
+        let v = import(&env, &body).await;
+        hrefs.push(
+            v["_links"]["self"]["href"]
+                .as_str()
+                .expect("href")
+                .to_string(),
+        );
+    }
+    for h in &hrefs {
+        wait_activity(&env, h).await;
+    }
+    let mut seen = Vec::new();
+    let mut next = Some("/v3/activities?limit=2&state=completed".to_string());
+    while let Some(url) = next.take() {
+        let v = env.get_ok(&url, "Activities").await;
+        for a in v["activities"].as_array().expect("activities") {
+            assert_eq!(a["state"], "completed");
+            seen.push(
+                a["_links"]["self"]["href"]
+                    .as_str()
+                    .expect("href")
+                    .to_string(),
+            );
+        }
+        next = v["_links"]["next"]["href"].as_str().map(str::to_string);
+    }
+    hrefs.reverse();
+    assert_eq!(seen, hrefs, "newest first, each once");
+    let v = env
+        .get_ok("/v3/activities?state=failed", "Activities")
+        .await;
+    assert_eq!(v["activities"], serde_json::json!([]));
+    let (status, _) = env.get("/v3/activities?state=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, v) = env.get(&format!("/v3/activities/{}", Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_valid("APIErrorSchema", &v);
+    env.sb.advance_clock(chrono::Duration::days(11));
+    let rt = env.sb.default_account().seed_refresh_token();
+    let (_, tok) = refresh(&env.http, &env.sb, &rt, "sandbox-secret").await;
+    let env = Env {
+        token: tok["access_token"].as_str().expect("at").to_string(),
+        ..env
+    };
+    let (status, _) = env.get(&hrefs[0]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "statuses are kept 10 days");
+}
+
+#[tokio::test]
+async fn more_than_1000_queued_activities_is_429() {
+    let env = start_with(SandboxConfig {
+        contacts: 3,
+        lists: 1,
+        import_processing: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await;
+    let list = env.sb.default_account().list_ids()[0];
+    let id = env.sb.default_account().contact_ids()[0];
+    let body = serde_json::json!({"source": {"contact_ids": [id]}, "list_ids": [list]});
+    for _ in 0..1000 {
+        let (status, v) = env.post("/v3/activities/add_list_memberships", &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let (status, v) = env.post("/v3/activities/add_list_memberships", &body).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_valid("APIErrorSchema", &v);
+    let (status, _) = env
+        .post(
+            "/v3/activities/contacts_json_import",
+            &serde_json::json!({"import_data": [{"email": "q@example.com"}], "list_ids": [list]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
