@@ -59,17 +59,16 @@ pub fn connect_options(db: &DatabaseSettings) -> Result<PgConnectOptions, StoreE
 pub async fn connect(db: &DatabaseSettings) -> Result<PgPool, StoreError> {
     let opts = connect_options(db)?;
     let url = crate::config::redact_url(db.url.expose_secret());
+    // Probe with one connection first so that an unreachable server fails within
+    // `connect_timeout` (the pool itself would keep retrying for its acquire timeout).
     let deadline = tokio::time::Instant::now() + db.connect_timeout;
     let mut delay = Duration::from_millis(250);
     loop {
-        let attempt = PgPoolOptions::new()
-            .max_connections(db.max_connections)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts.clone())
-            .await;
-        match attempt {
-            Ok(pool) => return Ok(pool),
+        match PgConnection::connect_with(&opts).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                break;
+            }
             Err(e) if is_transient_connect_error(&e) && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "database not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
@@ -78,6 +77,13 @@ pub async fn connect(db: &DatabaseSettings) -> Result<PgPool, StoreError> {
             Err(source) => return Err(StoreError::Connect { url, source }),
         }
     }
+    PgPoolOptions::new()
+        .max_connections(db.max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(opts)
+        .await
+        .map_err(|source| StoreError::Connect { url, source })
 }
 
 fn is_transient_connect_error(e: &sqlx::Error) -> bool {
