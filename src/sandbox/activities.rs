@@ -1124,3 +1124,37 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route("/v3/activities/{id}", get(get_activity))
         .route("/v3/activities", get(list_activities))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_within_counts_complete_items_only() {
+        let body = br#"{"list_ids":["x"],"import_data":[{"email":"a}@x.com","n":"q\"}"},{"email":"b@x.com","o":{"k":[1]}},{"email":"c@x.com"}]}"#;
+        let first_end = body
+            .windows(4)
+            .position(|w| w == b"\"}\"}")
+            .map(|p| p + 3)
+            .unwrap_or(0);
+        assert_eq!(items_within(body, body.len()), 3);
+        assert_eq!(items_within(body, first_end), 0);
+        assert_eq!(items_within(body, first_end + 1), 1);
+        let second_end = first_end + 1 + br#",{"email":"b@x.com","o":{"k":[1]}}"#.len() - 1;
+        assert_eq!(items_within(body, second_end), 1);
+        assert_eq!(items_within(body, second_end + 1), 2);
+        // A string value "import_data" is not the key.
+        let body = br#"{"x":"import_data","import_data":[{"email":"a@x.com"}]}"#;
+        assert_eq!(items_within(body, body.len()), 1);
+    }
+
+    #[test]
+    fn email_validation() {
+        assert!(valid_email("a.b@example.com"));
+        assert!(!valid_email("not-an-email"));
+        assert!(!valid_email("a@b"));
+        assert!(!valid_email("a b@example.com"));
+        assert!(!valid_email("@example.com"));
+        assert!(!valid_email(&format!("{}@example.com", "x".repeat(80))));
+    }
+}

@@ -310,3 +310,39 @@ pub(crate) async fn list_contacts(
     };
     json(StatusCode::OK, &body)
 }
+
+/// `GET /v3/contacts/{contact_id}?include=...`: one `ContactResource` (deleted ones
+/// too), 404 if unknown.
+pub(crate) async fn get_contact(
+    State(inner): State<Arc<Inner>>,
+    Extension(auth): Extension<AuthCtx>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    let params = match cursor::query_pairs(&uri) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&e),
+    };
+    let include: Vec<(String, String)> =
+        params.into_iter().filter(|(k, _)| k == "include").collect();
+    let q = match ContactQuery::parse(&include) {
+        Ok(q) => q,
+        Err(e) => return bad_request(&e),
+    };
+    let not_found = || super::respond::not_found("Contact not found");
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return not_found();
+    };
+    let found = {
+        let mut st = inner.lock();
+        super::activities::tick(&inner, &mut st, &auth.account);
+        st.accounts
+            .get(&auth.account)
+            .and_then(|a| a.contacts.get(&id))
+            .cloned()
+    };
+    match found {
+        Some(c) => json(StatusCode::OK, &ContactOut::new(&c, q.include)),
+        None => not_found(),
+    }
+}

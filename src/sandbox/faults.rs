@@ -149,3 +149,18 @@ pub(crate) fn take_activity_outcome(st: &mut State) -> Option<(String, Vec<Strin
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_with_or_without_v3() {
+        assert!(prefix_matches("", "/v3/contacts"));
+        assert!(prefix_matches("/v3/contacts", "/v3/contacts"));
+        assert!(prefix_matches("/contacts", "/v3/contacts"));
+        assert!(prefix_matches("/v3/activities", "/v3/activities/x"));
+        assert!(!prefix_matches("/v3/contact_lists", "/v3/contacts"));
+        assert!(!prefix_matches("/contact_lists", "/v3/contacts"));
+    }
+}

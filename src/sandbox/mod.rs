@@ -5,7 +5,7 @@
 //! Response bodies follow the official Swagger 2.0 definitions (`Contacts`,
 //! `ContactResource`, `ContactListArray`, `ActivityImport`, ...).
 //!
-//! HTTP surface: `POST /oauth2/default/v1/token`, `GET /v3/contacts`,
+//! HTTP surface: `POST /oauth2/default/v1/token`, `GET /v3/contacts`, `GET /v3/contacts/{id}`,
 //! `GET /v3/contact_lists`, the bulk activities under `/v3/activities`, the control API
 //! under `/__control/` (loopback only, no auth) and `GET /healthz`.
 
@@ -296,6 +296,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/oauth2/default/v1/token", post(oauth::token))
         .route("/v3/contacts", get(contacts::list_contacts))
+        .route("/v3/contacts/{id}", get(contacts::get_contact))
         .route("/v3/contact_lists", get(lists::list_lists))
         .merge(activities::routes())
         .merge(control::routes())

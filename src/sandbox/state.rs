@@ -389,3 +389,37 @@ impl State {
         self.accounts.entry(name.to_string()).or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_date_time_parsing() {
+        let want = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")
+            .map(|d| d.with_timezone(&Utc))
+            .ok();
+        for s in [
+            "2024-01-01T00:00:00Z",
+            "2024-01-01T00:00:00.000Z",
+            "2024-01-01T00:00:00+00:00",
+            "2024-01-01T00:00:00.000000+0000",
+            "2024-01-01T00:00:00.000000 0000",
+            "2024-01-01T01:00:00+01:00",
+            "2023-12-31T19:00:00-0500",
+        ] {
+            assert_eq!(parse_ts(s), want, "{s}");
+        }
+        for s in ["yesterday", "2024-01-01", "2024-01-01T00:00:00", ""] {
+            assert_eq!(parse_ts(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn timestamps_have_millisecond_precision_and_z() {
+        let d = DateTime::parse_from_rfc3339("2026-11-26T05:28:00.123456Z")
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_default();
+        assert_eq!(fmt_ts(&trunc_ms(d)).to_string(), "2026-11-26T05:28:00.123Z");
+    }
+}

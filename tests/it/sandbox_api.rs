@@ -1494,3 +1494,68 @@ async fn more_than_1000_queued_activities_is_429() {
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn get_one_contact_resubscribe_and_revive() {
+    let env = start(10, 2).await;
+    let acct = env.sb.default_account();
+    let id = acct.contact_ids()[4];
+    let list = acct.list_ids()[1];
+    let v = env
+        .get_ok(
+            &format!("/v3/contacts/{id}?include=list_memberships,custom_fields"),
+            "ContactResource",
+        )
+        .await;
+    assert_eq!(v["contact_id"], id.to_string());
+    assert!(v["list_memberships"].is_array() && v["custom_fields"].is_array());
+    assert!(v.get("phone_numbers").is_none());
+    let (status, body) = env.get(&format!("/v3/contacts/{}", Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_valid("APIErrorSchema", &body);
+
+    acct.unsubscribe(id, Some("x"));
+    let before = acct.contact(id).expect("c");
+    acct.resubscribe(id);
+    let after = acct.contact(id).expect("c");
+    assert_eq!(after["email_address"]["permission_to_send"], "explicit");
+    assert!(after["email_address"].get("opt_out_date").is_none());
+    assert!(after["email_address"].get("opt_out_source").is_none());
+    assert_eq!(after["updated_at"], before["updated_at"]);
+    assert_valid("ContactResource", &after);
+
+    // Joining a list revives a deleted contact.
+    acct.delete_contact(id);
+    assert!(acct.memberships(id).is_empty());
+    acct.join_list(id, list);
+    let revived = acct.contact(id).expect("c");
+    assert!(revived.get("deleted_at").is_none());
+    assert_eq!(acct.memberships(id), vec![list]);
+    let v = env
+        .get_ok(&format!("/v3/contacts/{id}"), "ContactResource")
+        .await;
+    assert!(v.get("deleted_at").is_none());
+}
+
+#[tokio::test]
+async fn request_log_records_queries_bodies_and_accounts() {
+    let env = start(3, 1).await;
+    let list = env.sb.default_account().list_ids()[0];
+    env.get_ok("/v3/contacts?limit=2&status=all", "Contacts")
+        .await;
+    let body =
+        serde_json::json!({"import_data": [{"email": "log@example.com"}], "list_ids": [list]});
+    let (status, _) = env.post("/v3/activities/contacts_json_import", &body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let log = env.sb.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].method, "GET");
+    assert_eq!(log[0].path, "/v3/contacts");
+    assert_eq!(log[0].query, "limit=2&status=all");
+    assert_eq!(log[0].status, 200);
+    assert_eq!(log[0].account.as_deref(), Some("default"));
+    assert!(log[0].body.is_none());
+    assert_eq!(log[1].method, "POST");
+    assert_eq!(log[1].status, 201);
+    assert_eq!(log[1].body.as_ref(), Some(&body));
+}
