@@ -3,11 +3,44 @@
 //! An independent fake: it shares no code with `crate::ctct`, `crate::store` or
 //! `crate::sync`, so that a misunderstanding of the API cannot pass both sides.
 //! Response bodies follow the official Swagger 2.0 definitions (`Contacts`,
-//! `ContactResource`, `ContactListArray`, `ActivityImport`, ...).
+//! `ContactResource`, `ContactListArray`, `ActivityImport`, `Activity`, `Activities`,
+//! `ActivityListsMembership`); error bodies are `[{error_key, error_message}]` arrays,
+//! except auth and rate-limit errors (a single object).
 //!
-//! HTTP surface: `POST /oauth2/default/v1/token`, `GET /v3/contacts`, `GET /v3/contacts/{id}`,
-//! `GET /v3/contact_lists`, the bulk activities under `/v3/activities`, the control API
-//! under `/__control/` (loopback only, no auth) and `GET /healthz`.
+//! HTTP surface:
+//! - `POST /oauth2/default/v1/token`: refresh-token grant, HTTP Basic client auth (or
+//!   `client_id`/`client_secret` form fields), rotating single-use refresh tokens,
+//!   JWT-shaped access tokens with an `exp` claim (sandbox clock).
+//! - `GET /v3/contacts` (filters, include, include_count, cursor paging ordered by
+//!   contact_id), `GET /v3/contacts/{id}`, `GET /v3/contact_lists`.
+//! - `POST /v3/activities/contacts_json_import`, `POST /v3/activities/add_list_memberships`,
+//!   `POST /v3/activities/remove_list_memberships`, `GET /v3/activities/{id}`,
+//!   `GET /v3/activities`.
+//! - The control API under `/__control/` (loopback only, no auth; see `control.rs`) and
+//!   `GET /healthz`.
+//!
+//! Every `/v3/*` request goes through: bearer auth (401) → rate limit per API key
+//! (GCRA, burst 1, 10% jitter tolerance; 429 `throttled`) → daily quota (429
+//! `quota_exceeded`, resets at 00:00 UTC sandbox time) → injected faults → handler, and
+//! is logged in [`Sandbox::requests`].
+//!
+//! Choices where the real API is unconfirmed:
+//! - `updated_after`/`updated_before`/`created_*`/`optout_*` are strict bounds.
+//! - `status`: no value = not deleted; `all` = everything; `deleted`; `active` = not
+//!   deleted and not unsubscribed; `unsubscribed`/`not_set`/`pending_confirmation`/
+//!   `temp_hold` = that email permission among contacts that are not deleted.
+//! - Unsubscribing (and resubscribing) does not bump the contact's `updated_at`, only
+//!   `email_address.updated_at`; list joins/leaves bump nothing; delete/restore bump it.
+//! - A cursor carries the filters and the limit; other parameters next to `cursor` are
+//!   ignored. Last page: no `_links`.
+//! - Imports: new contacts get `implicit`/`Account`; existing ones keep their permission;
+//!   only present, non-empty properties change; `updated_at` is bumped; unsubscribed
+//!   contacts are not added to lists (`cannot_add_to_list_count`); a deleted contact is
+//!   revived (old memberships stay gone); emails over 80 chars or malformed are
+//!   correctable row errors; bodies over 4,000,000 bytes keep only the items complete
+//!   within the first 4,000,000 bytes.
+//! - add_list_memberships skips unsubscribed contacts and revives deleted ones; neither
+//!   add nor remove bumps `updated_at` (except a revival).
 
 mod activities;
 mod contacts;

@@ -217,6 +217,20 @@ async fn v3_needs_a_bearer_token() {
     let log = env.sb.requests();
     assert_eq!(log.len(), 3);
     assert!(log.iter().all(|r| r.status == 401 && r.account.is_none()));
+
+    // Shutdown ends the server even with the client's keep-alive connection open.
+    env.get_ok("/v3/contacts", "Contacts").await;
+    env.sb.shutdown();
+    tokio::time::timeout(Duration::from_secs(3), env.sb.stopped())
+        .await
+        .expect("server stops");
+    let res = env
+        .http
+        .get(format!("{}/contacts", env.sb.api_base()))
+        .bearer_auth(&env.token)
+        .send()
+        .await;
+    assert!(res.is_err(), "no longer serving");
 }
 
 #[tokio::test]
