@@ -569,6 +569,43 @@ mod tests {
         }
     }
 
+    /// `section.key` of every key in a TOML text, commented-out keys included.
+    fn keys(text: &str) -> std::collections::BTreeSet<String> {
+        let mut section = String::new();
+        let mut out = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let l = line.trim().trim_start_matches('#').trim();
+            if l.starts_with('[') {
+                section = l.trim_matches(|c| c == '[' || c == ']').to_string();
+            } else if let Some((k, _)) = l.split_once(" = ") {
+                if !k.contains(' ') {
+                    out.insert(format!("{section}.{k}"));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_example_config_documents_every_key_and_loads() {
+        let example = include_str!("../deploy/config.example.toml");
+        let documented = keys(example);
+        for k in keys(DEFAULTS) {
+            assert!(documented.contains(&k), "deploy/config.example.toml lacks {k}");
+        }
+        for k in ["accounts.id", "accounts.refresh_token", "accounts.lists"] {
+            assert!(documented.contains(k), "deploy/config.example.toml lacks {k}");
+        }
+        let s: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(example, FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("the example deserializes");
+        s.validate().expect("the example validates");
+        assert_eq!(s.accounts.len(), 1);
+    }
+
     #[test]
     fn inline_url_password_is_detected() {
         let doc = toml_like::scan("url = \"postgres://u:pw@h/db\"\n");
