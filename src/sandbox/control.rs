@@ -2,6 +2,8 @@
 //!
 //! - `POST /__control/accounts/{account}/contacts` `{"email", "first_name"?, "list_ids"?}` → `{"contact_id"}`
 //! - `GET  /__control/accounts/{account}/contacts/{id}` → the stored contact
+//! - `POST /__control/accounts/{account}/contacts/{id}/update` (a JSON object merged into
+//!   the stored contact; bumps `updated_at` like `AccountCtl::update_contact`)
 //! - `POST /__control/accounts/{account}/contacts/{id}/unsubscribe` `{"reason"?}`
 //! - `POST /__control/accounts/{account}/contacts/{id}/resubscribe`
 //! - `POST /__control/accounts/{account}/contacts/{id}/delete` and `/restore`
@@ -15,6 +17,8 @@
 //!   `{"kind":"status","path_prefix":"/v3/contacts","status":503,"times":2}`;
 //!   latency `delay` in milliseconds); `DELETE /__control/faults` clears them
 //! - `POST /__control/limits` `{"requests_per_second": f|null, "daily_quota": n|null}`
+//! - `GET  /__control/accounts/{account}/imports` → every import request body
+//! - `GET  /__control/accounts/{account}/activities/{id}` → an activity
 //! - `GET  /__control/requests` → the request log
 
 use std::net::SocketAddr;
@@ -82,6 +86,63 @@ async fn get_contact(
     match ctl(&inner, &account).contact(id) {
         Some(c) => json(StatusCode::OK, &c),
         None => respond::not_found("no such contact"),
+    }
+}
+
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                match t.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        t.insert(k, v);
+                    }
+                }
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+async fn update_contact(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+    body: Rejected<serde_json::Value>,
+) -> Response {
+    let Json(patch) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    if !patch.is_object() {
+        return respond::error_array(
+            StatusCode::BAD_REQUEST,
+            "control.bad_request",
+            "expected a JSON object",
+        );
+    }
+    let c = ctl(&inner, &account);
+    if c.contact(id).is_none() {
+        return respond::not_found("no such contact");
+    }
+    c.update_contact(id, |v| merge(v, patch));
+    match c.contact(id) {
+        Some(v) => json(StatusCode::OK, &v),
+        None => respond::not_found("no such contact"),
+    }
+}
+
+async fn imports(State(inner): State<Arc<Inner>>, Path(account): Path<String>) -> Response {
+    json(StatusCode::OK, &ctl(&inner, &account).imports())
+}
+
+async fn activity(
+    State(inner): State<Arc<Inner>>,
+    Path((account, id)): Path<(String, Uuid)>,
+) -> Response {
+    match ctl(&inner, &account).activity(id) {
+        Some(v) => json(StatusCode::OK, &v),
+        None => respond::not_found("no such activity"),
     }
 }
 
@@ -281,6 +342,12 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
     Router::new()
         .route(&format!("{acct}/contacts"), post(create_contact))
         .route(&format!("{acct}/contacts/{{id}}"), get(get_contact))
+        .route(
+            &format!("{acct}/contacts/{{id}}/update"),
+            post(update_contact),
+        )
+        .route(&format!("{acct}/imports"), get(imports))
+        .route(&format!("{acct}/activities/{{id}}"), get(activity))
         .route(
             &format!("{acct}/contacts/{{id}}/unsubscribe"),
             post(unsubscribe),

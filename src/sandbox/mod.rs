@@ -68,6 +68,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use ctl::AccountCtl;
+pub use oauth::{OAuthCtl, RefreshTokenPolicy, TokenRateLimit};
 
 use state::{Inner, Limits, State};
 
@@ -89,6 +90,11 @@ pub struct SandboxConfig {
     pub daily_quota: Option<u64>,
     /// Time an import spends in `initialized`/`processing` before it completes.
     pub import_processing: Duration,
+    /// Rotating (single use, the default), rotating keeping the previous token until the
+    /// new one is first used, or long-lived refresh tokens.
+    pub refresh_token_policy: RefreshTokenPolicy,
+    /// Token-endpoint limit (about 1/s); `None` = unlimited.
+    pub token_rate_limit: Option<TokenRateLimit>,
 }
 
 impl Default for SandboxConfig {
@@ -103,6 +109,8 @@ impl Default for SandboxConfig {
             requests_per_second: None,
             daily_quota: None,
             import_processing: Duration::from_millis(200),
+            refresh_token_policy: RefreshTokenPolicy::default(),
+            token_rate_limit: Some(TokenRateLimit::default()),
         }
     }
 }
@@ -250,6 +258,21 @@ impl Sandbox {
         self.account("default")
     }
 
+    /// Control of the authorization server (device approvals, revocation, policies).
+    pub fn oauth(&self) -> OAuthCtl {
+        OAuthCtl::new(Arc::clone(&self.inner))
+    }
+
+    /// `http://127.0.0.1:PORT/oauth2/default/v1/device/authorize`
+    pub fn device_authorization_url(&self) -> String {
+        format!("http://{}/oauth2/default/v1/device/authorize", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/oauth2/default/v1/authorize`
+    pub fn authorize_url(&self) -> String {
+        format!("http://{}/oauth2/default/v1/authorize", self.addr)
+    }
+
     pub fn set_rate_limit(&self, per_second: Option<f64>) {
         let mut st = self.inner.lock();
         st.limits.per_second = per_second;
@@ -311,6 +334,7 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         requests: Vec::new(),
         throttled: 0,
         token_requests: 0,
+        oauth: oauth::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
     };
     let now = st.now();
     let acct = st.account_mut("default");
@@ -331,6 +355,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v3/contacts", get(contacts::list_contacts))
         .route("/v3/contacts/{id}", get(contacts::get_contact))
         .route("/v3/contact_lists", get(lists::list_lists))
+        .merge(oauth::routes())
         .merge(activities::routes())
         .merge(control::routes())
         .fallback(fallback)

@@ -364,6 +364,7 @@ pub(crate) struct State {
     pub requests: Vec<RequestRecord>,
     pub throttled: u64,
     pub token_requests: u64,
+    pub oauth: super::oauth::OAuthState,
 }
 
 pub(crate) struct Inner {

@@ -879,6 +879,30 @@ async fn control_http_api() {
     }
     let c = env.sb.default_account().contact(id).expect("contact");
     assert_eq!(c["email_address"]["permission_to_send"], "unsubscribed");
+    let v: Value = env
+        .http
+        .post(format!("{base}/__control/accounts/default/contacts/{id}/update"))
+        .json(&serde_json::json!({"job_title": "Via Control", "email_address": {"opt_out_reason": "merged"}}))
+        .send()
+        .await
+        .expect("update")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["job_title"], "Via Control");
+    assert_eq!(v["email_address"]["opt_out_reason"], "merged");
+    assert_eq!(v["email_address"]["permission_to_send"], "unsubscribed");
+    assert!(ts(&v["updated_at"]) >= ts(&c["updated_at"]));
+    let imports: Value = env
+        .http
+        .get(format!("{base}/__control/accounts/default/imports"))
+        .send()
+        .await
+        .expect("imports")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(imports, serde_json::json!([]));
     assert!(c["deleted_at"].is_string());
     let v: Value = env
         .http
@@ -1035,6 +1059,24 @@ async fn bench_200k() {
     assert_eq!(n, 200_000);
     eprintln!(
         "generate {gen:?}; {pages} pages in {:?} (worst page incl. client parse {worst:?})",
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    let mut next = Some(
+        "/v3/contacts?limit=500&include=list_memberships,custom_fields&include_count=true&status=all"
+            .to_string(),
+    );
+    let (mut pages, mut worst) = (0, Duration::ZERO);
+    while let Some(url) = next.take() {
+        let t1 = std::time::Instant::now();
+        let (status, page) = env.get(&url).await;
+        worst = worst.max(t1.elapsed());
+        assert_eq!(status, StatusCode::OK);
+        pages += 1;
+        next = page["_links"]["next"]["href"].as_str().map(str::to_string);
+    }
+    eprintln!(
+        "with include+count: {pages} pages in {:?} (worst page {worst:?})",
         t.elapsed()
     );
 }
