@@ -1,6 +1,7 @@
 //! The Constant Contact V3 client. Knows no SQL and no jobs: token persistence and the
 //! request budget reach it through the `TokenStore` and `RequestBudget` traits.
 
+pub mod activities;
 pub mod auth;
 pub mod client;
 pub mod dto;

@@ -1,8 +1,10 @@
 //! Every SQL statement lives here, one file per table or aggregate. Functions take
 //! `&mut PgConnection` so that they compose inside one transaction. No HTTP here.
 
+pub mod activities;
 pub mod changes;
 pub mod contacts;
+pub mod outbound;
 pub mod runs;
 pub mod status;
 pub mod sync_state;

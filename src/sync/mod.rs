@@ -1,8 +1,10 @@
 //! The jobs and their pure cores. Each job is a plain async function; every run goes through
 //! `run_guarded`: a per-(account, job) advisory lock, a `sync_runs` row and a root span.
 
+pub mod batch;
 pub mod contacts;
 pub mod deletes;
+pub mod guard;
 pub mod lists;
 pub mod merge;
 pub mod optouts;

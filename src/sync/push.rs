@@ -1,15 +1,702 @@
-//! The push job (`--job push`). Not built yet.
+//! The push job (`--job push`): pending `outbound` rows → guard → batches →
+//! `POST /activities/contacts_json_import` → `GET /activities/{id}` until a terminal state.
+//!
+//! Order and transactions (never a transaction across HTTP):
+//! 1. Per chunk of pending rows: one transaction locks the rows, reads the freshly pulled
+//!    store, plans (guard + batcher) and writes what ends here (`skipped`, invalid rows
+//!    `failed`, `conflict`/`skipped` change rows). Commit.
+//! 2. Per batch: the POST, outside any transaction; then one transaction marks the batch's
+//!    rows `submitted` with the `activity_id` and records the `import_activities` row.
+//!    **A crash between the POST and that commit leaves the rows `pending`: the next run
+//!    plans and sends them again.** That is safe: the guard runs again on the data pulled
+//!    in that run (an import only sets the properties it carries, and the same values twice
+//!    are a no-op), and it is the only way to never lose a row, because the lost answer
+//!    carried the only reference to the activity.
+//! 3. Polling every activity still in flight (`import_activities.finished_at IS NULL`,
+//!    including those of an earlier, interrupted run — polled again, never re-sent) with
+//!    exponential backoff `poll_initial`…`poll_max`, cancellable, each bounded by
+//!    `poll_timeout` from its submission. A terminal state maps back to the rows.
+//!
+//! A push runs only on a store refreshed from the primary in the same cycle: `run_cycle`
+//! runs the account's pull jobs first, and `run_once` refuses to run when the latest
+//! contacts pull (and opt-out sweep) of the account did not succeed after the previous push.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::batch::{self, Batch};
+use super::guard::{self, Terminal};
 use super::JobContext;
 use crate::config::AccountSettings;
+use crate::ctct::activities::Activity;
+use crate::ctct::{AccountClient, Error as ApiError};
+use crate::store::{self, outbound::LocalChange};
+
+pub const JOB: &str = "push";
+
+/// How many entries of each kind a dry-run plan lists (the counts are always complete).
+const PLAN_SAMPLE: usize = 200;
+
+/// Stats of one push run (stored in `sync_runs.stats`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushStats {
+    pub rows_considered: u64,
+    pub batches_submitted: u64,
+    pub rows_submitted: u64,
+    pub bytes_submitted: u64,
+    pub skipped: u64,
+    pub failed_invalid: u64,
+    pub conflicts: u64,
+    pub deferred: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retrying: u64,
+    pub activities_polled: u64,
+    pub activities_finished: u64,
+    pub in_flight_left: u64,
+    pub cannot_add_to_list: u64,
+    pub api_requests: u64,
+    /// Why submitting stopped early (queue full, quota, cancel), if it did.
+    pub stopped: Option<String>,
+    pub dry_run: bool,
+    /// Only with `--dry-run`: what would be pushed or skipped, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<DryPlan>,
+}
+
+/// What a dry run would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DryPlan {
+    pub batches: Vec<Value>,
+    pub skipped: Vec<Value>,
+    pub failed: Vec<Value>,
+    pub conflicts: Vec<Value>,
+    pub deferred: Vec<Value>,
+}
+
+fn sample(out: &mut Vec<Value>, v: Value) {
+    if out.len() < PLAN_SAMPLE {
+        out.push(v);
+    }
+}
+
+fn terminal_json(t: &Terminal) -> Value {
+    json!({"id": t.row_id, "email": t.email, "reason": t.reason})
+}
 
 /// One run for `account`; returns the run's stats.
 pub async fn run_once(
-    _ctx: &JobContext,
+    ctx: &JobContext,
     account: &AccountSettings,
-    _run_id: Uuid,
-) -> anyhow::Result<serde_json::Value> {
-    anyhow::bail!("this job is not available in this build yet (account {})", account.id)
+    run_id: Uuid,
+) -> anyhow::Result<Value> {
+    if !ctx.dry_run {
+        check_fresh(ctx, &account.id, run_id).await?;
+    }
+    let client = ctx.api.account(&account.id);
+    let mut stats = PushStats {
+        dry_run: ctx.dry_run,
+        plan: ctx.dry_run.then(DryPlan::default),
+        ..Default::default()
+    };
+    submit(ctx, &client, run_id, &mut stats).await?;
+    if ctx.dry_run {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        stats.in_flight_left = store::activities::open(&mut conn, &account.id)
+            .await
+            .context("counting activities in flight")?
+            .len() as u64;
+    } else {
+        poll(ctx, &client, &mut stats).await?;
+    }
+    stats.api_requests = client.requests_sent();
+    Ok(serde_json::to_value(stats)?)
+}
+
+/// Refuses to push on a store older than the primary: the latest contacts pull (and the
+/// latest opt-out sweep, once that job has run at all) must have succeeded after the
+/// previous push started.
+async fn check_fresh(ctx: &JobContext, account: &str, run_id: Uuid) -> anyhow::Result<()> {
+    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+    let latest = store::outbound::latest_runs(&mut conn, account, run_id)
+        .await
+        .context("reading the latest pull runs")?;
+    let push_started = latest.get(JOB).map(|(_, started)| *started);
+    for job in [super::contacts::JOB, "unsubscribes"] {
+        let required = job == super::contacts::JOB;
+        match latest.get(job) {
+            None if !required => {}
+            None => anyhow::bail!(
+                "push refused for account {account}: no {job} pull has run yet; run `ccsync sync --job push`, which pulls first"
+            ),
+            Some((outcome, started)) => {
+                if outcome != "succeeded" || push_started.is_some_and(|p| *started < p) {
+                    anyhow::bail!(
+                        "push refused for account {account}: the {job} pull did not succeed since the last push \
+                         (a push never runs on a store older than Constant Contact); run `ccsync sync --job push`, which pulls first"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plans every due pending row, chunk by chunk, and submits the batches.
+async fn submit(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
+    let account = client.account().to_string();
+    let s = &ctx.settings.sync;
+    let limits = batch::Limits {
+        max_contacts: s.import_max_contacts,
+        max_bytes: s.import_max_bytes,
+    };
+    let chunk = s.import_max_contacts.max(1) as i64;
+    let known = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::outbound::known_lists(&mut conn, &account)
+            .await
+            .context("reading the list catalogue")?
+    };
+    let mut after = 0i64;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            stats.stopped.get_or_insert_with(|| "cancelled".into());
+            break;
+        }
+        let mut tx = ctx.pool.begin().await.context("beginning the plan transaction")?;
+        let rows = store::outbound::pending_chunk(&mut tx, &account, after, chunk)
+            .await
+            .context("reading pending outbound rows")?;
+        let Some(last) = rows.last() else {
+            tx.rollback().await.ok();
+            break;
+        };
+        after = last.id;
+        stats.rows_considered += rows.len() as u64;
+        let input = store::outbound::guard_input(&mut tx, &account, &rows, known.clone())
+            .await
+            .context("reading the pulled store for the guard")?;
+        let plan = guard::plan(&rows, &input);
+        drop(input);
+        drop(rows);
+        let cut = batch::cut(plan.items, limits);
+        let mut failed = plan.failed;
+        for (item, size) in &cut.too_large {
+            for id in &item.row_ids {
+                failed.push(Terminal {
+                    row_id: *id,
+                    email: item.email.clone(),
+                    contact_id: item.contact_id,
+                    reason: format!(
+                        "the contact alone serialises to {size} bytes, more than import_max_bytes ({})",
+                        limits.max_bytes
+                    ),
+                });
+            }
+        }
+        stats.skipped += plan.skipped.len() as u64;
+        stats.failed_invalid += failed.len() as u64;
+        stats.conflicts += plan.conflicts.len() as u64;
+        stats.deferred += plan.deferred.len() as u64;
+        let mut log: Vec<LocalChange> = plan
+            .conflicts
+            .iter()
+            .map(|c| LocalChange {
+                contact_id: c.contact_id,
+                email: c.email.clone(),
+                kind: "conflict",
+                field: Some(c.field.clone()),
+                old_value: Some(c.primary.clone()),
+                new_value: Some(json!({"outbound_id": c.row_id, "value": c.local})),
+            })
+            .collect();
+        log.extend(plan.skipped.iter().map(|t| LocalChange {
+            contact_id: t.contact_id,
+            email: t.email.clone(),
+            kind: "skipped",
+            field: None,
+            old_value: None,
+            new_value: Some(json!({"outbound_id": t.row_id, "reason": t.reason})),
+        }));
+        if let Some(p) = stats.plan.as_mut() {
+            for t in &plan.skipped {
+                sample(&mut p.skipped, terminal_json(t));
+            }
+            for t in &failed {
+                sample(&mut p.failed, terminal_json(t));
+            }
+            for t in &plan.deferred {
+                sample(&mut p.deferred, terminal_json(t));
+            }
+            for c in &plan.conflicts {
+                sample(
+                    &mut p.conflicts,
+                    json!({"id": c.row_id, "email": c.email, "field": c.field,
+                           "local": c.local, "constant_contact": c.primary}),
+                );
+            }
+            for b in &cut.batches {
+                let emails: Vec<&str> = b.items.iter().take(5).map(|i| i.email.as_str()).collect();
+                sample(
+                    &mut p.batches,
+                    json!({"list_ids": b.list_ids, "contacts": b.items.len(),
+                           "rows": b.row_ids().count(), "bytes": b.body.len(),
+                           "first_emails": emails}),
+                );
+            }
+            tx.rollback().await.ok();
+            continue;
+        }
+        let (ids, reasons) = split(&plan.skipped);
+        store::outbound::set_state(&mut tx, "pending", &ids, "skipped", &reasons).await?;
+        let (ids, reasons) = split(&failed);
+        store::outbound::set_state(&mut tx, "pending", &ids, "failed", &reasons).await?;
+        store::outbound::append_changes(&mut tx, &account, run_id, &log).await?;
+        tx.commit().await.context("committing the push plan")?;
+        for b in cut.batches {
+            if stats.stopped.is_some() {
+                // Left pending for the next run.
+                continue;
+            }
+            if ctx.cancel.is_cancelled() {
+                stats.stopped = Some("cancelled".into());
+                continue;
+            }
+            send_batch(ctx, client, run_id, b, stats).await?;
+        }
+    }
+    Ok(())
+}
+
+fn split(ts: &[Terminal]) -> (Vec<i64>, Vec<Option<String>>) {
+    ts.iter().map(|t| (t.row_id, Some(t.reason.clone()))).unzip()
+}
+
+/// Backoff of a failed attempt: `poll_max · 2^attempts`, at most 64 × `poll_max`.
+fn retry_backoff(ctx: &JobContext) -> (Duration, Duration) {
+    let base = ctx.settings.sync.poll_max;
+    (base, base.saturating_mul(64))
+}
+
+/// POSTs one batch and records the outcome.
+async fn send_batch(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    b: Batch,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
+    let account = client.account().to_string();
+    let Batch {
+        list_ids,
+        items,
+        body,
+    } = b;
+    let bytes = body.len();
+    let mut ids = Vec::new();
+    let mut reasons = Vec::new();
+    for it in &items {
+        let note = (!it.notes.is_empty()).then(|| it.notes.join("; "));
+        for id in &it.row_ids {
+            ids.push(*id);
+            reasons.push(note.clone());
+        }
+    }
+    let answer = client.contacts_json_import(body).await;
+    let mut tx = ctx.pool.begin().await.context("beginning the submit transaction")?;
+    match answer {
+        Ok(activity) => {
+            store::outbound::mark_submitted(&mut tx, &ids, &reasons, &activity.activity_id)
+                .await
+                .context("marking rows submitted")?;
+            store::activities::insert(
+                &mut tx,
+                &account,
+                &store::activities::NewActivity {
+                    activity_id: &activity.activity_id,
+                    state: if activity.state.is_empty() { "initialized" } else { &activity.state },
+                    list_ids: &list_ids,
+                    row_count: ids.len() as i32,
+                    body_bytes: bytes as i32,
+                    run_id,
+                },
+            )
+            .await
+            .context("recording the import activity")?;
+            tx.commit().await.context("committing the submitted batch")?;
+            stats.batches_submitted += 1;
+            stats.rows_submitted += ids.len() as u64;
+            stats.bytes_submitted += bytes as u64;
+            info!(activity_id = %activity.activity_id, contacts = items.len(), bytes, "import submitted");
+        }
+        Err(e @ (ApiError::TooManyActivities { .. }
+        | ApiError::QuotaExceeded { .. }
+        | ApiError::Throttled { .. }
+        | ApiError::Cancelled)) => {
+            // Nothing was done: the rows stay pending, untouched, for the next run.
+            tx.rollback().await.ok();
+            warn!(error = %e, "import not submitted; rows stay pending");
+            stats.stopped = Some(e.to_string());
+        }
+        Err(e @ ApiError::Auth(_)) => {
+            tx.rollback().await.ok();
+            return Err(e).context("submitting an import");
+        }
+        Err(e) => {
+            // 400, 5xx, lost answer: counted as a failed attempt (retried with backoff, a
+            // dead letter after max_push_attempts). A lost answer may mean the import did
+            // run: sending it again later is safe (see the module comment).
+            let (base, cap) = retry_backoff(ctx);
+            let (retry, dead) = store::outbound::failed_attempt(
+                &mut tx,
+                "pending",
+                &ids,
+                &format!("{e}"),
+                ctx.settings.sync.max_push_attempts as i32,
+                base,
+                cap,
+            )
+            .await
+            .context("recording a failed submit")?;
+            tx.commit().await.context("committing a failed submit")?;
+            warn!(error = %e, retry, dead, "import submit failed");
+            stats.retrying += retry;
+            stats.failed += dead;
+        }
+    }
+    Ok(())
+}
+
+/// Polls every activity in flight for the account until none is left.
+async fn poll(ctx: &JobContext, client: &AccountClient, stats: &mut PushStats) -> anyhow::Result<()> {
+    let account = client.account().to_string();
+    let s = &ctx.settings.sync;
+    let mut delay = s.poll_initial;
+    loop {
+        let open = {
+            let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+            store::activities::open(&mut conn, &account)
+                .await
+                .context("reading activities in flight")?
+        };
+        if open.is_empty() {
+            stats.in_flight_left = 0;
+            return Ok(());
+        }
+        let mut left = 0u64;
+        for (id, submitted_at) in open {
+            let age = (chrono::Utc::now() - submitted_at).to_std().unwrap_or_default();
+            if age > s.poll_timeout {
+                finish_abandoned(ctx, &id, &format!(
+                    "activity {id} reached no terminal state within poll_timeout ({})",
+                    humantime::format_duration(s.poll_timeout)
+                ), stats)
+                .await?;
+                continue;
+            }
+            stats.activities_polled += 1;
+            match client.activity(&id).await {
+                Ok(a) if a.is_terminal() => finish(ctx, &a, stats).await?,
+                Ok(a) => {
+                    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+                    store::activities::record_poll(
+                        &mut conn,
+                        &id,
+                        &a.state,
+                        a.percent_done,
+                        a.status.as_ref(),
+                        a.activity_errors.as_ref().map(|e| json!(e)).as_ref(),
+                        false,
+                    )
+                    .await
+                    .context("recording a poll")?;
+                    left += 1;
+                }
+                Err(ApiError::Status { status: 404, .. }) => {
+                    finish_abandoned(
+                        ctx,
+                        &id,
+                        &format!("activity {id} is unknown or expired (404)"),
+                        stats,
+                    )
+                    .await?;
+                }
+                Err(ApiError::Cancelled) => {
+                    anyhow::bail!("cancelled while polling; activities in flight are polled again by the next run")
+                }
+                Err(e) if e.is_retryable() => {
+                    warn!(activity_id = %id, error = %e, "poll failed; polled again later");
+                    left += 1;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("polling activity {id}"));
+                }
+            }
+        }
+        stats.in_flight_left = left;
+        if left == 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.cancel.cancelled() => anyhow::bail!(
+                "cancelled while polling; {left} activities in flight are polled again by the next run"
+            ),
+        }
+        delay = (delay * 2).min(s.poll_max);
+    }
+}
+
+/// An activity that will not be followed any more: its rows count a failed attempt.
+async fn finish_abandoned(
+    ctx: &JobContext,
+    id: &str,
+    reason: &str,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
+    warn!(activity_id = %id, reason, "activity abandoned");
+    let mut tx = ctx.pool.begin().await?;
+    let rows = store::outbound::rows_of_activity(&mut tx, id).await?;
+    let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
+    let (base, cap) = retry_backoff(ctx);
+    let (retry, dead) = store::outbound::failed_attempt(
+        &mut tx,
+        "submitted",
+        &ids,
+        reason,
+        ctx.settings.sync.max_push_attempts as i32,
+        base,
+        cap,
+    )
+    .await?;
+    store::activities::record_poll(&mut tx, id, "abandoned", None, None, None, true).await?;
+    tx.commit().await.context("committing an abandoned activity")?;
+    stats.retrying += retry;
+    stats.failed += dead;
+    stats.activities_finished += 1;
+    Ok(())
+}
+
+/// Maps a terminal activity back to its rows, in one transaction.
+async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow::Result<()> {
+    let mut tx = ctx.pool.begin().await?;
+    let rows = store::outbound::rows_of_activity(&mut tx, &a.activity_id)
+        .await
+        .context("reading the rows of an activity")?;
+    let messages = a.error_messages();
+    let errors_json = a.activity_errors.as_ref().map(|e| json!(e));
+    if a.state == "completed" {
+        let outcome = map_completion(&rows, &messages, a);
+        let failed_ids: Vec<i64> = outcome.failed.iter().map(|(i, _)| *i).collect();
+        let failed_reasons: Vec<Option<String>> =
+            outcome.failed.iter().map(|(_, r)| Some(r.clone())).collect();
+        store::outbound::set_state(&mut tx, "submitted", &failed_ids, "failed", &failed_reasons)
+            .await?;
+        let (base, cap) = retry_backoff(ctx);
+        let (retry, dead) = store::outbound::failed_attempt(
+            &mut tx,
+            "submitted",
+            &outcome.unprocessed,
+            "not processed by the import (its body may have been cut short)",
+            ctx.settings.sync.max_push_attempts as i32,
+            base,
+            cap,
+        )
+        .await?;
+        let done_ids: Vec<i64> = rows
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| !failed_ids.contains(i) && !outcome.unprocessed.contains(i))
+            .collect();
+        let none = vec![None; done_ids.len()];
+        let done =
+            store::outbound::set_state(&mut tx, "submitted", &done_ids, "completed", &none).await?;
+        let cannot = a.counter("cannot_add_to_list_count").unwrap_or(0);
+        if cannot > 0 {
+            // The guard filtered every contact unsubscribed in the store: these opted out
+            // between the pull and the import. Constant Contact did not add them.
+            warn!(activity_id = %a.activity_id, cannot_add_to_list = cannot,
+                  "contacts unsubscribed since the pull were not added to lists");
+        }
+        stats.cannot_add_to_list += cannot;
+        stats.completed += done;
+        stats.failed += failed_ids.len() as u64 + dead;
+        stats.retrying += retry;
+    } else {
+        let msg = if messages.is_empty() {
+            format!("import activity {} ended {}", a.activity_id, a.state)
+        } else {
+            format!(
+                "import activity {} ended {}: {}",
+                a.activity_id,
+                a.state,
+                messages.join("; ")
+            )
+        };
+        let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
+        let (base, cap) = retry_backoff(ctx);
+        let (retry, dead) = store::outbound::failed_attempt(
+            &mut tx,
+            "submitted",
+            &ids,
+            &msg,
+            ctx.settings.sync.max_push_attempts as i32,
+            base,
+            cap,
+        )
+        .await?;
+        warn!(activity_id = %a.activity_id, state = %a.state, retry, dead, "import activity did not complete");
+        stats.retrying += retry;
+        stats.failed += dead;
+    }
+    store::activities::record_poll(
+        &mut tx,
+        &a.activity_id,
+        &a.state,
+        a.percent_done,
+        a.status.as_ref(),
+        errors_json.as_ref(),
+        true,
+    )
+    .await?;
+    tx.commit().await.context("committing a finished activity")?;
+    stats.activities_finished += 1;
+    info!(activity_id = %a.activity_id, state = %a.state, "import activity finished");
+    Ok(())
+}
+
+/// Rows of a completed activity that failed (an error names their address or row number)
+/// and rows that were never processed (counters short of the items sent).
+#[derive(Debug, Default, PartialEq)]
+struct Completion {
+    failed: Vec<(i64, String)>,
+    unprocessed: Vec<i64>,
+}
+
+/// `rows` are (id, email) ascending; the import's items are their distinct addresses in
+/// order of first appearance (the order the batcher wrote them).
+fn map_completion(rows: &[(i64, String)], messages: &[String], a: &Activity) -> Completion {
+    let mut items: Vec<&str> = Vec::new();
+    let mut by_email: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (id, email) in rows {
+        let e = email.as_str();
+        if !by_email.contains_key(e) {
+            items.push(e);
+        }
+        by_email.entry(e).or_default().push(*id);
+    }
+    let mut failed: HashMap<i64, String> = HashMap::new();
+    for m in messages {
+        let lower = m.to_lowercase();
+        let mut named: Vec<&str> = items
+            .iter()
+            .copied()
+            .filter(|e| lower.contains(e))
+            .collect();
+        if named.is_empty() {
+            if let Some(n) = row_number(&lower) {
+                if let Some(e) = n.checked_sub(1).and_then(|i| items.get(i)) {
+                    named.push(e);
+                }
+            }
+        }
+        for e in named {
+            for id in by_email.get(e).into_iter().flatten() {
+                failed
+                    .entry(*id)
+                    .or_insert_with(|| format!("Constant Contact rejected the contact: {m}"));
+            }
+        }
+    }
+    let processed = match (
+        a.counter("person_count"),
+        a.counter("error_count").unwrap_or(0),
+        a.counter("correctable_count").unwrap_or(0),
+    ) {
+        (Some(p), e, c) => Some((p + e + c) as usize),
+        _ => None,
+    };
+    let mut unprocessed = Vec::new();
+    if let Some(p) = processed.filter(|p| *p < items.len()) {
+        for e in &items[p..] {
+            for id in by_email.get(e).into_iter().flatten() {
+                if !failed.contains_key(id) {
+                    unprocessed.push(*id);
+                }
+            }
+        }
+    }
+    let mut failed: Vec<(i64, String)> = failed.into_iter().collect();
+    failed.sort_unstable();
+    Completion {
+        failed,
+        unprocessed,
+    }
+}
+
+/// `row 12` / `row 12:` in an error message.
+fn row_number(lower: &str) -> Option<usize> {
+    let at = lower.find("row ")?;
+    let digits: String = lower[at + 4..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act(status: Value) -> Activity {
+        serde_json::from_value(json!({"activity_id": "a", "state": "completed", "status": status}))
+            .unwrap()
+    }
+
+    #[test]
+    fn errors_map_back_by_address_or_row_number() {
+        let rows = vec![
+            (1, "a@x.io".to_string()),
+            (2, "b@x.io".to_string()),
+            (3, "a@x.io".to_string()),
+            (4, "c@x.io".to_string()),
+        ];
+        let msgs = vec![
+            "Row 2: invalid something".to_string(),
+            "Contact C@X.IO is on 50 lists".to_string(),
+            "something unrelated".to_string(),
+        ];
+        let c = map_completion(&rows, &msgs, &act(json!({"person_count": 3})));
+        let ids: Vec<i64> = c.failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, vec![2, 4]);
+        assert!(c.failed[0].1.contains("Row 2"));
+        assert!(c.unprocessed.is_empty());
+    }
+
+    #[test]
+    fn items_beyond_the_counters_are_unprocessed() {
+        let rows = vec![(1, "a@x.io".to_string()), (2, "b@x.io".to_string()), (3, "c@x.io".to_string())];
+        let c = map_completion(&rows, &[], &act(json!({"person_count": 1, "correctable_count": 0})));
+        assert_eq!(c.unprocessed, vec![2, 3]);
+        let c = map_completion(&rows, &[], &act(json!({})));
+        assert!(c.unprocessed.is_empty(), "no counters: nothing inferred");
+    }
+
+    #[test]
+    fn row_numbers_parse() {
+        assert_eq!(row_number("row 12: bad"), Some(12));
+        assert_eq!(row_number("no number"), None);
+        assert_eq!(row_number("row x"), None);
+    }
 }

@@ -1,0 +1,119 @@
+//! Bulk activities: `POST /activities/contacts_json_import` and `GET /activities/{id}`
+//! (API-NOTES §6, §10).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::client::AccountClient;
+use super::error::Error;
+
+/// The activity states that end an activity.
+pub const TERMINAL_STATES: &[&str] = &["completed", "failed", "cancelled", "timed_out"];
+
+/// `Activity` / `ActivityImport`: only what the daemon reads; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Activity {
+    pub activity_id: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub percent_done: Option<i64>,
+    /// Strings in the spec; objects (`{message}`) tolerated: kept as raw JSON.
+    #[serde(default)]
+    pub activity_errors: Option<Vec<Value>>,
+    /// The counters (`items_total_count`, `person_count`, `error_count`,
+    /// `correctable_count`, `cannot_add_to_list_count`, ...), kept whole.
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+impl Activity {
+    pub fn is_terminal(&self) -> bool {
+        TERMINAL_STATES.contains(&self.state.as_str())
+    }
+
+    /// The errors as messages, whatever their shape.
+    pub fn error_messages(&self) -> Vec<String> {
+        self.activity_errors
+            .iter()
+            .flatten()
+            .map(error_message)
+            .collect()
+    }
+
+    /// A status counter, if present.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.status.as_ref()?.get(name)?.as_u64()
+    }
+}
+
+/// One `activity_errors` entry as text: a string, or an object's `message` /
+/// `error_message`, or the object's JSON.
+pub fn error_message(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => ["message", "error_message", "error"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_str))
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    }
+}
+
+impl AccountClient {
+    /// `POST /activities/contacts_json_import` with a body built by the batcher. Retried
+    /// only on `throttled` (nothing was done); any other failure is returned as is.
+    pub async fn contacts_json_import(&self, body: Vec<u8>) -> Result<Activity, Error> {
+        let url = self
+            .api()
+            .endpoint("activities/contacts_json_import")
+            .map_err(|_| bad_url("activities/contacts_json_import"))?;
+        self.post_json("POST /activities/contacts_json_import", url, body)
+            .await
+    }
+
+    /// `GET /activities/{id}`.
+    pub async fn activity(&self, id: &str) -> Result<Activity, Error> {
+        let url = self
+            .api()
+            .endpoint(&format!("activities/{id}"))
+            .map_err(|_| bad_url("activities/{id}"))?;
+        self.get_json("GET /activities/{id}", url).await
+    }
+}
+
+fn bad_url(path: &str) -> Error {
+    Error::Status {
+        endpoint: "url",
+        status: 0,
+        items: vec![super::error::ApiErrorItem {
+            error_key: "ccsync.bad_url".into(),
+            error_message: format!("cannot build the URL of {path}"),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decodes_the_spec_shape_and_tolerates_object_errors() {
+        let a: Activity = serde_json::from_value(json!({
+            "activity_id": "a1", "state": "completed", "percent_done": 100,
+            "activity_errors": ["Row 1: bad", {"message": "Row 2: worse"}, {"x": 1}],
+            "status": {"person_count": 2, "cannot_add_to_list_count": 1},
+            "_links": {"self": {"href": "/v3/activities/a1"}}
+        }))
+        .unwrap();
+        assert!(a.is_terminal());
+        assert_eq!(a.error_messages(), vec!["Row 1: bad", "Row 2: worse", "{\"x\":1}"]);
+        assert_eq!(a.counter("cannot_add_to_list_count"), Some(1));
+        assert_eq!(a.counter("error_count"), None);
+        let b: Activity = serde_json::from_value(json!({"activity_id": "b", "state": "processing"})).unwrap();
+        assert!(!b.is_terminal());
+        assert!(b.error_messages().is_empty());
+    }
+}

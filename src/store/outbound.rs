@@ -1,0 +1,385 @@
+//! `outbound`: the application's queue of local changes, and the reads the push guard needs
+//! from the freshly pulled store. Every statement is batched (UNNEST / ANY), never per row.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::sync::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
+
+/// Up to `limit` rows that are `pending` and due, with `id > after`, ascending, locked
+/// (`SKIP LOCKED`) for the caller's transaction.
+pub async fn pending_chunk(
+    conn: &mut PgConnection,
+    account: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OutboundRow>, sqlx::Error> {
+    let rows: Vec<(i64, String, Value, Vec<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
+         WHERE account_id = $1 AND state = 'pending' AND id > $2
+           AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+         ORDER BY id LIMIT $3
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(account)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, email, fields, list_ids, created_at)| OutboundRow {
+            id,
+            email,
+            fields,
+            list_ids,
+            created_at,
+        })
+        .collect())
+}
+
+/// Ids of the lists that exist (not deleted) in `contact_lists`.
+pub async fn known_lists(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT list_id FROM ccsync.contact_lists WHERE account_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(account)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Everything the guard reads for `rows` (besides the list catalogue): the contacts with
+/// those addresses, their memberships, their Constant Contact changes since the oldest row,
+/// the addresses with a push in flight, and what completed pushes wrote for them.
+pub async fn guard_input(
+    conn: &mut PgConnection,
+    account: &str,
+    rows: &[OutboundRow],
+    known_lists: HashSet<Uuid>,
+) -> Result<GuardInput, sqlx::Error> {
+    let mut emails: Vec<String> = rows.iter().map(|r| r.email.trim().to_lowercase()).collect();
+    emails.sort_unstable();
+    emails.dedup();
+    let since = rows
+        .iter()
+        .map(|r| r.created_at)
+        .min()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let mut input = GuardInput {
+        known_lists,
+        ..Default::default()
+    };
+    if emails.is_empty() {
+        return Ok(input);
+    }
+    // A deleted and a live contact may share an address: the live one (sorted last) wins.
+    let contacts = sqlx::query(
+        "SELECT contact_id, email, permission_to_send, opt_out_reason, deleted_at,
+                first_name, last_name, job_title, company_name, anniversary,
+                birthday_month, birthday_day, phone_numbers, street_addresses, custom_fields
+         FROM ccsync.contacts WHERE account_id = $1 AND email = ANY($2)
+         ORDER BY (deleted_at IS NULL), updated_at",
+    )
+    .bind(account)
+    .bind(&emails)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = Vec::with_capacity(contacts.len());
+    for r in &contacts {
+        let email: Option<String> = r.try_get("email")?;
+        let Some(email) = email else { continue };
+        let contact_id: Uuid = r.try_get("contact_id")?;
+        let deleted: Option<NaiveDate> = r.try_get("deleted_at")?;
+        let mut scalars = BTreeMap::new();
+        for k in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+            let v: Option<String> = r.try_get(k)?;
+            scalars.insert(k.to_string(), v.map(Value::String).unwrap_or(Value::Null));
+        }
+        for k in ["birthday_month", "birthday_day"] {
+            let v: Option<i16> = r.try_get(k)?;
+            scalars.insert(k.to_string(), v.map(Value::from).unwrap_or(Value::Null));
+        }
+        ids.push(contact_id);
+        input.contacts.insert(
+            email,
+            Primary {
+                contact_id,
+                permission_to_send: r.try_get("permission_to_send")?,
+                opt_out_reason: r.try_get("opt_out_reason")?,
+                deleted: deleted.is_some(),
+                memberships: Default::default(),
+                scalars,
+                phone_numbers: r.try_get("phone_numbers")?,
+                street_addresses: r.try_get("street_addresses")?,
+                custom_fields: r.try_get("custom_fields")?,
+            },
+        );
+    }
+    if !ids.is_empty() {
+        let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT contact_id, list_id FROM ccsync.list_memberships
+             WHERE account_id = $1 AND contact_id = ANY($2)",
+        )
+        .bind(account)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut by_id: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for (c, l) in pairs {
+            by_id.entry(c).or_default().push(l);
+        }
+        for p in input.contacts.values_mut() {
+            if let Some(ls) = by_id.get(&p.contact_id) {
+                p.memberships = ls.iter().copied().collect();
+            }
+        }
+        let changes: Vec<(Uuid, DateTime<Utc>, String, Option<String>, Option<Value>, Option<Value>)> =
+            sqlx::query_as(
+                "SELECT contact_id, at, kind, field, old_value, new_value FROM ccsync.changes
+                 WHERE account_id = $1 AND origin = 'constant_contact' AND contact_id = ANY($2)
+                   AND at > $3 AND kind IN ('updated', 'created', 'list_removed', 'deleted')
+                 ORDER BY id",
+            )
+            .bind(account)
+            .bind(&ids)
+            .bind(since)
+            .fetch_all(&mut *conn)
+            .await?;
+        for (contact_id, at, kind, field, old_value, new_value) in changes {
+            input.changes.entry(contact_id).or_default().push(PrimaryChange {
+                at,
+                kind,
+                field,
+                old_value,
+                new_value,
+            });
+        }
+    }
+    let flying: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT lower(email) FROM ccsync.outbound
+         WHERE account_id = $1 AND state = 'submitted' AND lower(email) = ANY($2)",
+    )
+    .bind(account)
+    .bind(&emails)
+    .fetch_all(&mut *conn)
+    .await?;
+    input.in_flight = flying.into_iter().collect();
+    let pushed: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT lower(email), fields FROM ccsync.outbound
+         WHERE account_id = $1 AND state = 'completed' AND lower(email) = ANY($2)
+           AND updated_at > $3",
+    )
+    .bind(account)
+    .bind(&emails)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (email, fields) in pushed {
+        if let Value::Object(m) = fields {
+            input.pushed.entry(email).or_default().push(m);
+        }
+    }
+    Ok(input)
+}
+
+/// Moves rows currently in `from` state to a terminal or new `state`, each with its reason.
+/// Returns the number of rows changed.
+pub async fn set_state(
+    conn: &mut PgConnection,
+    from: &str,
+    ids: &[i64],
+    state: &str,
+    reasons: &[Option<String>],
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "UPDATE ccsync.outbound o SET state = $2, reason = u.reason, updated_at = now(),
+                next_attempt_at = NULL
+         FROM UNNEST($3::bigint[], $4::text[]) AS u(id, reason)
+         WHERE o.id = u.id AND o.state = $1",
+    )
+    .bind(from)
+    .bind(state)
+    .bind(ids)
+    .bind(reasons)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Marks pending rows `submitted` to `activity_id` (notes of resolved conflicts as reason).
+pub async fn mark_submitted(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    reasons: &[Option<String>],
+    activity_id: &str,
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = sqlx::query(
+        "UPDATE ccsync.outbound o SET state = 'submitted', activity_id = $1,
+                reason = u.reason, updated_at = now(), next_attempt_at = NULL
+         FROM UNNEST($2::bigint[], $3::text[]) AS u(id, reason)
+         WHERE o.id = u.id AND o.state = 'pending'",
+    )
+    .bind(activity_id)
+    .bind(ids)
+    .bind(reasons)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// A failed attempt for rows in state `from`: `attempts + 1`; rows that reached
+/// `max_attempts` become `failed` with `reason` (the dead letter), the others go back to
+/// `pending` with `next_attempt_at = now() + min(base · 2^(attempts), cap)`.
+/// Returns (back to pending, failed for good).
+pub async fn failed_attempt(
+    conn: &mut PgConnection,
+    from: &str,
+    ids: &[i64],
+    reason: &str,
+    max_attempts: i32,
+    base: std::time::Duration,
+    cap: std::time::Duration,
+) -> Result<(u64, u64), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok((0, 0));
+    }
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "UPDATE ccsync.outbound SET
+            attempts = attempts + 1,
+            state = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+            reason = CASE WHEN attempts + 1 >= $3
+                     THEN format('failed after %s attempts: %s', attempts + 1, $4::text)
+                     ELSE format('attempt %s failed, will retry: %s', attempts + 1, $4::text) END,
+            next_attempt_at = CASE WHEN attempts + 1 >= $3 THEN NULL
+                ELSE now() + LEAST($6::float8, $5::float8 * power(2, attempts)) * interval '1 millisecond' END,
+            updated_at = now()
+         WHERE id = ANY($2) AND state = $1
+         RETURNING state",
+    )
+    .bind(from)
+    .bind(ids)
+    .bind(max_attempts)
+    .bind(reason)
+    .bind(base.as_millis() as f64)
+    .bind(cap.as_millis() as f64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let failed = rows.iter().filter(|(s,)| s == "failed").count() as u64;
+    Ok((rows.len() as u64 - failed, failed))
+}
+
+/// The rows of an activity, ascending id: (id, lower-case email).
+pub async fn rows_of_activity(
+    conn: &mut PgConnection,
+    activity_id: &str,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, lower(trim(email)) FROM ccsync.outbound
+         WHERE activity_id = $1 AND state = 'submitted' ORDER BY id",
+    )
+    .bind(activity_id)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// One `changes` row written by the push (origin `local`): a `conflict` or a `skipped`.
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    pub contact_id: Option<Uuid>,
+    pub email: String,
+    pub kind: &'static str,
+    pub field: Option<String>,
+    pub old_value: Option<Value>,
+    pub new_value: Option<Value>,
+}
+
+/// Appends local-origin `changes` rows in one statement, with the `NOTIFY`.
+pub async fn append_changes(
+    conn: &mut PgConnection,
+    account: &str,
+    run_id: uuid::Uuid,
+    changes: &[LocalChange],
+) -> Result<u64, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(0);
+    }
+    let contact: Vec<Option<Uuid>> = changes.iter().map(|c| c.contact_id).collect();
+    let email: Vec<&str> = changes.iter().map(|c| c.email.as_str()).collect();
+    let kind: Vec<&str> = changes.iter().map(|c| c.kind).collect();
+    let field: Vec<Option<&str>> = changes.iter().map(|c| c.field.as_deref()).collect();
+    let old: Vec<Option<Value>> = changes.iter().map(|c| c.old_value.clone()).collect();
+    let new: Vec<Option<Value>> = changes.iter().map(|c| c.new_value.clone()).collect();
+    let (first, last, n): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
+        "WITH ins AS (
+            INSERT INTO ccsync.changes (account_id, run_id, origin, contact_id, email, kind,
+                                        field, old_value, new_value)
+            SELECT $1, $2, 'local', u.* FROM UNNEST($3::uuid[], $4::text[], $5::text[],
+                                               $6::text[], $7::jsonb[], $8::jsonb[]) AS u
+            RETURNING id)
+         SELECT min(id), max(id), count(*) FROM ins",
+    )
+    .bind(account)
+    .bind(run_id)
+    .bind(contact)
+    .bind(email)
+    .bind(kind)
+    .bind(field)
+    .bind(old)
+    .bind(new)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let (Some(first), Some(last)) = (first, last) {
+        super::changes::notify(conn, account, first, last).await?;
+    }
+    Ok(n as u64)
+}
+
+/// Rows by state for one account (tests, demo summary).
+pub async fn counts(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<Map<String, Value>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, count(*) FROM ccsync.outbound WHERE account_id = $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(account)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(s, n)| (s, Value::from(n))).collect())
+}
+
+/// The latest run (not `skipped`) of each job of `account`, other than `exclude` (the
+/// caller's own run): job → (outcome, started_at).
+pub async fn latest_runs(
+    conn: &mut PgConnection,
+    account: &str,
+    exclude: Uuid,
+) -> Result<HashMap<String, (String, DateTime<Utc>)>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (job) job, outcome, started_at FROM ccsync.sync_runs
+         WHERE account_id = $1 AND id <> $2 AND outcome IS DISTINCT FROM 'skipped'
+         ORDER BY job, started_at DESC",
+    )
+    .bind(account)
+    .bind(exclude)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job, outcome, started)| (job, (outcome.unwrap_or_default(), started)))
+        .collect())
+}

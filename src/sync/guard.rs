@@ -1,0 +1,1130 @@
+//! The push guard: the pure core that decides, for each pending `outbound` row, whether it
+//! may be pushed and what exactly may be pushed. No I/O.
+//!
+//! The laws it enforces (DESIGN.md §1):
+//! - **Never re-subscribe**: a row for a contact that is `unsubscribed` in the freshly pulled
+//!   store is `skipped` with the reason; it never reaches a batch. A list the contact was
+//!   removed from in Constant Contact after the row was queued is stripped from the row
+//!   (`conflict`), since an import would put them back on it.
+//! - **Primary wins per field**: a property Constant Contact changed after the row's
+//!   `created_at` is dropped from the push (`conflict`).
+//! - **Nothing is lost**: every input row ends in exactly one of: an item to push, `skipped`
+//!   (with a reason), `failed` (invalid, with a reason naming the problem), or `deferred`
+//!   (left `pending` because an earlier push of the same address is still in flight).
+//!
+//! "After the row's `created_at`" is judged on the `changes.at` clock, i.e. when ccsync
+//! learned of the change. That errs on the primary's side only: a change made in Constant
+//! Contact before the local edit but pulled after it also wins.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// `JsonImportContact.email` allows 50 characters (the contact resource allows 80; the
+/// stricter import schema is the one we must satisfy).
+pub const EMAIL_MAX: usize = 50;
+/// At most 25 custom fields per contact.
+pub const MAX_CUSTOM_FIELDS: usize = 25;
+/// `list_ids` of an import: 1..=50.
+pub const MAX_LISTS: usize = 50;
+/// A custom field value, and a custom field name.
+pub const CUSTOM_VALUE_MAX: usize = 255;
+pub const CUSTOM_NAME_MAX: usize = 50;
+
+/// The string properties of `JsonImportContact` (besides `email` and `cf:*`) and their
+/// maximum lengths in characters.
+pub const STRING_PROPERTIES: &[(&str, usize)] = &[
+    ("first_name", 50),
+    ("last_name", 50),
+    ("job_title", 50),
+    ("company_name", 50),
+    ("anniversary", 10),
+    ("phone", 50),
+    ("home_phone", 50),
+    ("work_phone", 50),
+    ("mobile_phone", 50),
+    ("other_phone", 50),
+    ("street", 255),
+    ("street2", 255),
+    ("city", 50),
+    ("state", 50),
+    ("zip", 50),
+    ("country", 50),
+    ("home_street", 255),
+    ("home_street2", 255),
+    ("home_city", 50),
+    ("home_state", 50),
+    ("home_zip", 50),
+    ("home_country", 50),
+    ("work_street", 255),
+    ("work_street2", 255),
+    ("work_city", 50),
+    ("work_state", 50),
+    ("work_zip", 50),
+    ("work_country", 50),
+    ("other_street", 255),
+    ("other_street2", 255),
+    ("other_city", 50),
+    ("other_state", 50),
+    ("other_zip", 50),
+    ("other_country", 50),
+];
+
+/// One pending `outbound` row, as read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRow {
+    pub id: i64,
+    pub email: String,
+    pub fields: Value,
+    pub list_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What the freshly pulled store knows about the contact with a row's address.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Primary {
+    pub contact_id: Uuid,
+    pub permission_to_send: Option<String>,
+    pub opt_out_reason: Option<String>,
+    pub deleted: bool,
+    pub memberships: BTreeSet<Uuid>,
+    /// Current values by scalar property name (`first_name`, `birthday_month`, ...).
+    pub scalars: BTreeMap<String, Value>,
+    /// The `phone_numbers`, `street_addresses` and `custom_fields` arrays.
+    pub phone_numbers: Value,
+    pub street_addresses: Value,
+    pub custom_fields: Value,
+}
+
+/// A Constant Contact-origin `changes` row of that contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimaryChange {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub field: Option<String>,
+    pub old_value: Option<Value>,
+    pub new_value: Option<Value>,
+}
+
+/// Everything the guard reads besides the rows. Keys of `contacts` and `in_flight` are
+/// lower-case addresses.
+#[derive(Debug, Default)]
+pub struct GuardInput {
+    /// Lists that exist (not deleted) in `contact_lists`.
+    pub known_lists: HashSet<Uuid>,
+    pub contacts: HashMap<String, Primary>,
+    pub changes: HashMap<Uuid, Vec<PrimaryChange>>,
+    /// Addresses with a row already `submitted` (an activity in flight).
+    pub in_flight: HashSet<String>,
+    /// Values this daemon pushed for an address (from `completed` rows): a Constant Contact
+    /// change to exactly such a value is our own import coming back, not a conflict.
+    pub pushed: HashMap<String, Vec<Map<String, Value>>>,
+}
+
+/// One contact to import: the coalesced rows of one address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub email: String,
+    pub contact_id: Option<Uuid>,
+    /// Import properties (without `email`).
+    pub fields: Map<String, Value>,
+    pub list_ids: BTreeSet<Uuid>,
+    /// The outbound rows this item carries, ascending.
+    pub row_ids: Vec<i64>,
+    /// Notes for the rows' `reason` (conflicts resolved for the primary).
+    pub notes: Vec<String>,
+}
+
+impl Item {
+    /// The import item as JSON (`email` first, then the properties).
+    pub fn to_json(&self) -> Value {
+        let mut o = Map::with_capacity(self.fields.len() + 1);
+        o.insert("email".into(), Value::String(self.email.clone()));
+        for (k, v) in &self.fields {
+            o.insert(k.clone(), v.clone());
+        }
+        Value::Object(o)
+    }
+}
+
+/// A `conflict` to log: a property or a list dropped because the primary changed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub row_id: i64,
+    pub contact_id: Option<Uuid>,
+    pub email: String,
+    /// The property name, or `list_ids` for a stripped list.
+    pub field: String,
+    /// What the row wanted.
+    pub local: Value,
+    /// What Constant Contact has (or the list it removed the contact from).
+    pub primary: Value,
+}
+
+/// A row that ends here, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terminal {
+    pub row_id: i64,
+    pub email: String,
+    pub contact_id: Option<Uuid>,
+    pub reason: String,
+}
+
+/// The guard's verdict on a set of rows.
+#[derive(Debug, Default, PartialEq)]
+pub struct GuardPlan {
+    pub items: Vec<Item>,
+    pub skipped: Vec<Terminal>,
+    pub failed: Vec<Terminal>,
+    /// Rows left `pending` for a later run.
+    pub deferred: Vec<Terminal>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A part of a contact that one or more import properties write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Aspect {
+    Scalar(&'static str),
+    Birthday,
+    Phone(&'static str),
+    Address(&'static str),
+    Custom,
+}
+
+fn phone_kind(prop: &str) -> Option<&'static str> {
+    Some(match prop {
+        "phone" | "other_phone" => "other",
+        "home_phone" => "home",
+        "work_phone" => "work",
+        "mobile_phone" => "mobile",
+        _ => return None,
+    })
+}
+
+const ADDRESS_PARTS: &[&str] = &["street", "street2", "city", "state", "zip", "country"];
+
+fn address_kind(prop: &str) -> Option<&'static str> {
+    for (prefix, kind) in [("home_", "home"), ("work_", "work"), ("other_", "other"), ("", "home")] {
+        if let Some(rest) = prop.strip_prefix(prefix) {
+            if ADDRESS_PARTS.contains(&rest) {
+                return Some(kind);
+            }
+        }
+    }
+    None
+}
+
+fn aspect_of(prop: &str) -> Option<Aspect> {
+    if prop.starts_with("cf:") {
+        return Some(Aspect::Custom);
+    }
+    for s in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+        if prop == s {
+            return Some(Aspect::Scalar(s));
+        }
+    }
+    if prop == "birthday_month" || prop == "birthday_day" {
+        return Some(Aspect::Birthday);
+    }
+    if let Some(k) = phone_kind(prop) {
+        return Some(Aspect::Phone(k));
+    }
+    address_kind(prop).map(Aspect::Address)
+}
+
+fn str_of<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+/// Phone numbers of one kind in a `phone_numbers` array.
+fn phones_of(arr: &Value, kind: &str) -> Vec<String> {
+    let mut out: Vec<String> = arr
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| str_of(p, "kind") == Some(kind))
+                .filter_map(|p| str_of(p, "phone_number").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The address of one kind in a `street_addresses` array (the parts that matter).
+fn address_of(arr: &Value, kind: &str) -> Vec<Value> {
+    arr.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| str_of(p, "kind") == Some(kind))
+                .map(|p| {
+                    serde_json::json!([
+                        p.get("street"),
+                        p.get("city"),
+                        p.get("state"),
+                        p.get("postal_code"),
+                        p.get("country")
+                    ])
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_empty_array(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(|a| a.is_empty())
+}
+
+/// The aspects a Constant Contact `updated` change touched.
+fn aspects_changed(c: &PrimaryChange) -> Vec<Aspect> {
+    let Some(field) = c.field.as_deref() else {
+        return Vec::new();
+    };
+    let null = Value::Null;
+    let old = c.old_value.as_ref().unwrap_or(&null);
+    let new = c.new_value.as_ref().unwrap_or(&null);
+    match field {
+        "first_name" | "last_name" | "job_title" | "company_name" | "anniversary" => {
+            aspect_of(field).into_iter().collect()
+        }
+        "birthday_month" | "birthday_day" => vec![Aspect::Birthday],
+        "phone_numbers" => ["home", "work", "mobile", "other"]
+            .into_iter()
+            .filter(|k| phones_of(old, k) != phones_of(new, k))
+            .map(Aspect::Phone)
+            .collect(),
+        "street_addresses" => ["home", "work", "other"]
+            .into_iter()
+            .filter(|k| address_of(old, k) != address_of(new, k))
+            .map(Aspect::Address)
+            .collect(),
+        // Imports name custom fields by name, the contact resource by id, and the store has
+        // no name-to-id map: any custom-field change wins over every `cf:` property.
+        "custom_fields" if old != new => vec![Aspect::Custom],
+        _ => Vec::new(),
+    }
+}
+
+/// The aspects a contact first seen after the row was queued already has values for.
+fn aspects_with_values(p: &Primary) -> Vec<Aspect> {
+    let mut out = Vec::new();
+    for s in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+        if p.scalars.get(s).is_some_and(|v| !v.is_null()) {
+            out.extend(aspect_of(s));
+        }
+    }
+    if ["birthday_month", "birthday_day"]
+        .iter()
+        .any(|s| p.scalars.get(*s).is_some_and(|v| !v.is_null()))
+    {
+        out.push(Aspect::Birthday);
+    }
+    for k in ["home", "work", "mobile", "other"] {
+        if !phones_of(&p.phone_numbers, k).is_empty() {
+            out.push(Aspect::Phone(k));
+        }
+    }
+    for k in ["home", "work", "other"] {
+        if !address_of(&p.street_addresses, k).is_empty() {
+            out.push(Aspect::Address(k));
+        }
+    }
+    if !is_empty_array(&p.custom_fields) {
+        out.push(Aspect::Custom);
+    }
+    out
+}
+
+/// The primary's current value of the aspect (for the conflict log).
+fn primary_value(p: &Primary, a: Aspect, prop: &str) -> Value {
+    match a {
+        Aspect::Scalar(_) | Aspect::Birthday => p.scalars.get(prop).cloned().unwrap_or(Value::Null),
+        Aspect::Phone(k) => serde_json::json!(phones_of(&p.phone_numbers, k)),
+        Aspect::Address(k) => serde_json::json!(address_of(&p.street_addresses, k)),
+        Aspect::Custom => p.custom_fields.clone(),
+    }
+}
+
+/// Loose email syntax: one `@`, a non-empty local part, a dotted domain, printable ASCII,
+/// no whitespace, at most [`EMAIL_MAX`] characters.
+pub fn check_email(email: &str) -> Result<(), String> {
+    if email.is_empty() {
+        return Err("email is empty".into());
+    }
+    if email.chars().count() > EMAIL_MAX {
+        return Err(format!(
+            "email is longer than {EMAIL_MAX} characters (the JSON import's limit)"
+        ));
+    }
+    if !email.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!("email {email:?} contains whitespace or non-ASCII characters"));
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(format!("email {email:?} has no '@'"));
+    };
+    if local.is_empty() || domain.contains('@') {
+        return Err(format!("email {email:?} is not a single local@domain address"));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) {
+        return Err(format!("email {email:?} has an invalid domain"));
+    }
+    Ok(())
+}
+
+/// Validates a row's `fields` and `list_ids`. Returns the import properties (without
+/// `email`) or the reason the row is invalid.
+pub fn check_row(
+    email: &str,
+    fields: &Value,
+    list_ids: &[Uuid],
+    known_lists: &HashSet<Uuid>,
+) -> Result<Map<String, Value>, String> {
+    let Some(obj) = fields.as_object() else {
+        return Err("fields must be a JSON object of import property names".into());
+    };
+    let mut out = Map::with_capacity(obj.len());
+    let mut custom = 0usize;
+    for (k, v) in obj {
+        if k == "email" {
+            match v.as_str() {
+                Some(e) if e.trim().eq_ignore_ascii_case(email) => continue,
+                _ => return Err("fields.email differs from the row's email".into()),
+            }
+        }
+        if v.is_null() {
+            return Err(format!(
+                "fields.{k} is null: an import cannot clear a value, leave the property out"
+            ));
+        }
+        if let Some(name) = k.strip_prefix("cf:") {
+            custom += 1;
+            if name.is_empty() || name.chars().count() > CUSTOM_NAME_MAX {
+                return Err(format!(
+                    "fields.{k}: a custom field name has 1 to {CUSTOM_NAME_MAX} characters"
+                ));
+            }
+            check_string(k, v, CUSTOM_VALUE_MAX)?;
+        } else if k == "birthday_month" || k == "birthday_day" {
+            let (lo, hi) = if k == "birthday_month" { (1, 12) } else { (1, 31) };
+            match v.as_i64() {
+                Some(n) if (lo..=hi).contains(&n) => {}
+                _ => return Err(format!("fields.{k} must be an integer {lo}..{hi}")),
+            }
+        } else if let Some((_, max)) = STRING_PROPERTIES.iter().find(|(n, _)| n == k) {
+            check_string(k, v, *max)?;
+        } else {
+            return Err(format!(
+                "fields.{k} is not a JSON import property (first_name, cf:<name>, ...)"
+            ));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    if custom > MAX_CUSTOM_FIELDS {
+        return Err(format!(
+            "fields has {custom} custom fields; at most {MAX_CUSTOM_FIELDS} per contact"
+        ));
+    }
+    if out.contains_key("birthday_month") != out.contains_key("birthday_day") {
+        return Err("fields.birthday_month and fields.birthday_day must be given together".into());
+    }
+    let distinct: BTreeSet<Uuid> = list_ids.iter().copied().collect();
+    if distinct.is_empty() {
+        return Err(
+            "list_ids is empty: a JSON import needs 1 to 50 lists to add the contact to".into(),
+        );
+    }
+    if distinct.len() > MAX_LISTS {
+        return Err(format!(
+            "list_ids has {} lists; at most {MAX_LISTS}",
+            distinct.len()
+        ));
+    }
+    if let Some(unknown) = distinct.iter().find(|l| !known_lists.contains(l)) {
+        return Err(format!(
+            "list_ids: list {unknown} does not exist in contact_lists (unknown or deleted)"
+        ));
+    }
+    Ok(out)
+}
+
+fn check_string(k: &str, v: &Value, max: usize) -> Result<(), String> {
+    let Some(s) = v.as_str() else {
+        return Err(format!("fields.{k} must be a string"));
+    };
+    if s.trim().is_empty() {
+        return Err(format!(
+            "fields.{k} is empty: an import does not reliably clear a value, leave it out"
+        ));
+    }
+    let n = s.chars().count();
+    if n > max {
+        return Err(format!("fields.{k} has {n} characters; at most {max}"));
+    }
+    Ok(())
+}
+
+/// Plans `rows` (ascending `id`) against the freshly pulled primary.
+pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
+    let mut out = GuardPlan::default();
+    // Index of the item of each address in `out.items`.
+    let mut by_email: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        let email = row.email.trim().to_lowercase();
+        let primary = input.contacts.get(&email);
+        let contact_id = primary.map(|p| p.contact_id);
+        let terminal = |reason: String| Terminal {
+            row_id: row.id,
+            email: email.clone(),
+            contact_id,
+            reason,
+        };
+        if let Err(e) = check_email(&email) {
+            out.failed.push(terminal(e));
+            continue;
+        }
+        // Law 2 first: whatever else is wrong with the row, an unsubscribed contact is
+        // never pushed.
+        if let Some(p) = primary {
+            if p.permission_to_send.as_deref() == Some("unsubscribed") {
+                let why = p
+                    .opt_out_reason
+                    .as_deref()
+                    .map(|r| format!(" (opt-out reason: {r})"))
+                    .unwrap_or_default();
+                out.skipped.push(terminal(format!(
+                    "unsubscribed in Constant Contact{why}: never re-subscribed"
+                )));
+                continue;
+            }
+        }
+        let mut fields = match check_row(&email, &row.fields, &row.list_ids, &input.known_lists) {
+            Ok(f) => f,
+            Err(e) => {
+                out.failed.push(terminal(e));
+                continue;
+            }
+        };
+        if input.in_flight.contains(&email) {
+            out.deferred.push(terminal(
+                "an earlier push of this address is still in flight".into(),
+            ));
+            continue;
+        }
+        let mut lists: BTreeSet<Uuid> = row.list_ids.iter().copied().collect();
+        let mut notes = Vec::new();
+        if let Some(p) = primary {
+            let later: Vec<&PrimaryChange> = input
+                .changes
+                .get(&p.contact_id)
+                .map(|cs| cs.iter().filter(|c| c.at > row.created_at).collect())
+                .unwrap_or_default();
+            if p.deleted && later.iter().any(|c| c.kind == "deleted") {
+                out.skipped.push(terminal(
+                    "deleted in Constant Contact after the row was queued".into(),
+                ));
+                continue;
+            }
+            let echoes = input.pushed.get(&email);
+            let mut changed: BTreeSet<Aspect> = BTreeSet::new();
+            for c in &later {
+                match c.kind.as_str() {
+                    "updated" => {
+                        if is_echo(c, echoes) {
+                            continue;
+                        }
+                        changed.extend(aspects_changed(c));
+                    }
+                    "created" => changed.extend(aspects_with_values(p)),
+                    "list_removed" => {
+                        let removed = c
+                            .old_value
+                            .as_ref()
+                            .and_then(Value::as_str)
+                            .and_then(|s| Uuid::parse_str(s).ok());
+                        if let Some(l) = removed {
+                            if !p.memberships.contains(&l) && lists.remove(&l) {
+                                out.conflicts.push(Conflict {
+                                    row_id: row.id,
+                                    contact_id,
+                                    email: email.clone(),
+                                    field: "list_ids".into(),
+                                    local: Value::String(l.to_string()),
+                                    primary: Value::String(format!("removed from list {l}")),
+                                });
+                                notes.push(format!(
+                                    "list {l} not re-added: the contact left it in Constant Contact after the row was queued"
+                                ));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let dropped: Vec<String> = fields
+                .keys()
+                .filter(|k| aspect_of(k).is_some_and(|a| changed.contains(&a)))
+                .cloned()
+                .collect();
+            for k in dropped {
+                let Some(local) = fields.remove(&k) else { continue };
+                let a = aspect_of(&k).unwrap_or(Aspect::Custom);
+                let remote = primary_value(p, a, &k);
+                if a != Aspect::Custom && remote == local {
+                    // Constant Contact already holds exactly this value: nothing to push,
+                    // nothing to refuse.
+                    continue;
+                }
+                out.conflicts.push(Conflict {
+                    row_id: row.id,
+                    contact_id,
+                    email: email.clone(),
+                    field: k.clone(),
+                    local,
+                    primary: remote,
+                });
+                notes.push(format!(
+                    "{k} not pushed: changed in Constant Contact after the row was queued"
+                ));
+            }
+            let adds_list = lists.iter().any(|l| !p.memberships.contains(l));
+            if fields.is_empty() && !adds_list {
+                let why = if notes.is_empty() {
+                    "nothing to push: Constant Contact already has these values and lists".into()
+                } else {
+                    format!("nothing left to push: {}", notes.join("; "))
+                };
+                out.skipped.push(terminal(why));
+                continue;
+            }
+            if lists.is_empty() {
+                out.skipped.push(terminal(format!(
+                    "no list left to import with: {}",
+                    notes.join("; ")
+                )));
+                continue;
+            }
+        }
+        match by_email.get(&email) {
+            Some(&i) => {
+                let item = &mut out.items[i];
+                let union: BTreeSet<Uuid> = item.list_ids.union(&lists).copied().collect();
+                if union.len() > MAX_LISTS {
+                    out.deferred.push(terminal(format!(
+                        "coalesced with an earlier row of this address it would need {} lists (at most {MAX_LISTS})",
+                        union.len()
+                    )));
+                    continue;
+                }
+                item.list_ids = union;
+                // Later rows win, property by property.
+                for (k, v) in fields {
+                    item.fields.insert(k, v);
+                }
+                item.row_ids.push(row.id);
+                item.notes.extend(notes);
+            }
+            None => {
+                by_email.insert(email.clone(), out.items.len());
+                out.items.push(Item {
+                    email,
+                    contact_id,
+                    fields,
+                    list_ids: lists,
+                    row_ids: vec![row.id],
+                    notes,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A change of a scalar property to exactly the value one of our completed pushes wrote.
+fn is_echo(c: &PrimaryChange, echoes: Option<&Vec<Map<String, Value>>>) -> bool {
+    let (Some(field), Some(new), Some(echoes)) = (c.field.as_deref(), c.new_value.as_ref(), echoes)
+    else {
+        return false;
+    };
+    if !matches!(
+        aspect_of(field),
+        Some(Aspect::Scalar(_)) | Some(Aspect::Birthday)
+    ) {
+        return false;
+    }
+    echoes.iter().any(|m| m.get(field) == Some(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn list(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn row(id: i64, email: &str, fields: Value, lists: &[u128]) -> OutboundRow {
+        OutboundRow {
+            id,
+            email: email.into(),
+            fields,
+            list_ids: lists.iter().map(|l| list(*l)).collect(),
+            created_at: t(100),
+        }
+    }
+
+    fn input() -> GuardInput {
+        GuardInput {
+            known_lists: (1..=60).map(list).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn primary(id: u128, permission: &str, lists: &[u128]) -> Primary {
+        Primary {
+            contact_id: Uuid::from_u128(id),
+            permission_to_send: Some(permission.into()),
+            memberships: lists.iter().map(|l| list(*l)).collect(),
+            phone_numbers: json!([]),
+            street_addresses: json!([]),
+            custom_fields: json!([]),
+            ..Default::default()
+        }
+    }
+
+    fn change(at: i64, kind: &str, field: &str, old: Value, new: Value) -> PrimaryChange {
+        PrimaryChange {
+            at: t(at),
+            kind: kind.into(),
+            field: Some(field.into()),
+            old_value: Some(old),
+            new_value: Some(new),
+        }
+    }
+
+    #[test]
+    fn new_contact_is_pushed_with_its_fields_and_lists() {
+        let p = plan(&[row(1, " Ann@Example.com ", json!({"first_name": "Ann"}), &[1, 2])], &input());
+        assert_eq!(p.items.len(), 1);
+        let it = &p.items[0];
+        assert_eq!(it.email, "ann@example.com");
+        assert_eq!(it.contact_id, None);
+        assert_eq!(it.fields["first_name"], "Ann");
+        assert_eq!(it.list_ids.len(), 2);
+        assert_eq!(it.to_json()["email"], "ann@example.com");
+    }
+
+    #[test]
+    fn unsubscribed_contact_is_skipped_even_when_invalid() {
+        let mut i = input();
+        let mut pr = primary(9, "unsubscribed", &[1]);
+        pr.opt_out_reason = Some("too many mails".into());
+        i.contacts.insert("u@example.com".into(), pr);
+        let p = plan(
+            &[
+                row(1, "u@example.com", json!({"first_name": "U"}), &[1]),
+                row(2, "U@example.com", json!({"bogus": 1}), &[]),
+            ],
+            &i,
+        );
+        assert!(p.items.is_empty());
+        assert_eq!(p.skipped.len(), 2);
+        assert!(p.skipped[0].reason.contains("unsubscribed"));
+        assert!(p.skipped[0].reason.contains("too many mails"));
+        assert_eq!(p.skipped[0].contact_id, Some(Uuid::from_u128(9)));
+    }
+
+    #[test]
+    fn invalid_rows_fail_with_a_reason_naming_the_problem() {
+        let long_email = format!("{}@example.com", "a".repeat(45));
+        let cases: Vec<(OutboundRow, &str)> = vec![
+            (row(1, "no-at-sign", json!({}), &[1]), "no '@'"),
+            (row(2, &long_email, json!({}), &[1]), "longer than 50"),
+            (row(3, "a@b.c", json!({"nickname": "x"}), &[1]), "fields.nickname"),
+            (row(4, "a@b.c", json!({"first_name": "x".repeat(51)}), &[1]), "fields.first_name has 51"),
+            (row(5, "a@b.c", json!({"first_name": 3}), &[1]), "must be a string"),
+            (row(6, "a@b.c", json!({}), &[]), "list_ids is empty"),
+            (row(7, "a@b.c", json!({}), &[99]), "does not exist"),
+            (row(8, "a@b.c", json!({"birthday_month": 13, "birthday_day": 1}), &[1]), "birthday_month"),
+            (row(9, "a@b.c", json!({"birthday_month": 3}), &[1]), "together"),
+            (row(10, "a@b.c", json!({"first_name": null}), &[1]), "null"),
+            (row(11, "a@b.c", json!(["x"]), &[1]), "JSON object"),
+            (row(12, "a@b.c", json!({"cf:x": "y".repeat(256)}), &[1]), "at most 255"),
+            (row(13, "a@b.c", json!({"email": "other@b.c"}), &[1]), "differs"),
+            (row(14, "a b@c.d", json!({}), &[1]), "whitespace"),
+            (row(15, "a@localhost", json!({}), &[1]), "invalid domain"),
+            (row(16, "a@b.c", json!({"first_name": " "}), &[1]), "empty"),
+        ];
+        for (r, needle) in cases {
+            let p = plan(std::slice::from_ref(&r), &input());
+            assert_eq!(p.failed.len(), 1, "row {} should fail", r.id);
+            assert!(
+                p.failed[0].reason.contains(needle),
+                "row {}: {:?} should mention {needle:?}",
+                r.id,
+                p.failed[0].reason
+            );
+        }
+        let cf: Map<String, Value> =
+            (0..26).map(|i| (format!("cf:f{i}"), json!("v"))).collect();
+        let p = plan(&[row(1, "a@b.c", Value::Object(cf), &[1])], &input());
+        assert!(p.failed[0].reason.contains("26 custom fields"));
+        let lists: Vec<u128> = (1..=51).collect();
+        let p = plan(&[row(1, "a@b.c", json!({}), &lists)], &input());
+        assert!(p.failed[0].reason.contains("51 lists"));
+    }
+
+    #[test]
+    fn every_documented_property_is_accepted() {
+        let mut f = Map::new();
+        for (k, _) in STRING_PROPERTIES {
+            f.insert((*k).into(), json!("1/2/2000"));
+        }
+        f.insert("birthday_month".into(), json!(12));
+        f.insert("birthday_day".into(), json!(31));
+        f.insert("cf:shoe_size".into(), json!("44"));
+        f.insert("email".into(), json!("A@b.c"));
+        let p = plan(&[row(1, "a@b.c", Value::Object(f), &[1])], &input());
+        assert!(p.failed.is_empty(), "{:?}", p.failed);
+        assert!(!p.items[0].fields.contains_key("email"));
+    }
+
+    #[test]
+    fn a_field_changed_in_the_primary_after_the_row_is_dropped_as_conflict() {
+        let mut i = input();
+        let mut pr = primary(5, "implicit", &[1]);
+        pr.scalars.insert("first_name".into(), json!("Remote"));
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![
+                change(150, "updated", "first_name", json!("Old"), json!("Remote")),
+                // Before the row: does not matter.
+                change(50, "updated", "last_name", json!("A"), json!("B")),
+            ],
+        );
+        let p = plan(
+            &[row(1, "a@b.c", json!({"first_name": "Local", "last_name": "L"}), &[1])],
+            &i,
+        );
+        assert_eq!(p.items.len(), 1);
+        assert!(!p.items[0].fields.contains_key("first_name"));
+        assert_eq!(p.items[0].fields["last_name"], "L");
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].field, "first_name");
+        assert_eq!(p.conflicts[0].local, "Local");
+        assert_eq!(p.conflicts[0].primary, "Remote");
+        assert!(p.items[0].notes[0].contains("first_name"));
+    }
+
+    #[test]
+    fn only_conflicting_field_and_no_new_list_means_skipped() {
+        let mut i = input();
+        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "updated", "first_name", json!("Old"), json!("Remote"))],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({"first_name": "Local"}), &[1])], &i);
+        assert!(p.items.is_empty());
+        assert_eq!(p.skipped.len(), 1);
+        assert!(p.skipped[0].reason.contains("nothing left"));
+        assert_eq!(p.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn our_own_pushed_value_coming_back_is_not_a_conflict() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[1]);
+        pr.scalars.insert("first_name".into(), json!("Pushed"));
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "updated", "first_name", json!("Old"), json!("Pushed"))],
+        );
+        let mut m = Map::new();
+        m.insert("first_name".into(), json!("Pushed"));
+        i.pushed.insert("a@b.c".into(), vec![m]);
+        let p = plan(&[row(2, "a@b.c", json!({"first_name": "Newer"}), &[1])], &i);
+        assert!(p.conflicts.is_empty());
+        assert_eq!(p.items[0].fields["first_name"], "Newer");
+    }
+
+    #[test]
+    fn a_list_left_after_the_row_is_stripped_and_others_kept() {
+        let mut i = input();
+        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[3]));
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![
+                change(150, "list_removed", "list_memberships", json!(list(1).to_string()), Value::Null),
+                // Left before the row was queued: the application's add wins.
+                change(50, "list_removed", "list_memberships", json!(list(2).to_string()), Value::Null),
+            ],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({}), &[1, 2])], &i);
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].list_ids, [list(2)].into_iter().collect());
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].field, "list_ids");
+        // Only that list: skipped.
+        let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
+        assert!(p.items.is_empty());
+        assert!(p.skipped[0].reason.contains("not re-added"), "{:?}", p.skipped);
+        // With a field left but no list: skipped too (an import needs a list).
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
+        assert!(p.skipped[0].reason.contains("no list left"), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn a_list_rejoined_after_leaving_is_not_a_conflict() {
+        let mut i = input();
+        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "list_removed", "list_memberships", json!(list(1).to_string()), Value::Null)],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
+        assert!(p.conflicts.is_empty());
+        assert_eq!(p.items.len(), 1);
+    }
+
+    #[test]
+    fn phone_and_address_conflicts_are_per_kind() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[1]);
+        pr.phone_numbers = json!([{"kind": "home", "phone_number": "2"}]);
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![
+                change(150, "updated", "phone_numbers", json!([{"kind": "home", "phone_number": "1"}]), json!([{"kind": "home", "phone_number": "2"}])),
+                change(160, "updated", "street_addresses", json!([]), json!([{"kind": "work", "city": "Paris"}])),
+            ],
+        );
+        let p = plan(
+            &[row(1, "a@b.c", json!({"home_phone": "3", "work_phone": "4", "work_city": "Rome", "city": "Oslo"}), &[1])],
+            &i,
+        );
+        let f = &p.items[0].fields;
+        assert!(!f.contains_key("home_phone"));
+        assert!(f.contains_key("work_phone"));
+        assert!(!f.contains_key("work_city"));
+        assert!(f.contains_key("city"));
+        assert_eq!(p.conflicts.len(), 2);
+    }
+
+    #[test]
+    fn custom_field_changes_win_over_every_cf_property() {
+        let mut i = input();
+        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "updated", "custom_fields", json!([]), json!([{"custom_field_id": "x", "value": "1"}]))],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({"cf:a": "1", "cf:b": "2", "last_name": "L"}), &[1])], &i);
+        assert_eq!(p.items[0].fields.len(), 1);
+        assert_eq!(p.conflicts.len(), 2);
+    }
+
+    #[test]
+    fn birthday_fields_go_together() {
+        let mut i = input();
+        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "updated", "birthday_day", json!(1), json!(2))],
+        );
+        let p = plan(
+            &[row(1, "a@b.c", json!({"birthday_month": 3, "birthday_day": 4, "last_name": "L"}), &[1])],
+            &i,
+        );
+        let f = &p.items[0].fields;
+        assert!(!f.contains_key("birthday_month") && !f.contains_key("birthday_day"));
+    }
+
+    #[test]
+    fn a_contact_first_seen_after_the_row_keeps_its_values() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[]);
+        pr.scalars.insert("first_name".into(), json!("Theirs"));
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![PrimaryChange { at: t(150), kind: "created".into(), field: None, old_value: None, new_value: None }],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({"first_name": "Mine", "last_name": "L"}), &[1])], &i);
+        assert_eq!(p.items[0].fields.len(), 1);
+        assert_eq!(p.items[0].fields["last_name"], "L");
+    }
+
+    #[test]
+    fn deleted_after_the_row_is_skipped() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[]);
+        pr.deleted = true;
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![change(150, "deleted", "deleted_at", Value::Null, json!("2026-01-01"))],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
+        assert!(p.skipped[0].reason.contains("deleted"));
+    }
+
+    #[test]
+    fn rows_of_one_address_coalesce_later_values_win() {
+        let p = plan(
+            &[
+                row(1, "a@b.c", json!({"first_name": "A", "last_name": "X"}), &[1]),
+                row(2, "b@b.c", json!({}), &[1]),
+                row(3, "A@b.c", json!({"first_name": "B"}), &[2]),
+            ],
+            &input(),
+        );
+        assert_eq!(p.items.len(), 2);
+        let a = &p.items[0];
+        assert_eq!(a.row_ids, vec![1, 3]);
+        assert_eq!(a.fields["first_name"], "B");
+        assert_eq!(a.fields["last_name"], "X");
+        assert_eq!(a.list_ids.len(), 2);
+    }
+
+    #[test]
+    fn addresses_in_flight_are_deferred() {
+        let mut i = input();
+        i.in_flight.insert("a@b.c".into());
+        let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
+        assert_eq!(p.deferred.len(), 1);
+        assert!(p.items.is_empty());
+    }
+
+    fn arb_rows() -> impl Strategy<Value = Vec<OutboundRow>> {
+        let one = (
+            0usize..8,
+            prop::collection::vec(1u128..8, 0..4),
+            prop::option::of("[a-z]{0,3}"),
+            0i64..300,
+            any::<bool>(),
+        );
+        prop::collection::vec(one, 0..40).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (e, lists, name, created, bad))| {
+                    let mut f = Map::new();
+                    if let Some(n) = name {
+                        f.insert("first_name".into(), json!(n));
+                    }
+                    if bad {
+                        f.insert("nick".into(), json!("x"));
+                    }
+                    OutboundRow {
+                        id: i as i64 + 1,
+                        email: format!("c{e}@example.com"),
+                        fields: Value::Object(f),
+                        list_ids: lists.into_iter().map(list).collect(),
+                        created_at: t(created),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn arb_input() -> impl Strategy<Value = GuardInput> {
+        let contact = (
+            prop::option::of(prop::sample::select(vec!["explicit", "implicit", "unsubscribed"])),
+            prop::collection::vec(1u128..8, 0..3),
+            prop::collection::vec((0i64..300, 0u8..3, 1u128..8), 0..4),
+        );
+        (
+            prop::collection::vec(contact, 8),
+            prop::collection::vec(0usize..8, 0..2),
+        )
+            .prop_map(|(contacts, flying)| {
+                let mut i = GuardInput {
+                    known_lists: (1..=6).map(list).collect(),
+                    ..Default::default()
+                };
+                for (n, (perm, lists, changes)) in contacts.into_iter().enumerate() {
+                    let Some(perm) = perm else { continue };
+                    let id = Uuid::from_u128(1000 + n as u128);
+                    let mut pr = primary(1000 + n as u128, perm, &lists);
+                    pr.contact_id = id;
+                    i.contacts.insert(format!("c{n}@example.com"), pr);
+                    let cs = changes
+                        .into_iter()
+                        .map(|(at, k, l)| match k {
+                            0 => change(at, "updated", "first_name", json!("a"), json!("b")),
+                            1 => change(at, "list_removed", "list_memberships", json!(list(l).to_string()), Value::Null),
+                            _ => change(at, "created", "x", Value::Null, Value::Null),
+                        })
+                        .collect();
+                    i.changes.insert(id, cs);
+                }
+                for f in flying {
+                    i.in_flight.insert(format!("c{f}@example.com"));
+                }
+                i
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_row_ends_in_exactly_one_place(rows in arb_rows(), input in arb_input()) {
+            let p = plan(&rows, &input);
+            let mut seen: HashMap<i64, usize> = HashMap::new();
+            for id in p.items.iter().flat_map(|i| i.row_ids.iter().copied())
+                .chain(p.skipped.iter().map(|t| t.row_id))
+                .chain(p.failed.iter().map(|t| t.row_id))
+                .chain(p.deferred.iter().map(|t| t.row_id)) {
+                *seen.entry(id).or_default() += 1;
+            }
+            prop_assert_eq!(seen.len(), rows.len());
+            prop_assert!(seen.values().all(|n| *n == 1));
+        }
+
+        #[test]
+        fn no_unsubscribed_address_is_ever_an_item(rows in arb_rows(), input in arb_input()) {
+            let p = plan(&rows, &input);
+            for it in &p.items {
+                let perm = input.contacts.get(&it.email).and_then(|c| c.permission_to_send.as_deref());
+                prop_assert_ne!(perm, Some("unsubscribed"));
+                prop_assert!(!input.in_flight.contains(&it.email));
+                prop_assert!(!it.list_ids.is_empty() && it.list_ids.len() <= MAX_LISTS);
+                prop_assert!(it.list_ids.iter().all(|l| input.known_lists.contains(l)));
+            }
+            // One item per address.
+            let emails: HashSet<&str> = p.items.iter().map(|i| i.email.as_str()).collect();
+            prop_assert_eq!(emails.len(), p.items.len());
+        }
+
+        #[test]
+        fn no_list_left_in_the_primary_after_the_row_is_re_added(rows in arb_rows(), input in arb_input()) {
+            let p = plan(&rows, &input);
+            for it in &p.items {
+                let Some(pr) = input.contacts.get(&it.email) else { continue };
+                let mine: Vec<&OutboundRow> = rows.iter().filter(|r| it.row_ids.contains(&r.id)).collect();
+                for c in input.changes.get(&pr.contact_id).into_iter().flatten() {
+                    if c.kind == "list_removed" {
+                        let l = Uuid::parse_str(c.old_value.as_ref().unwrap().as_str().unwrap()).unwrap();
+                        if it.list_ids.contains(&l) && !pr.memberships.contains(&l) {
+                            // Only a row queued after the removal may add it back.
+                            prop_assert!(mine.iter().any(|r| r.created_at >= c.at && r.list_ids.contains(&l)));
+                        }
+                    }
+                    if c.kind == "updated" && it.fields.contains_key("first_name") {
+                        prop_assert!(mine.iter().any(|r| r.created_at >= c.at && r.fields.get("first_name").is_some()));
+                    }
+                }
+            }
+        }
+    }
+}
