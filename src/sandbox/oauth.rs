@@ -295,18 +295,12 @@ fn form_of(uri: &axum::http::Uri, body: &[u8]) -> HashMap<String, String> {
     form
 }
 
+/// Client authentication; `None` means `invalid_client`.
 fn authenticate(
     inner: &Inner,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<Client, Response> {
-    let invalid = || {
-        oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "Client authentication failed.",
-        )
-    };
+) -> Option<Client> {
     let creds = basic_credentials(headers).or_else(|| {
         Some((
             form.get("client_id")?.clone(),
@@ -314,16 +308,18 @@ fn authenticate(
         ))
     });
     if let Some((id, secret)) = creds {
-        return if id == inner.client_id && secret == inner.client_secret {
-            Ok(Client::Confidential)
-        } else {
-            Err(invalid())
-        };
+        return (id == inner.client_id && secret == inner.client_secret)
+            .then_some(Client::Confidential);
     }
-    match form.get("client_id") {
-        Some(id) if *id == inner.client_id => Ok(Client::Public),
-        _ => Err(invalid()),
-    }
+    (form.get("client_id") == Some(&inner.client_id)).then_some(Client::Public)
+}
+
+fn invalid_client() -> Response {
+    oauth_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        "Client authentication failed.",
+    )
 }
 
 fn has_offline(scope: &str) -> bool {
@@ -377,9 +373,8 @@ pub(crate) async fn token(
         tokio::time::sleep(latency).await;
     }
     let form = form_of(&uri, &body);
-    let client = match authenticate(&inner, &headers, &form) {
-        Ok(c) => c,
-        Err(resp) => return resp,
+    let Some(client) = authenticate(&inner, &headers, &form) else {
+        return invalid_client();
     };
     let grant = match form.get("grant_type").map(String::as_str) {
         Some(g) => g.to_string(),
@@ -544,8 +539,8 @@ async fn device_authorize(
     body: Bytes,
 ) -> Response {
     let form = form_of(&uri, &body);
-    if let Err(resp) = authenticate(&inner, &headers, &form) {
-        return resp;
+    if authenticate(&inner, &headers, &form).is_none() {
+        return invalid_client();
     }
     let scope = form
         .get("scope")
@@ -646,7 +641,11 @@ fn approve(st: &mut SbState, p: PendingAuthorization, account: &str) -> String {
 async fn authorize(State(inner): State<Arc<Inner>>, q: Query<AuthorizeQuery>) -> Response {
     let q = q.0;
     if q.client_id.as_deref() != Some(inner.client_id.as_str()) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_client", "Unknown client_id.");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "Unknown client_id.",
+        );
     }
     let Some(redirect_uri) = q.redirect_uri.filter(|r| is_loopback_redirect(r)) else {
         return oauth_error(
@@ -703,8 +702,8 @@ async fn revoke(
     body: Bytes,
 ) -> Response {
     let form = form_of(&uri, &body);
-    if let Err(resp) = authenticate(&inner, &headers, &form) {
-        return resp;
+    if authenticate(&inner, &headers, &form).is_none() {
+        return invalid_client();
     }
     if let Some(t) = form.get("token") {
         let mut st = inner.lock();
@@ -812,7 +811,10 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route("/__control/oauth/revoke", post(ctl_revoke))
         .route_layer(axum::middleware::from_fn(loopback_only));
     Router::new()
-        .route("/oauth2/default/v1/device/authorize", post(device_authorize))
+        .route(
+            "/oauth2/default/v1/device/authorize",
+            post(device_authorize),
+        )
         .route("/oauth2/default/v1/authorize", get(authorize))
         .route("/oauth2/default/v1/revoke", post(revoke))
         .merge(control)
