@@ -63,3 +63,22 @@ pub async fn skipped(
     .await?;
     Ok(())
 }
+
+/// Closes runs of (account, job) left `running` by a process that died: the caller holds the
+/// run lock, so no such run can still be alive. Returns how many were closed.
+pub async fn close_orphans(
+    conn: &mut PgConnection,
+    account: &str,
+    job: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE ccsync.sync_runs SET outcome = 'failed', finished_at = now(),
+            error = 'interrupted: the process ended before the run finished'
+         WHERE account_id = $1 AND job = $2 AND outcome = 'running'",
+    )
+    .bind(account)
+    .bind(job)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}

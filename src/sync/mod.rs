@@ -160,6 +160,12 @@ async fn run_locked(
         return Ok(Outcome::Skipped);
     }
     if !ctx.dry_run {
+        let orphans = store::runs::close_orphans(&mut lock_conn, &account.id, job.as_str())
+            .await
+            .context("closing runs interrupted by a dead process")?;
+        if orphans > 0 {
+            tracing::warn!(orphans, "closed runs left unfinished by a process that died");
+        }
         store::runs::start(&mut lock_conn, run_id, &account.id, job.as_str())
             .await
             .context("recording the run start")?;

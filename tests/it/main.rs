@@ -5,6 +5,8 @@
 
 mod cli;
 mod contacts_pull;
+mod crash;
 mod helpers;
 mod sandbox_api;
 mod schema;
+mod push;
