@@ -4,6 +4,9 @@
 pub mod activities;
 pub mod changes;
 pub mod contacts;
+pub mod lists;
+pub mod memberships;
+pub mod optouts;
 pub mod outbound;
 pub mod runs;
 pub mod status;

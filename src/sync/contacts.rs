@@ -33,6 +33,8 @@ pub struct PullStats {
     #[serde(flatten)]
     pub contacts: PageStats,
     pub changes_written: u64,
+    /// Pending outbound rows marked `skipped` because their contact unsubscribed.
+    pub outbound_skipped: u64,
     pub api_requests: u64,
     pub contacts_count: Option<u64>,
     /// Time spent applying pages to PostgreSQL (the rest is waiting for the API).
@@ -68,11 +70,23 @@ pub async fn run_once(
         .contacts_url(&query)
         .context("building the contacts URL")?;
     let filter: Option<HashSet<Uuid>> = account.lists.ids().map(|ids| ids.iter().copied().collect());
-    pull(ctx, &client, JOB, first, before, filter.as_ref(), run_id).await
+    pull(ctx, &client, JOB, first, before, filter.as_ref(), run_id, updated_at_mark).await
+}
+
+/// Which timestamp of an incoming contact a sweep's watermark follows: the one its
+/// server-side filter compares (`updated_after` → `updated_at`, `optout_after` → the
+/// opt-out date).
+pub type WatermarkOf = fn(&merge::ContactRow) -> Option<DateTime<Utc>>;
+
+/// The contacts pull's watermark: the contact's `updated_at`.
+pub fn updated_at_mark(row: &merge::ContactRow) -> Option<DateTime<Utc>> {
+    Some(row.updated_at)
 }
 
 /// Pages through `first` and its next links, applying each page; the watermark of `job`
-/// is advanced with the last page. Shared by the jobs that read `GET /contacts`.
+/// (the largest `watermark_of` seen) is advanced with the last page. Shared by the jobs
+/// that read `GET /contacts`.
+#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     ctx: &JobContext,
     client: &AccountClient,
@@ -81,6 +95,7 @@ pub async fn pull(
     before: Option<DateTime<Utc>>,
     lists_filter: Option<&HashSet<Uuid>>,
     run_id: Uuid,
+    watermark_of: WatermarkOf,
 ) -> anyhow::Result<PullStats> {
     let account = client.account().to_string();
     let mut stats = PullStats {
@@ -110,13 +125,14 @@ pub async fn pull(
         };
         let is_last = next.is_none();
         let apply_started = Instant::now();
-        let page_stats = apply_page(ctx, &account, job, &page, lists_filter, run_id, is_last, &mut max_seen)
+        let page_stats = apply_page(ctx, &account, job, &page, lists_filter, run_id, is_last, &mut max_seen, watermark_of)
             .await
             .with_context(|| format!("applying page {} of contacts for account {account}", stats.pages + 1))?;
         stats.apply_ms += apply_started.elapsed().as_millis() as u64;
         stats.pages += 1;
-        stats.contacts += page_stats.0;
-        stats.changes_written += page_stats.1;
+        stats.contacts += page_stats.stats;
+        stats.changes_written += page_stats.changes_written;
+        stats.outbound_skipped += page_stats.outbound_skipped;
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
             info!(
@@ -146,9 +162,19 @@ pub async fn pull(
     Ok(stats)
 }
 
-/// Applies one page in one transaction (and the watermark, with the last page).
+/// What applying one page did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageApplied {
+    pub stats: PageStats,
+    pub changes_written: u64,
+    pub outbound_skipped: u64,
+}
+
+/// Applies one page in one transaction (and the watermark, with the last page). Pending
+/// outbound rows that would add a newly unsubscribed contact to a list become `skipped` in
+/// the same transaction (law 2: ccsync never re-subscribes).
 #[allow(clippy::too_many_arguments)]
-async fn apply_page(
+pub(crate) async fn apply_page(
     ctx: &JobContext,
     account: &str,
     job: &str,
@@ -157,14 +183,18 @@ async fn apply_page(
     run_id: Uuid,
     is_last: bool,
     max_seen: &mut Option<DateTime<Utc>>,
-) -> anyhow::Result<(PageStats, u64)> {
+    watermark_of: WatermarkOf,
+) -> anyhow::Result<PageApplied> {
     let incoming: Vec<merge::Incoming> = page.contacts.iter().map(merge::to_incoming).collect();
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
     let mut tx = ctx.pool.begin().await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
     let mut plan = merge::plan_page(&incoming, &stored, lists_filter);
-    *max_seen = (*max_seen).max(plan.max_updated_at);
+    *max_seen = incoming
+        .iter()
+        .filter_map(|i| watermark_of(&i.row))
+        .fold(*max_seen, |m, t| m.max(Some(t)));
     plan.upserts.sort_unstable_by_key(|r| r.contact_id);
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
     store::contacts::remove_memberships(&mut tx, account, &plan.remove_memberships).await?;
@@ -172,6 +202,9 @@ async fn apply_page(
     let written =
         store::changes::append(&mut tx, account, Some(run_id), "constant_contact", &plan.changes)
             .await?;
+    let refusals = super::optouts::newly_unsubscribed(&incoming, &plan);
+    let outbound_skipped =
+        store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     if is_last {
         store::sync_state::advance_watermark(&mut tx, account, job, *max_seen).await?;
     }
@@ -180,5 +213,9 @@ async fn apply_page(
     } else {
         tx.commit().await?;
     }
-    Ok((plan.stats, written))
+    Ok(PageApplied {
+        stats: plan.stats,
+        changes_written: written,
+        outbound_skipped,
+    })
 }

@@ -232,10 +232,19 @@ pub fn plan_page(
     lists_filter: Option<&HashSet<Uuid>>,
 ) -> PagePlan {
     let mut plan = PagePlan::default();
-    // The API should not repeat a contact within a page; if it does, the last copy wins.
-    let mut seen_in_page = HashSet::new();
-    for inc in incoming.iter().rev() {
-        if !seen_in_page.insert(inc.row.contact_id) {
+    // The API should not repeat a contact within a page; if it does, the newest copy wins
+    // (the last one among equals).
+    let mut newest: HashMap<Uuid, usize> = HashMap::new();
+    for (i, inc) in incoming.iter().enumerate() {
+        match newest.get(&inc.row.contact_id) {
+            Some(&j) if is_stale(&inc.row, &incoming[j].row) => {}
+            _ => {
+                newest.insert(inc.row.contact_id, i);
+            }
+        }
+    }
+    for (i, inc) in incoming.iter().enumerate().rev() {
+        if newest.get(&inc.row.contact_id) != Some(&i) {
             continue;
         }
         plan.stats.seen += 1;
@@ -303,7 +312,9 @@ pub fn plan_page(
                 plan.add_memberships.push((new.contact_id, *l));
                 plan.changes.push(membership_change(new, ChangeKind::ListAdded, *l));
             }
-            for l in old.memberships.difference(m) {
+            // Lists outside the filter are not synced: their memberships are left alone.
+            let in_scope = |l: &&Uuid| lists_filter.is_none_or(|f| f.contains(*l));
+            for l in old.memberships.difference(m).filter(in_scope) {
                 changed = true;
                 plan.remove_memberships.push((new.contact_id, *l));
                 plan.changes.push(membership_change(new, ChangeKind::ListRemoved, *l));

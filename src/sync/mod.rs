@@ -6,6 +6,7 @@ pub mod contacts;
 pub mod deletes;
 pub mod guard;
 pub mod lists;
+pub mod membership;
 pub mod merge;
 pub mod optouts;
 pub mod push;

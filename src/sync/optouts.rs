@@ -1,15 +1,244 @@
-//! The opt-out sweep (`--job unsubscribes`). Not built yet.
+//! The opt-out sweep (`--job unsubscribes`): `GET /contacts?status=unsubscribed&optout_after=
+//! <watermark − lookback>`, paged and applied through the same merge as the contacts pull.
+//!
+//! Why a sweep of its own: an unsubscribe moves the email address's clock
+//! (`email_address.updated_at`, `opt_out_date`), not always the contact's `updated_at`, so
+//! the contacts pull's `updated_after` can miss it. The sweep's watermark therefore follows
+//! what `optout_after` filters on: the largest opt-out date seen.
+//!
+//! Each newly unsubscribed contact gets its permission and opt-out fields, an
+//! `unsubscribed` changes row, and every `pending` outbound row that would add it to a list
+//! becomes `skipped` in the same transaction (see `contacts::apply_page`).
+//!
+//! Re-subscriptions (the contact's own action in Constant Contact) cannot be found here:
+//! `status=unsubscribed` no longer returns them and no filter selects "opted in after". They
+//! are applied as `resubscribed` by the contacts pull when the contact's `updated_at` moved,
+//! and otherwise by the weekly reconcile, which compares the whole unsubscribed set with
+//! the local one and re-reads the contacts that left it.
 
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
+use super::contacts;
+use super::merge::{ChangeKind, ContactRow, Incoming, PagePlan};
 use super::JobContext;
 use crate::config::AccountSettings;
+use crate::ctct::{ContactsQuery, CONTACT_INCLUDE};
+use crate::store;
+use crate::store::optouts::Refusal;
 
-/// One run for `account`; returns the run's stats.
+pub const JOB: &str = "unsubscribes";
+
+/// The sweep's watermark: the opt-out date (what `optout_after` compares), else the email
+/// address's `updated_at`.
+pub fn optout_mark(row: &ContactRow) -> Option<DateTime<Utc>> {
+    if row.permission_to_send.as_deref() != Some("unsubscribed") {
+        return None;
+    }
+    row.opt_out_date.or(row.email_updated_at)
+}
+
+/// The reason written on refused outbound rows.
+pub fn refusal_reason(opt_out_date: Option<DateTime<Utc>>) -> String {
+    let when = opt_out_date
+        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "date unknown".into());
+    format!("contact unsubscribed in Constant Contact (opt-out {when}); ccsync never re-subscribes")
+}
+
+/// The contacts a planned page newly unsubscribes: an `unsubscribed` change, or a contact
+/// first seen already unsubscribed. One refusal per address.
+pub fn newly_unsubscribed(incoming: &[Incoming], plan: &PagePlan) -> Vec<Refusal> {
+    let mut out: Vec<Refusal> = Vec::new();
+    for change in &plan.changes {
+        let newly = match change.kind {
+            ChangeKind::Unsubscribed => true,
+            ChangeKind::Created | ChangeKind::Deleted if change.field.is_none() => incoming
+                .iter()
+                .rev()
+                .find(|i| i.row.contact_id == change.contact_id)
+                .is_some_and(|i| i.row.permission_to_send.as_deref() == Some("unsubscribed")),
+            _ => false,
+        };
+        if !newly {
+            continue;
+        }
+        let Some(row) = incoming
+            .iter()
+            .rev()
+            .find(|i| i.row.contact_id == change.contact_id)
+            .map(|i| &i.row)
+        else {
+            continue;
+        };
+        let Some(email) = row.email.as_deref() else {
+            continue;
+        };
+        if out.iter().any(|r| r.email == email) {
+            continue;
+        }
+        out.push(Refusal {
+            email: email.to_string(),
+            reason: refusal_reason(row.opt_out_date),
+        });
+    }
+    out
+}
+
+/// One sweep for `account`; returns the run's stats.
 pub async fn run_once(
-    _ctx: &JobContext,
+    ctx: &JobContext,
     account: &AccountSettings,
-    _run_id: Uuid,
+    run_id: Uuid,
 ) -> anyhow::Result<serde_json::Value> {
-    anyhow::bail!("this job is not available in this build yet (account {})", account.id)
+    let client = ctx.api.account(&account.id);
+    let before = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::sync_state::watermark(&mut conn, &account.id, JOB)
+            .await
+            .context("reading the unsubscribes watermark")?
+    };
+    let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
+    let query = ContactsQuery {
+        status: Some("unsubscribed".into()),
+        // No watermark yet (or `--full`): every unsubscribed contact.
+        optout_after: before.filter(|_| !ctx.full).map(|w| w - lookback),
+        include: Some(CONTACT_INCLUDE.into()),
+        include_count: true,
+        limit: ctx.settings.sync.page_size,
+        ..Default::default()
+    };
+    let first = client
+        .contacts_url(&query)
+        .context("building the opt-out sweep URL")?;
+    let filter = super::lists::lists_filter(account);
+    let stats = contacts::pull(
+        ctx,
+        &client,
+        JOB,
+        first,
+        before,
+        filter.as_ref(),
+        run_id,
+        optout_mark,
+    )
+    .await?;
+    Ok(serde_json::to_value(stats)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+    use crate::sync::merge::{plan_page, Stored};
+    use serde_json::json;
+
+    fn row(id: u128, perm: &str) -> ContactRow {
+        ContactRow {
+            contact_id: Uuid::from_u128(id),
+            email: Some(format!("c{id}@example.com")),
+            first_name: None,
+            last_name: None,
+            job_title: None,
+            company_name: None,
+            birthday_month: None,
+            birthday_day: None,
+            anniversary: None,
+            permission_to_send: Some(perm.into()),
+            opt_in_source: None,
+            opt_in_date: None,
+            opt_out_source: None,
+            opt_out_date: None,
+            opt_out_reason: None,
+            confirm_status: None,
+            email_updated_at: DateTime::from_timestamp(10, 0),
+            custom_fields: json!([]),
+            phone_numbers: json!([]),
+            street_addresses: json!([]),
+            taggings: json!([]),
+            create_source: None,
+            update_source: None,
+            created_at: None,
+            updated_at: DateTime::from_timestamp(10, 0).unwrap_or_default(),
+            deleted_at: None,
+        }
+    }
+
+    fn inc(r: ContactRow) -> Incoming {
+        Incoming {
+            row: r,
+            memberships: Some(BTreeSet::new()),
+        }
+    }
+
+    #[test]
+    fn an_unsubscribe_of_a_known_contact_is_refused_with_its_date() {
+        let old = row(1, "implicit");
+        let mut new = row(1, "unsubscribed");
+        new.opt_out_date = DateTime::from_timestamp(1_700_000_000, 0);
+        new.email_updated_at = new.opt_out_date;
+        let stored: HashMap<Uuid, Stored> = [(
+            old.contact_id,
+            Stored {
+                row: old,
+                memberships: BTreeSet::new(),
+            },
+        )]
+        .into();
+        let page = vec![inc(new)];
+        let plan = plan_page(&page, &stored, None);
+        let r = newly_unsubscribed(&page, &plan);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].email, "c1@example.com");
+        assert!(
+            r[0].reason.contains("opt-out 2023-11-14T22:13:20Z"),
+            "{}",
+            r[0].reason
+        );
+        assert!(r[0].reason.contains("never re-subscribes"));
+    }
+
+    #[test]
+    fn a_contact_first_seen_unsubscribed_is_refused_but_subscribers_are_not() {
+        let page = vec![inc(row(1, "unsubscribed")), inc(row(2, "explicit"))];
+        let plan = plan_page(&page, &HashMap::new(), None);
+        let r = newly_unsubscribed(&page, &plan);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].email, "c1@example.com");
+        assert!(r[0].reason.contains("date unknown"));
+    }
+
+    #[test]
+    fn an_already_unsubscribed_contact_is_not_newly_unsubscribed() {
+        let old = row(1, "unsubscribed");
+        let mut new = old.clone();
+        new.first_name = Some("Changed".into());
+        new.updated_at = DateTime::from_timestamp(20, 0).unwrap_or_default();
+        let stored: HashMap<Uuid, Stored> = [(
+            old.contact_id,
+            Stored {
+                row: old,
+                memberships: BTreeSet::new(),
+            },
+        )]
+        .into();
+        let page = vec![inc(new)];
+        let plan = plan_page(&page, &stored, None);
+        assert!(newly_unsubscribed(&page, &plan).is_empty());
+    }
+
+    #[test]
+    fn the_sweep_watermark_follows_the_opt_out_date() {
+        let mut r = row(1, "unsubscribed");
+        assert_eq!(
+            optout_mark(&r),
+            r.email_updated_at,
+            "no opt-out date: email clock"
+        );
+        r.opt_out_date = DateTime::from_timestamp(5, 0);
+        assert_eq!(optout_mark(&r), r.opt_out_date);
+        assert_eq!(optout_mark(&row(2, "explicit")), None);
+    }
 }

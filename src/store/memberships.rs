@@ -1,0 +1,159 @@
+//! `list_memberships` beyond one contact page: memberships of deleted lists, pending
+//! outbound adds that protect a membership, and the reconcile's staging of the contacts
+//! Constant Contact returned (a temporary table, so memory does not grow with list size).
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::changes;
+
+/// Removes every membership of `account` in a list that is deleted locally (`deleted_at`
+/// set) and logs each as `list_removed`, all in SQL (no rows pass through memory), with one
+/// NOTIFY. Returns the number removed.
+pub async fn remove_for_deleted_lists(
+    conn: &mut PgConnection,
+    account: &str,
+    run_id: Option<Uuid>,
+) -> Result<u64, sqlx::Error> {
+    let (first, last, n): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
+        "WITH gone AS (
+            DELETE FROM ccsync.list_memberships m
+            USING ccsync.contact_lists l
+            WHERE m.account_id = $1 AND l.account_id = $1 AND l.list_id = m.list_id
+              AND l.deleted_at IS NOT NULL
+            RETURNING m.contact_id, m.list_id),
+         ins AS (
+            INSERT INTO ccsync.changes (account_id, run_id, origin, contact_id, email, kind,
+                                        field, old_value)
+            SELECT $1, $2, 'constant_contact', g.contact_id, c.email, 'list_removed',
+                   'list_memberships', to_jsonb(g.list_id::text)
+            FROM gone g
+            LEFT JOIN ccsync.contacts c ON c.account_id = $1 AND c.contact_id = g.contact_id
+            ORDER BY g.contact_id, g.list_id
+            RETURNING id)
+         SELECT min(id), max(id), count(*) FROM ins",
+    )
+    .bind(account)
+    .bind(run_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let (Some(first), Some(last)) = (first, last) {
+        changes::notify(conn, account, first, last).await?;
+    }
+    Ok(n as u64)
+}
+
+/// (lower-case email, list) pairs that `pending` outbound rows of `account` add, for the
+/// given lower-case emails.
+pub async fn pending_adds(
+    conn: &mut PgConnection,
+    account: &str,
+    emails: &[String],
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    if emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "SELECT DISTINCT lower(email), unnest(list_ids) FROM ccsync.outbound
+         WHERE account_id = $1 AND state = 'pending' AND lower(email) = ANY($2)
+           AND cardinality(list_ids) > 0",
+    )
+    .bind(account)
+    .bind(emails)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Creates (if needed) and empties the session's staging table of seen contact ids. It
+/// lives on the connection, so the caller keeps one connection for a whole reconcile.
+pub async fn reset_seen(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS ccsync_reconcile_seen (contact_id uuid PRIMARY KEY)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("TRUNCATE ccsync_reconcile_seen")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds contact ids to the staging table (one statement).
+pub async fn stage_seen(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ccsync_reconcile_seen SELECT * FROM UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Drops the staging table (end of a reconcile).
+pub async fn drop_seen(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("DROP TABLE IF EXISTS ccsync_reconcile_seen")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One local membership with its contact's email.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Member {
+    pub contact_id: Uuid,
+    pub list_id: Uuid,
+    pub email: Option<String>,
+}
+
+/// Local memberships of `lists` whose contact is not in the staging table: Constant
+/// Contact did not return the contact for any of these lists. At most `limit` rows after
+/// `after` (keyset on (contact_id, list_id)), ordered.
+pub async fn unseen_members(
+    conn: &mut PgConnection,
+    account: &str,
+    lists: &[Uuid],
+    after: Option<(Uuid, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Member>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.contact_id, m.list_id, c.email FROM ccsync.list_memberships m
+         LEFT JOIN ccsync.contacts c ON c.account_id = m.account_id AND c.contact_id = m.contact_id
+         WHERE m.account_id = $1 AND m.list_id = ANY($2)
+           AND ($3::uuid IS NULL OR (m.contact_id, m.list_id) > ($3::uuid, $4::uuid))
+           AND NOT EXISTS (SELECT 1 FROM ccsync_reconcile_seen s WHERE s.contact_id = m.contact_id)
+         ORDER BY m.contact_id, m.list_id
+         LIMIT $5",
+    )
+    .bind(account)
+    .bind(lists)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Contacts of `account` unsubscribed locally (and not deleted) that are not in the staging
+/// table, after `after` (keyset), at most `limit`, ordered by id.
+pub async fn unsubscribed_unseen(
+    conn: &mut PgConnection,
+    account: &str,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<(Uuid, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.contact_id, c.email FROM ccsync.contacts c
+         WHERE c.account_id = $1 AND c.permission_to_send = 'unsubscribed'
+           AND c.deleted_at IS NULL AND ($2::uuid IS NULL OR c.contact_id > $2)
+           AND NOT EXISTS (SELECT 1 FROM ccsync_reconcile_seen s WHERE s.contact_id = c.contact_id)
+         ORDER BY c.contact_id LIMIT $3",
+    )
+    .bind(account)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
