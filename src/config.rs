@@ -43,6 +43,20 @@ pub struct Settings {
     pub schedule: ScheduleSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+    /// Encryption of stored OAuth tokens (optional).
+    #[serde(default)]
+    pub security: SecuritySettings,
+}
+
+/// `[security]`: the key that encrypts tokens in `oauth_tokens` (see `crate::crypto`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SecuritySettings {
+    /// A file with one base64 32-byte key per line; the first seals, all open.
+    #[serde(default)]
+    pub token_key_file: Option<PathBuf>,
+    /// The key text itself, normally from `CCSYNC__SECURITY__TOKEN_KEY`.
+    #[serde(default)]
+    pub token_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,7 +394,7 @@ impl Settings {
         }
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let parsed: toml_like::Doc = toml_like::scan(&text);
-        for key in ["client_secret", "refresh_token", "password"] {
+        for key in ["client_secret", "refresh_token", "password", "token_key"] {
             if parsed.has_key(key) {
                 return Err(ConfigError::invalid(
                     key,
@@ -439,6 +453,15 @@ impl Settings {
         out.push_str(&format!(
             "\n[server]\nlisten = \"{}\"\n\n[log]\nformat = \"{:?}\"\nlevel = {:?}\n",
             self.server.listen, self.log.format, self.log.level
+        ));
+        out.push_str(&format!(
+            "\n[security]\ntoken_key_file = {}\ntoken_key = {}\n",
+            self.security
+                .token_key_file
+                .as_ref()
+                .map(|p| format!("{:?}", p.display().to_string()))
+                .unwrap_or_else(|| "(not set)".into()),
+            set(self.security.token_key.is_some())
         ));
         out
     }

@@ -9,6 +9,7 @@ pub mod auth_cmd;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod daemon;
 pub mod ctct;
 pub mod demo;
