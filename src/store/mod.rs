@@ -6,9 +6,12 @@ pub mod changes;
 pub mod contacts;
 pub mod lists;
 pub mod memberships;
+pub mod ops;
 pub mod optouts;
 pub mod outbound;
+pub mod pacer;
 pub mod runs;
+pub mod schedule;
 pub mod status;
 pub mod sync_state;
 pub mod tokens;
@@ -98,6 +101,21 @@ fn is_transient_connect_error(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => d.code().as_deref() == Some("57P03"),
         _ => false,
     }
+}
+
+/// `SET LOCAL synchronous_commit = off` for the current transaction.
+///
+/// Why this is safe for pulled pages (and used nowhere else): a page, its changes and — on
+/// the last page — the watermark commit together, and WAL is replayed in order, so a
+/// PostgreSQL crash can only lose a suffix of recent commits, watermark included; the next
+/// run re-reads them from Constant Contact. A killed ccsync loses nothing (the commit is in
+/// the server). Push state transitions keep fully durable commits: they record requests
+/// that cannot be re-derived.
+pub async fn relax_commit_durability(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Runs the migrations (sqlx takes an advisory lock, so replicas may race safely).

@@ -189,6 +189,7 @@ pub(crate) async fn apply_page(
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
     let mut tx = ctx.pool.begin().await?;
+    store::relax_commit_durability(&mut tx).await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
     let mut plan = merge::plan_page(&incoming, &stored, lists_filter);
     *max_seen = incoming
