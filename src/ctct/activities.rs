@@ -109,10 +109,14 @@ mod tests {
         }))
         .unwrap();
         assert!(a.is_terminal());
-        assert_eq!(a.error_messages(), vec!["Row 1: bad", "Row 2: worse", "{\"x\":1}"]);
+        assert_eq!(
+            a.error_messages(),
+            vec!["Row 1: bad", "Row 2: worse", "{\"x\":1}"]
+        );
         assert_eq!(a.counter("cannot_add_to_list_count"), Some(1));
         assert_eq!(a.counter("error_count"), None);
-        let b: Activity = serde_json::from_value(json!({"activity_id": "b", "state": "processing"})).unwrap();
+        let b: Activity =
+            serde_json::from_value(json!({"activity_id": "b", "state": "processing"})).unwrap();
         assert!(!b.is_terminal());
         assert!(b.error_messages().is_empty());
     }

@@ -18,7 +18,8 @@ pub async fn pending_chunk(
     after: i64,
     limit: i64,
 ) -> Result<Vec<OutboundRow>, sqlx::Error> {
-    let rows: Vec<(i64, String, Value, Vec<Uuid>, DateTime<Utc>)> = sqlx::query_as(
+    type R = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
+    let rows: Vec<R> = sqlx::query_as(
         "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
          WHERE account_id = $1 AND state = 'pending' AND id > $2
            AND (next_attempt_at IS NULL OR next_attempt_at <= now())
@@ -99,7 +100,13 @@ pub async fn guard_input(
         let contact_id: Uuid = r.try_get("contact_id")?;
         let deleted: Option<NaiveDate> = r.try_get("deleted_at")?;
         let mut scalars = BTreeMap::new();
-        for k in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+        for k in [
+            "first_name",
+            "last_name",
+            "job_title",
+            "company_name",
+            "anniversary",
+        ] {
             let v: Option<String> = r.try_get(k)?;
             scalars.insert(k.to_string(), v.map(Value::String).unwrap_or(Value::Null));
         }
@@ -141,26 +148,37 @@ pub async fn guard_input(
                 p.memberships = ls.iter().copied().collect();
             }
         }
-        let changes: Vec<(Uuid, DateTime<Utc>, String, Option<String>, Option<Value>, Option<Value>)> =
-            sqlx::query_as(
-                "SELECT contact_id, at, kind, field, old_value, new_value FROM ccsync.changes
+        type C = (
+            Uuid,
+            DateTime<Utc>,
+            String,
+            Option<String>,
+            Option<Value>,
+            Option<Value>,
+        );
+        let changes: Vec<C> = sqlx::query_as(
+            "SELECT contact_id, at, kind, field, old_value, new_value FROM ccsync.changes
                  WHERE account_id = $1 AND origin = 'constant_contact' AND contact_id = ANY($2)
                    AND at > $3 AND kind IN ('updated', 'created', 'list_removed', 'deleted')
                  ORDER BY id",
-            )
-            .bind(account)
-            .bind(&ids)
-            .bind(since)
-            .fetch_all(&mut *conn)
-            .await?;
+        )
+        .bind(account)
+        .bind(&ids)
+        .bind(since)
+        .fetch_all(&mut *conn)
+        .await?;
         for (contact_id, at, kind, field, old_value, new_value) in changes {
-            input.changes.entry(contact_id).or_default().push(PrimaryChange {
-                at,
-                kind,
-                field,
-                old_value,
-                new_value,
-            });
+            input
+                .changes
+                .entry(contact_id)
+                .or_default()
+                .push(PrimaryChange {
+                    at,
+                    kind,
+                    field,
+                    old_value,
+                    new_value,
+                });
         }
     }
     let flying: Vec<String> = sqlx::query_scalar(
@@ -190,8 +208,9 @@ pub async fn guard_input(
     Ok(input)
 }
 
-/// Moves rows currently in `from` state to a terminal or new `state`, each with its reason.
-/// Returns the number of rows changed.
+/// Moves rows currently in `from` state to a terminal or new `state`, each with its reason
+/// (`None` keeps the row's reason, e.g. the conflict notes written at submit). Returns the
+/// number of rows changed.
 pub async fn set_state(
     conn: &mut PgConnection,
     from: &str,
@@ -203,7 +222,8 @@ pub async fn set_state(
         return Ok(0);
     }
     let r = sqlx::query(
-        "UPDATE ccsync.outbound o SET state = $2, reason = u.reason, updated_at = now(),
+        "UPDATE ccsync.outbound o SET state = $2, reason = COALESCE(u.reason, o.reason),
+                updated_at = now(),
                 next_attempt_at = NULL
          FROM UNNEST($3::bigint[], $4::text[]) AS u(id, reason)
          WHERE o.id = u.id AND o.state = $1",

@@ -68,7 +68,9 @@ pub fn cut(items: Vec<Item>, limits: Limits) -> Batches {
     }
     let mut out = Batches::default();
     for key in order {
-        let Some(group) = groups.remove(&key) else { continue };
+        let Some(group) = groups.remove(&key) else {
+            continue;
+        };
         let list_ids: Vec<Uuid> = key.into_iter().collect();
         let suffix = body_suffix(&list_ids);
         let empty = body_prefix().len() + suffix.len();
@@ -136,8 +138,19 @@ mod tests {
 
     #[test]
     fn groups_by_exact_list_set() {
-        let items = vec![item(1, &[1], 0), item(2, &[1, 2], 0), item(3, &[2, 1], 0), item(4, &[1], 0)];
-        let b = cut(items, Limits { max_contacts: 100, max_bytes: 100_000 });
+        let items = vec![
+            item(1, &[1], 0),
+            item(2, &[1, 2], 0),
+            item(3, &[2, 1], 0),
+            item(4, &[1], 0),
+        ];
+        let b = cut(
+            items,
+            Limits {
+                max_contacts: 100,
+                max_bytes: 100_000,
+            },
+        );
         assert_eq!(b.batches.len(), 2);
         assert_eq!(b.batches[0].items.len(), 2);
         assert_eq!(b.batches[1].items.len(), 2);
@@ -149,10 +162,25 @@ mod tests {
     #[test]
     fn cuts_on_count_and_on_bytes() {
         let items: Vec<Item> = (0..10).map(|n| item(n, &[1], 0)).collect();
-        let b = cut(items, Limits { max_contacts: 3, max_bytes: 100_000 });
-        assert_eq!(b.batches.iter().map(|b| b.items.len()).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        let b = cut(
+            items,
+            Limits {
+                max_contacts: 3,
+                max_bytes: 100_000,
+            },
+        );
+        assert_eq!(
+            b.batches.iter().map(|b| b.items.len()).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
         let items: Vec<Item> = (0..10).map(|n| item(n, &[1], 200)).collect();
-        let b = cut(items, Limits { max_contacts: 100, max_bytes: 1_000 });
+        let b = cut(
+            items,
+            Limits {
+                max_contacts: 100,
+                max_bytes: 1_000,
+            },
+        );
         assert!(b.batches.len() >= 3);
         for x in &b.batches {
             assert!(x.body.len() <= 1_000);
@@ -162,7 +190,13 @@ mod tests {
 
     #[test]
     fn an_item_larger_than_a_body_is_reported_not_dropped() {
-        let b = cut(vec![item(1, &[1], 2_000), item(2, &[1], 0)], Limits { max_contacts: 10, max_bytes: 1_024 });
+        let b = cut(
+            vec![item(1, &[1], 2_000), item(2, &[1], 0)],
+            Limits {
+                max_contacts: 10,
+                max_bytes: 1_024,
+            },
+        );
         assert_eq!(b.too_large.len(), 1);
         assert!(b.too_large[0].1 > 1_024);
         assert_eq!(b.batches.len(), 1);

@@ -206,7 +206,12 @@ fn phone_kind(prop: &str) -> Option<&'static str> {
 const ADDRESS_PARTS: &[&str] = &["street", "street2", "city", "state", "zip", "country"];
 
 fn address_kind(prop: &str) -> Option<&'static str> {
-    for (prefix, kind) in [("home_", "home"), ("work_", "work"), ("other_", "other"), ("", "home")] {
+    for (prefix, kind) in [
+        ("home_", "home"),
+        ("work_", "work"),
+        ("other_", "other"),
+        ("", "home"),
+    ] {
         if let Some(rest) = prop.strip_prefix(prefix) {
             if ADDRESS_PARTS.contains(&rest) {
                 return Some(kind);
@@ -220,7 +225,13 @@ fn aspect_of(prop: &str) -> Option<Aspect> {
     if prop.starts_with("cf:") {
         return Some(Aspect::Custom);
     }
-    for s in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+    for s in [
+        "first_name",
+        "last_name",
+        "job_title",
+        "company_name",
+        "anniversary",
+    ] {
         if prop == s {
             return Some(Aspect::Scalar(s));
         }
@@ -310,7 +321,13 @@ fn aspects_changed(c: &PrimaryChange) -> Vec<Aspect> {
 /// The aspects a contact first seen after the row was queued already has values for.
 fn aspects_with_values(p: &Primary) -> Vec<Aspect> {
     let mut out = Vec::new();
-    for s in ["first_name", "last_name", "job_title", "company_name", "anniversary"] {
+    for s in [
+        "first_name",
+        "last_name",
+        "job_title",
+        "company_name",
+        "anniversary",
+    ] {
         if p.scalars.get(s).is_some_and(|v| !v.is_null()) {
             out.extend(aspect_of(s));
         }
@@ -359,13 +376,17 @@ pub fn check_email(email: &str) -> Result<(), String> {
         ));
     }
     if !email.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(format!("email {email:?} contains whitespace or non-ASCII characters"));
+        return Err(format!(
+            "email {email:?} contains whitespace or non-ASCII characters"
+        ));
     }
     let Some((local, domain)) = email.split_once('@') else {
         return Err(format!("email {email:?} has no '@'"));
     };
     if local.is_empty() || domain.contains('@') {
-        return Err(format!("email {email:?} is not a single local@domain address"));
+        return Err(format!(
+            "email {email:?} is not a single local@domain address"
+        ));
     }
     let labels: Vec<&str> = domain.split('.').collect();
     if labels.len() < 2 || labels.iter().any(|l| l.is_empty()) {
@@ -408,7 +429,11 @@ pub fn check_row(
             }
             check_string(k, v, CUSTOM_VALUE_MAX)?;
         } else if k == "birthday_month" || k == "birthday_day" {
-            let (lo, hi) = if k == "birthday_month" { (1, 12) } else { (1, 31) };
+            let (lo, hi) = if k == "birthday_month" {
+                (1, 12)
+            } else {
+                (1, 31)
+            };
             match v.as_i64() {
                 Some(n) if (lo..=hi).contains(&n) => {}
                 _ => return Err(format!("fields.{k} must be an integer {lo}..{hi}")),
@@ -569,7 +594,9 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
                 .cloned()
                 .collect();
             for k in dropped {
-                let Some(local) = fields.remove(&k) else { continue };
+                let Some(local) = fields.remove(&k) else {
+                    continue;
+                };
                 let a = aspect_of(&k).unwrap_or(Aspect::Custom);
                 let remote = primary_value(p, a, &k);
                 if a != Aspect::Custom && remote == local {
@@ -712,7 +739,15 @@ mod tests {
 
     #[test]
     fn new_contact_is_pushed_with_its_fields_and_lists() {
-        let p = plan(&[row(1, " Ann@Example.com ", json!({"first_name": "Ann"}), &[1, 2])], &input());
+        let p = plan(
+            &[row(
+                1,
+                " Ann@Example.com ",
+                json!({"first_name": "Ann"}),
+                &[1, 2],
+            )],
+            &input(),
+        );
         assert_eq!(p.items.len(), 1);
         let it = &p.items[0];
         assert_eq!(it.email, "ann@example.com");
@@ -748,17 +783,43 @@ mod tests {
         let cases: Vec<(OutboundRow, &str)> = vec![
             (row(1, "no-at-sign", json!({}), &[1]), "no '@'"),
             (row(2, &long_email, json!({}), &[1]), "longer than 50"),
-            (row(3, "a@b.c", json!({"nickname": "x"}), &[1]), "fields.nickname"),
-            (row(4, "a@b.c", json!({"first_name": "x".repeat(51)}), &[1]), "fields.first_name has 51"),
-            (row(5, "a@b.c", json!({"first_name": 3}), &[1]), "must be a string"),
+            (
+                row(3, "a@b.c", json!({"nickname": "x"}), &[1]),
+                "fields.nickname",
+            ),
+            (
+                row(4, "a@b.c", json!({"first_name": "x".repeat(51)}), &[1]),
+                "fields.first_name has 51",
+            ),
+            (
+                row(5, "a@b.c", json!({"first_name": 3}), &[1]),
+                "must be a string",
+            ),
             (row(6, "a@b.c", json!({}), &[]), "list_ids is empty"),
             (row(7, "a@b.c", json!({}), &[99]), "does not exist"),
-            (row(8, "a@b.c", json!({"birthday_month": 13, "birthday_day": 1}), &[1]), "birthday_month"),
-            (row(9, "a@b.c", json!({"birthday_month": 3}), &[1]), "together"),
+            (
+                row(
+                    8,
+                    "a@b.c",
+                    json!({"birthday_month": 13, "birthday_day": 1}),
+                    &[1],
+                ),
+                "birthday_month",
+            ),
+            (
+                row(9, "a@b.c", json!({"birthday_month": 3}), &[1]),
+                "together",
+            ),
             (row(10, "a@b.c", json!({"first_name": null}), &[1]), "null"),
             (row(11, "a@b.c", json!(["x"]), &[1]), "JSON object"),
-            (row(12, "a@b.c", json!({"cf:x": "y".repeat(256)}), &[1]), "at most 255"),
-            (row(13, "a@b.c", json!({"email": "other@b.c"}), &[1]), "differs"),
+            (
+                row(12, "a@b.c", json!({"cf:x": "y".repeat(256)}), &[1]),
+                "at most 255",
+            ),
+            (
+                row(13, "a@b.c", json!({"email": "other@b.c"}), &[1]),
+                "differs",
+            ),
             (row(14, "a b@c.d", json!({}), &[1]), "whitespace"),
             (row(15, "a@localhost", json!({}), &[1]), "invalid domain"),
             (row(16, "a@b.c", json!({"first_name": " "}), &[1]), "empty"),
@@ -773,8 +834,7 @@ mod tests {
                 p.failed[0].reason
             );
         }
-        let cf: Map<String, Value> =
-            (0..26).map(|i| (format!("cf:f{i}"), json!("v"))).collect();
+        let cf: Map<String, Value> = (0..26).map(|i| (format!("cf:f{i}"), json!("v"))).collect();
         let p = plan(&[row(1, "a@b.c", Value::Object(cf), &[1])], &input());
         assert!(p.failed[0].reason.contains("26 custom fields"));
         let lists: Vec<u128> = (1..=51).collect();
@@ -812,7 +872,12 @@ mod tests {
             ],
         );
         let p = plan(
-            &[row(1, "a@b.c", json!({"first_name": "Local", "last_name": "L"}), &[1])],
+            &[row(
+                1,
+                "a@b.c",
+                json!({"first_name": "Local", "last_name": "L"}),
+                &[1],
+            )],
             &i,
         );
         assert_eq!(p.items.len(), 1);
@@ -828,10 +893,17 @@ mod tests {
     #[test]
     fn only_conflicting_field_and_no_new_list_means_skipped() {
         let mut i = input();
-        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(150, "updated", "first_name", json!("Old"), json!("Remote"))],
+            vec![change(
+                150,
+                "updated",
+                "first_name",
+                json!("Old"),
+                json!("Remote"),
+            )],
         );
         let p = plan(&[row(1, "a@b.c", json!({"first_name": "Local"}), &[1])], &i);
         assert!(p.items.is_empty());
@@ -848,7 +920,13 @@ mod tests {
         i.contacts.insert("a@b.c".into(), pr);
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(150, "updated", "first_name", json!("Old"), json!("Pushed"))],
+            vec![change(
+                150,
+                "updated",
+                "first_name",
+                json!("Old"),
+                json!("Pushed"),
+            )],
         );
         let mut m = Map::new();
         m.insert("first_name".into(), json!("Pushed"));
@@ -861,13 +939,26 @@ mod tests {
     #[test]
     fn a_list_left_after_the_row_is_stripped_and_others_kept() {
         let mut i = input();
-        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[3]));
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[3]));
         i.changes.insert(
             Uuid::from_u128(5),
             vec![
-                change(150, "list_removed", "list_memberships", json!(list(1).to_string()), Value::Null),
+                change(
+                    150,
+                    "list_removed",
+                    "list_memberships",
+                    json!(list(1).to_string()),
+                    Value::Null,
+                ),
                 // Left before the row was queued: the application's add wins.
-                change(50, "list_removed", "list_memberships", json!(list(2).to_string()), Value::Null),
+                change(
+                    50,
+                    "list_removed",
+                    "list_memberships",
+                    json!(list(2).to_string()),
+                    Value::Null,
+                ),
             ],
         );
         let p = plan(&[row(1, "a@b.c", json!({}), &[1, 2])], &i);
@@ -878,19 +969,34 @@ mod tests {
         // Only that list: skipped.
         let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
         assert!(p.items.is_empty());
-        assert!(p.skipped[0].reason.contains("not re-added"), "{:?}", p.skipped);
+        assert!(
+            p.skipped[0].reason.contains("not re-added"),
+            "{:?}",
+            p.skipped
+        );
         // With a field left but no list: skipped too (an import needs a list).
         let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
-        assert!(p.skipped[0].reason.contains("no list left"), "{:?}", p.skipped);
+        assert!(
+            p.skipped[0].reason.contains("no list left"),
+            "{:?}",
+            p.skipped
+        );
     }
 
     #[test]
     fn a_list_rejoined_after_leaving_is_not_a_conflict() {
         let mut i = input();
-        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(150, "list_removed", "list_memberships", json!(list(1).to_string()), Value::Null)],
+            vec![change(
+                150,
+                "list_removed",
+                "list_memberships",
+                json!(list(1).to_string()),
+                Value::Null,
+            )],
         );
         let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
         assert!(p.conflicts.is_empty());
@@ -906,12 +1012,29 @@ mod tests {
         i.changes.insert(
             Uuid::from_u128(5),
             vec![
-                change(150, "updated", "phone_numbers", json!([{"kind": "home", "phone_number": "1"}]), json!([{"kind": "home", "phone_number": "2"}])),
-                change(160, "updated", "street_addresses", json!([]), json!([{"kind": "work", "city": "Paris"}])),
+                change(
+                    150,
+                    "updated",
+                    "phone_numbers",
+                    json!([{"kind": "home", "phone_number": "1"}]),
+                    json!([{"kind": "home", "phone_number": "2"}]),
+                ),
+                change(
+                    160,
+                    "updated",
+                    "street_addresses",
+                    json!([]),
+                    json!([{"kind": "work", "city": "Paris"}]),
+                ),
             ],
         );
         let p = plan(
-            &[row(1, "a@b.c", json!({"home_phone": "3", "work_phone": "4", "work_city": "Rome", "city": "Oslo"}), &[1])],
+            &[row(
+                1,
+                "a@b.c",
+                json!({"home_phone": "3", "work_phone": "4", "work_city": "Rome", "city": "Oslo"}),
+                &[1],
+            )],
             &i,
         );
         let f = &p.items[0].fields;
@@ -925,12 +1048,27 @@ mod tests {
     #[test]
     fn custom_field_changes_win_over_every_cf_property() {
         let mut i = input();
-        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(150, "updated", "custom_fields", json!([]), json!([{"custom_field_id": "x", "value": "1"}]))],
+            vec![change(
+                150,
+                "updated",
+                "custom_fields",
+                json!([]),
+                json!([{"custom_field_id": "x", "value": "1"}]),
+            )],
         );
-        let p = plan(&[row(1, "a@b.c", json!({"cf:a": "1", "cf:b": "2", "last_name": "L"}), &[1])], &i);
+        let p = plan(
+            &[row(
+                1,
+                "a@b.c",
+                json!({"cf:a": "1", "cf:b": "2", "last_name": "L"}),
+                &[1],
+            )],
+            &i,
+        );
         assert_eq!(p.items[0].fields.len(), 1);
         assert_eq!(p.conflicts.len(), 2);
     }
@@ -938,13 +1076,19 @@ mod tests {
     #[test]
     fn birthday_fields_go_together() {
         let mut i = input();
-        i.contacts.insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
         i.changes.insert(
             Uuid::from_u128(5),
             vec![change(150, "updated", "birthday_day", json!(1), json!(2))],
         );
         let p = plan(
-            &[row(1, "a@b.c", json!({"birthday_month": 3, "birthday_day": 4, "last_name": "L"}), &[1])],
+            &[row(
+                1,
+                "a@b.c",
+                json!({"birthday_month": 3, "birthday_day": 4, "last_name": "L"}),
+                &[1],
+            )],
             &i,
         );
         let f = &p.items[0].fields;
@@ -959,9 +1103,23 @@ mod tests {
         i.contacts.insert("a@b.c".into(), pr);
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![PrimaryChange { at: t(150), kind: "created".into(), field: None, old_value: None, new_value: None }],
+            vec![PrimaryChange {
+                at: t(150),
+                kind: "created".into(),
+                field: None,
+                old_value: None,
+                new_value: None,
+            }],
         );
-        let p = plan(&[row(1, "a@b.c", json!({"first_name": "Mine", "last_name": "L"}), &[1])], &i);
+        let p = plan(
+            &[row(
+                1,
+                "a@b.c",
+                json!({"first_name": "Mine", "last_name": "L"}),
+                &[1],
+            )],
+            &i,
+        );
         assert_eq!(p.items[0].fields.len(), 1);
         assert_eq!(p.items[0].fields["last_name"], "L");
     }
@@ -974,7 +1132,13 @@ mod tests {
         i.contacts.insert("a@b.c".into(), pr);
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(150, "deleted", "deleted_at", Value::Null, json!("2026-01-01"))],
+            vec![change(
+                150,
+                "deleted",
+                "deleted_at",
+                Value::Null,
+                json!("2026-01-01"),
+            )],
         );
         let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
         assert!(p.skipped[0].reason.contains("deleted"));
@@ -984,7 +1148,12 @@ mod tests {
     fn rows_of_one_address_coalesce_later_values_win() {
         let p = plan(
             &[
-                row(1, "a@b.c", json!({"first_name": "A", "last_name": "X"}), &[1]),
+                row(
+                    1,
+                    "a@b.c",
+                    json!({"first_name": "A", "last_name": "X"}),
+                    &[1],
+                ),
                 row(2, "b@b.c", json!({}), &[1]),
                 row(3, "A@b.c", json!({"first_name": "B"}), &[2]),
             ],
@@ -1040,7 +1209,11 @@ mod tests {
 
     fn arb_input() -> impl Strategy<Value = GuardInput> {
         let contact = (
-            prop::option::of(prop::sample::select(vec!["explicit", "implicit", "unsubscribed"])),
+            prop::option::of(prop::sample::select(vec![
+                "explicit",
+                "implicit",
+                "unsubscribed",
+            ])),
             prop::collection::vec(1u128..8, 0..3),
             prop::collection::vec((0i64..300, 0u8..3, 1u128..8), 0..4),
         );
@@ -1063,7 +1236,13 @@ mod tests {
                         .into_iter()
                         .map(|(at, k, l)| match k {
                             0 => change(at, "updated", "first_name", json!("a"), json!("b")),
-                            1 => change(at, "list_removed", "list_memberships", json!(list(l).to_string()), Value::Null),
+                            1 => change(
+                                at,
+                                "list_removed",
+                                "list_memberships",
+                                json!(list(l).to_string()),
+                                Value::Null,
+                            ),
                             _ => change(at, "created", "x", Value::Null, Value::Null),
                         })
                         .collect();

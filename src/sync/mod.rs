@@ -235,6 +235,7 @@ pub async fn run_cycle(
     jobs: &[Job],
 ) -> Vec<RunReport> {
     let mut reports = Vec::new();
+    let jobs = with_prerequisites(jobs);
     for account in accounts {
         for job in Job::all().iter().filter(|j| jobs.contains(j)) {
             if ctx.cancel.is_cancelled() {
@@ -249,6 +250,22 @@ pub async fn run_cycle(
         }
     }
     reports
+}
+
+/// `jobs` plus what they need to run first in the same cycle: a push needs the account's
+/// pulls (contacts, the opt-out sweep, and the list catalogue its rows are validated
+/// against), so `sync --job push` runs them first and, as
+/// their failure stops the chain, never pushes on a store older than the primary.
+pub fn with_prerequisites(jobs: &[Job]) -> Vec<Job> {
+    let mut out = jobs.to_vec();
+    if jobs.contains(&Job::Push) {
+        for j in [Job::Contacts, Job::Unsubscribes, Job::Lists] {
+            if !out.contains(&j) {
+                out.push(j);
+            }
+        }
+    }
+    out
 }
 
 /// Builds the API client and job context from settings and a pool.

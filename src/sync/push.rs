@@ -174,7 +174,11 @@ async fn submit(
             stats.stopped.get_or_insert_with(|| "cancelled".into());
             break;
         }
-        let mut tx = ctx.pool.begin().await.context("beginning the plan transaction")?;
+        let mut tx = ctx
+            .pool
+            .begin()
+            .await
+            .context("beginning the plan transaction")?;
         let rows = store::outbound::pending_chunk(&mut tx, &account, after, chunk)
             .await
             .context("reading pending outbound rows")?;
@@ -280,7 +284,9 @@ async fn submit(
 }
 
 fn split(ts: &[Terminal]) -> (Vec<i64>, Vec<Option<String>>) {
-    ts.iter().map(|t| (t.row_id, Some(t.reason.clone()))).unzip()
+    ts.iter()
+        .map(|t| (t.row_id, Some(t.reason.clone())))
+        .unzip()
 }
 
 /// Backoff of a failed attempt: `poll_max · 2^attempts`, at most 64 × `poll_max`.
@@ -314,7 +320,11 @@ async fn send_batch(
         }
     }
     let answer = client.contacts_json_import(body).await;
-    let mut tx = ctx.pool.begin().await.context("beginning the submit transaction")?;
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .context("beginning the submit transaction")?;
     match answer {
         Ok(activity) => {
             store::outbound::mark_submitted(&mut tx, &ids, &reasons, &activity.activity_id)
@@ -325,7 +335,11 @@ async fn send_batch(
                 &account,
                 &store::activities::NewActivity {
                     activity_id: &activity.activity_id,
-                    state: if activity.state.is_empty() { "initialized" } else { &activity.state },
+                    state: if activity.state.is_empty() {
+                        "initialized"
+                    } else {
+                        &activity.state
+                    },
                     list_ids: &list_ids,
                     row_count: ids.len() as i32,
                     body_bytes: bytes as i32,
@@ -334,16 +348,20 @@ async fn send_batch(
             )
             .await
             .context("recording the import activity")?;
-            tx.commit().await.context("committing the submitted batch")?;
+            tx.commit()
+                .await
+                .context("committing the submitted batch")?;
             stats.batches_submitted += 1;
             stats.rows_submitted += ids.len() as u64;
             stats.bytes_submitted += bytes as u64;
             info!(activity_id = %activity.activity_id, contacts = items.len(), bytes, "import submitted");
         }
-        Err(e @ (ApiError::TooManyActivities { .. }
-        | ApiError::QuotaExceeded { .. }
-        | ApiError::Throttled { .. }
-        | ApiError::Cancelled)) => {
+        Err(
+            e @ (ApiError::TooManyActivities { .. }
+            | ApiError::QuotaExceeded { .. }
+            | ApiError::Throttled { .. }
+            | ApiError::Cancelled),
+        ) => {
             // Nothing was done: the rows stay pending, untouched, for the next run.
             tx.rollback().await.ok();
             warn!(error = %e, "import not submitted; rows stay pending");
@@ -379,7 +397,11 @@ async fn send_batch(
 }
 
 /// Polls every activity in flight for the account until none is left.
-async fn poll(ctx: &JobContext, client: &AccountClient, stats: &mut PushStats) -> anyhow::Result<()> {
+async fn poll(
+    ctx: &JobContext,
+    client: &AccountClient,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
     let account = client.account().to_string();
     let s = &ctx.settings.sync;
     let mut delay = s.poll_initial;
@@ -396,12 +418,19 @@ async fn poll(ctx: &JobContext, client: &AccountClient, stats: &mut PushStats) -
         }
         let mut left = 0u64;
         for (id, submitted_at) in open {
-            let age = (chrono::Utc::now() - submitted_at).to_std().unwrap_or_default();
+            let age = (chrono::Utc::now() - submitted_at)
+                .to_std()
+                .unwrap_or_default();
             if age > s.poll_timeout {
-                finish_abandoned(ctx, &id, &format!(
-                    "activity {id} reached no terminal state within poll_timeout ({})",
-                    humantime::format_duration(s.poll_timeout)
-                ), stats)
+                finish_abandoned(
+                    ctx,
+                    &id,
+                    &format!(
+                        "activity {id} reached no terminal state within poll_timeout ({})",
+                        humantime::format_duration(s.poll_timeout)
+                    ),
+                    stats,
+                )
                 .await?;
                 continue;
             }
@@ -481,7 +510,9 @@ async fn finish_abandoned(
     )
     .await?;
     store::activities::record_poll(&mut tx, id, "abandoned", None, None, None, true).await?;
-    tx.commit().await.context("committing an abandoned activity")?;
+    tx.commit()
+        .await
+        .context("committing an abandoned activity")?;
     stats.retrying += retry;
     stats.failed += dead;
     stats.activities_finished += 1;
@@ -499,8 +530,11 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
     if a.state == "completed" {
         let outcome = map_completion(&rows, &messages, a);
         let failed_ids: Vec<i64> = outcome.failed.iter().map(|(i, _)| *i).collect();
-        let failed_reasons: Vec<Option<String>> =
-            outcome.failed.iter().map(|(_, r)| Some(r.clone())).collect();
+        let failed_reasons: Vec<Option<String>> = outcome
+            .failed
+            .iter()
+            .map(|(_, r)| Some(r.clone()))
+            .collect();
         store::outbound::set_state(&mut tx, "submitted", &failed_ids, "failed", &failed_reasons)
             .await?;
         let (base, cap) = retry_backoff(ctx);
@@ -570,7 +604,9 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
         true,
     )
     .await?;
-    tx.commit().await.context("committing a finished activity")?;
+    tx.commit()
+        .await
+        .context("committing a finished activity")?;
     stats.activities_finished += 1;
     info!(activity_id = %a.activity_id, state = %a.state, "import activity finished");
     Ok(())
@@ -686,8 +722,16 @@ mod tests {
 
     #[test]
     fn items_beyond_the_counters_are_unprocessed() {
-        let rows = vec![(1, "a@x.io".to_string()), (2, "b@x.io".to_string()), (3, "c@x.io".to_string())];
-        let c = map_completion(&rows, &[], &act(json!({"person_count": 1, "correctable_count": 0})));
+        let rows = vec![
+            (1, "a@x.io".to_string()),
+            (2, "b@x.io".to_string()),
+            (3, "c@x.io".to_string()),
+        ];
+        let c = map_completion(
+            &rows,
+            &[],
+            &act(json!({"person_count": 1, "correctable_count": 0})),
+        );
         assert_eq!(c.unprocessed, vec![2, 3]);
         let c = map_completion(&rows, &[], &act(json!({})));
         assert!(c.unprocessed.is_empty(), "no counters: nothing inferred");
