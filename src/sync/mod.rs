@@ -280,7 +280,12 @@ pub fn context(
     let c = &settings.constant_contact;
     let http = crate::ctct::client::http_client(c.connect_timeout, c.request_timeout)
         .context("building the HTTP client")?;
-    let tokens = Arc::new(store::tokens::PgTokenStore::new(pool.clone(), connect.clone()));
+    let cipher = crate::crypto::TokenCipher::from_settings(&settings.security)
+        .context("loading the token key ([security])")?
+        .map(|(c, _)| Arc::new(c));
+    let tokens = Arc::new(
+        store::tokens::PgTokenStore::new(pool.clone(), connect.clone()).with_cipher(cipher),
+    );
     let seeds = settings
         .accounts
         .iter()
