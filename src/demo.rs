@@ -119,38 +119,137 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         ctl.contacts_count(),
         crate::config::redact_url(&db_url)
     );
-    let settings = Arc::new(sandbox_settings(
+    let mut settings = sandbox_settings(
         &sb.api_base(),
         &sb.token_url(),
         ctl.seed_refresh_token(),
         account,
         &db_url,
-    )?);
+    )?;
+    // The sandbox finishes an import in 200 ms: poll it at that pace.
+    settings.sync.poll_initial = std::time::Duration::from_millis(100);
+    settings.sync.poll_max = std::time::Duration::from_millis(800);
+    let settings = Arc::new(settings);
     let ctx = sync::context(settings.clone(), pool.clone(), CancellationToken::new(), false)?;
     let accounts = settings.accounts.clone();
-
-    println!("\n1. initial pull");
-    let mut failed = report(&sync::run_cycle(&ctx, &accounts, &[Job::Contacts]).await);
-
-    println!("\n2. subscribers act in Constant Contact: 3 edits, 2 opt-outs (email clock only), 1 delete");
-    let ids = ctl.contact_ids();
-    for id in ids.iter().take(3) {
-        ctl.update_contact(*id, |c| c["job_title"] = serde_json::json!("Chief Demo Officer"));
+    let lists = ctl.list_ids();
+    let (list_a, list_b) = match lists.as_slice() {
+        [a, b, ..] => (*a, *b),
+        _ => anyhow::bail!("the demo sandbox has fewer than 2 lists"),
+    };
+    // Subscribers the story uses: live, not unsubscribed, one of them on list A.
+    let live: Vec<(uuid::Uuid, String)> = ctl
+        .contact_ids()
+        .into_iter()
+        .filter_map(|id| {
+            let c = ctl.contact(id)?;
+            let e = &c["email_address"];
+            (e["permission_to_send"] != "unsubscribed" && c["deleted_at"].is_null())
+                .then(|| Some((id, e["address"].as_str()?.to_lowercase())))
+                .flatten()
+        })
+        .take(8)
+        .collect();
+    if live.len() < 8 {
+        anyhow::bail!("the demo needs at least 8 subscribed contacts; run it with more contacts");
     }
-    for id in ids.iter().skip(3).take(2) {
-        ctl.unsubscribe(*id, Some("demo"));
-    }
-    if let Some(id) = ids.get(5) {
-        ctl.delete_contact(*id);
-    }
-    failed |= report(&sync::run_cycle(&ctx, &accounts, &[Job::Contacts]).await);
-    println!("   (opt-outs that leave the contact's updated_at alone need the opt-out sweep job)");
+    let already_out = ctl.contact_ids().into_iter().find_map(|id| {
+        let c = ctl.contact(id)?;
+        (c["email_address"]["permission_to_send"] == "unsubscribed")
+            .then(|| c["email_address"]["address"].as_str().map(str::to_lowercase))
+            .flatten()
+    });
+    ctl.join_list(live[6].0, list_a);
+    ctl.set_updated_at(live[6].0, sb.now());
 
-    println!("\n3. again, with nothing new: nothing is written");
-    failed |= report(&sync::run_cycle(&ctx, &accounts, &[Job::Contacts]).await);
+    println!("\n1. first cycle: pull contacts, opt-outs, deletes, lists (nothing to push yet)");
+    let mut failed = report(&sync::run_cycle(&ctx, &accounts, Job::cycle()).await);
 
-    let by_kind: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT kind, count(*) FROM ccsync.changes WHERE account_id = $1 GROUP BY 1 ORDER BY 1",
+    println!("\n2. the application queues local changes (one INSERT each into ccsync.outbound)");
+    let queue = |email: String, fields: serde_json::Value, lists: Vec<uuid::Uuid>, what: &str| {
+        println!("   {email:<40} {what}");
+        (email, fields, lists)
+    };
+    let mut rows = Vec::new();
+    for n in 1..=5 {
+        rows.push(queue(
+            format!("new.member{n}@example.org"),
+            serde_json::json!({"first_name": format!("Member{n}"), "company_name": "Demo Co"}),
+            vec![list_a],
+            "new contact on list A",
+        ));
+    }
+    rows.push(queue(live[0].1.clone(), serde_json::json!({"job_title": "Local title", "last_name": "Localname"}), vec![list_a], "edit (job_title, last_name)"));
+    rows.push(queue(live[3].1.clone(), serde_json::json!({"first_name": "Again"}), vec![list_a], "add to list A (they will opt out)"));
+    rows.push(queue(live[6].1.clone(), serde_json::json!({}), vec![list_a, list_b], "add to lists A and B (they will leave A)"));
+    rows.push(queue("not-an-email".into(), serde_json::json!({}), vec![list_a], "invalid address"));
+    if let Some(e) = already_out {
+        rows.push(queue(e, serde_json::json!({"first_name": "Stale"}), vec![list_b], "contact who opted out long ago"));
+    }
+    for (email, fields, lists) in &rows {
+        sqlx::query("INSERT INTO ccsync.outbound (account_id, email, fields, list_ids) VALUES ($1, $2, $3, $4)")
+            .bind(account)
+            .bind(email)
+            .bind(fields)
+            .bind(lists)
+            .execute(&pool)
+            .await
+            .context("queueing an outbound row")?;
+    }
+
+    println!("\n3. meanwhile subscribers act in Constant Contact: an edit of the same field, an opt-out, leaving list A, a delete");
+    ctl.update_contact(live[0].0, |c| c["job_title"] = serde_json::json!("Their own title"));
+    ctl.unsubscribe(live[3].0, Some("demo: no more mail"));
+    ctl.leave_list(live[6].0, list_a);
+    // The sandbox moves no clock on a membership change (unconfirmed for the real service;
+    // the weekly reconcile repairs what the incremental pull cannot see).
+    ctl.set_updated_at(live[6].0, sb.now());
+    ctl.delete_contact(live[7].0);
+
+    println!("\n4. `ccsync sync --job push --dry-run`: the plan, nothing written, no write request");
+    let dry = sync::context(settings.clone(), pool.clone(), CancellationToken::new(), true)?;
+    failed |= report(&sync::run_cycle(&dry, &accounts, &[Job::Push]).await);
+
+    println!("\n5. `ccsync sync`: pull first (the store catches up with the primary), then push and poll");
+    failed |= report(&sync::run_cycle(&ctx, &accounts, Job::cycle()).await);
+
+    println!("\n6. again: the pushed contacts come back with the pull, nothing is pushed twice");
+    failed |= report(&sync::run_cycle(&ctx, &accounts, Job::cycle()).await);
+
+    let outcome: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, email, state, reason FROM ccsync.outbound WHERE account_id = $1 ORDER BY id",
+    )
+    .bind(account)
+    .fetch_all(&pool)
+    .await?;
+    println!("\nsummary: every queued row ended in a terminal state");
+    for (id, email, state, reason) in outcome {
+        println!("  #{id:<3} {email:<40} {state:<10} {}", reason.unwrap_or_default());
+    }
+    let them = ctl.contact(live[3].0);
+    let still_out = them
+        .as_ref()
+        .map(|c| c["email_address"]["permission_to_send"] == "unsubscribed")
+        .unwrap_or(false);
+    let sent_to_them = ctl
+        .imports()
+        .iter()
+        .any(|b| b.to_string().to_lowercase().contains(&live[3].1));
+    println!(
+        "  opted-out subscriber still unsubscribed in Constant Contact: {still_out}; present in any import: {sent_to_them}"
+    );
+    println!(
+        "  {} still on list A after leaving it: {}",
+        live[6].1,
+        ctl.memberships(live[6].0).contains(&list_a)
+    );
+    println!(
+        "  {} job_title in Constant Contact: {}",
+        live[0].1,
+        ctl.contact(live[0].0).map(|c| c["job_title"].to_string()).unwrap_or_default()
+    );
+    let by_kind: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT origin, kind, count(*) FROM ccsync.changes WHERE account_id = $1 GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(account)
     .fetch_all(&pool)
@@ -159,11 +258,14 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         .bind(account)
         .fetch_one(&pool)
         .await?;
-    println!("\nsummary: {stored} contacts stored for account {account:?}; changes log by kind:");
-    for (k, n) in by_kind {
-        println!("  {k:<14} {n}");
+    println!("\n{stored} contacts stored for account {account:?}; changes log by origin and kind:");
+    for (o, k, n) in by_kind {
+        println!("  {o:<17} {k:<14} {n}");
     }
-    println!("\ninspect: psql {} -c 'SELECT * FROM ccsync.sync_runs ORDER BY started_at'", crate::config::redact_url(&db_url));
+    println!(
+        "\ninspect: psql {} -c 'SELECT id, email, state, reason FROM ccsync.outbound ORDER BY id'",
+        crate::config::redact_url(&db_url)
+    );
     sb.shutdown();
     pool.close().await;
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })

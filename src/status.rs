@@ -132,12 +132,17 @@ pub fn print_reports(reports: &[RunReport], as_json: bool) {
     }
     for r in reports {
         match &r.outcome {
-            Outcome::Succeeded(s) => println!(
-                "{:<12} {:<13} ok      {}",
-                r.account,
-                r.job.as_str(),
-                summarize(s)
-            ),
+            Outcome::Succeeded(s) => {
+                println!(
+                    "{:<12} {:<13} ok      {}",
+                    r.account,
+                    r.job.as_str(),
+                    summarize(s)
+                );
+                if let Some(plan) = s.get("plan").filter(|p| p.is_object()) {
+                    print_push_plan(plan);
+                }
+            }
             Outcome::Skipped => println!(
                 "{:<12} {:<13} skipped (already running elsewhere)",
                 r.account,
@@ -152,9 +157,57 @@ fn summarize(s: &serde_json::Value) -> String {
     let keys = [
         "pages", "seen", "created", "updated", "unchanged", "stale", "deleted", "unsubscribed",
         "changes_written", "api_requests", "duration_ms", "dry_run",
+        // push
+        "rows_considered", "batches_submitted", "rows_submitted", "bytes_submitted",
+        "skipped", "failed_invalid", "conflicts", "deferred", "completed", "failed", "retrying",
+        "in_flight_left", "stopped",
     ];
     keys.iter()
         .filter_map(|k| s.get(*k).map(|v| format!("{k}={v}")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The dry-run plan of a push: what would be pushed, skipped or refused, and why.
+fn print_push_plan(plan: &serde_json::Value) {
+    let list = |k: &str| plan.get(k).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| match v.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let note = text(plan, "note");
+    if !note.is_empty() {
+        println!("    note: {note}");
+    }
+    for (i, b) in list("batches").iter().enumerate() {
+        println!(
+            "    would push  import {}: {} contacts ({} rows), {} bytes, lists {}",
+            i + 1,
+            text(b, "contacts"),
+            text(b, "rows"),
+            text(b, "bytes"),
+            text(b, "list_ids")
+        );
+    }
+    for (label, key) in [("would skip", "skipped"), ("would fail", "failed"), ("deferred", "deferred")] {
+        for t in list(key) {
+            println!(
+                "    {label:<11} #{} {}: {}",
+                text(&t, "id"),
+                text(&t, "email"),
+                text(&t, "reason")
+            );
+        }
+    }
+    for c in list("conflicts") {
+        println!(
+            "    conflict    #{} {}: {} stays {} in Constant Contact (local {} not pushed)",
+            text(&c, "id"),
+            text(&c, "email"),
+            text(&c, "field"),
+            text(&c, "constant_contact"),
+            text(&c, "local")
+        );
+    }
 }

@@ -40,6 +40,12 @@ use crate::store::{self, outbound::LocalChange};
 
 pub const JOB: &str = "push";
 
+/// A dry run's pulls roll back, so its push plans on the store as the last real pull left
+/// it; the real run pulls first and may refuse or trim more.
+const DRY_RUN_NOTE: &str =
+    "planned on the store as the last real pull left it (a dry run's pulls are not applied); \
+     a real run pulls first, so opt-outs, edits and list removals it finds can skip or trim more";
+
 /// How many entries of each kind a dry-run plan lists (the counts are always complete).
 const PLAN_SAMPLE: usize = 200;
 
@@ -73,6 +79,8 @@ pub struct PushStats {
 /// What a dry run would do.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DryPlan {
+    /// What the plan is based on.
+    pub note: String,
     pub batches: Vec<Value>,
     pub skipped: Vec<Value>,
     pub failed: Vec<Value>,
@@ -102,7 +110,10 @@ pub async fn run_once(
     let client = ctx.api.account(&account.id);
     let mut stats = PushStats {
         dry_run: ctx.dry_run,
-        plan: ctx.dry_run.then(DryPlan::default),
+        plan: ctx.dry_run.then(|| DryPlan {
+            note: DRY_RUN_NOTE.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     submit(ctx, &client, run_id, &mut stats).await?;
