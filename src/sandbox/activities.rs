@@ -607,12 +607,12 @@ fn apply_import(
             .iter()
             .map(|c| (c.name.clone(), c.custom_field_id))
             .collect();
-        let Some(c) = acct.contact_mut(&id) else {
+        let Some(mut c) = acct.contact_mut(&id) else {
             continue;
         };
         // Importing a deleted contact revives it (its old memberships stay gone).
         c.core.deleted_at = None;
-        apply_properties(c, o, &cf_defs, now, row, errors);
+        apply_properties(&mut c, o, &cf_defs, now, row, errors);
         c.core.updated_at = now;
         c.core.update_source = "Account".into();
         counters.person_count += 1;
@@ -965,7 +965,7 @@ fn apply_members(
         if exclude.contains(&id) {
             continue;
         }
-        let Some(c) = acct.contact_mut(&id) else {
+        let Some(mut c) = acct.contact_mut(&id) else {
             errors.push(format!("Contact {id} does not exist"));
             continue;
         };

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::pipeline::AuthCtx;
 use super::respond::{bad_request, json};
 use super::state::{
-    Contact, ContactOut, Inner, Ts, INC_CUSTOM_FIELDS, INC_LIST_MEMBERSHIPS, INC_NOTES,
-    INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS,
+    perm_of, Contact, ContactOut, Hot, Inner, Slot, INC_CUSTOM_FIELDS, INC_LIST_MEMBERSHIPS,
+    INC_NOTES, INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS, PERM_UNSUBSCRIBED,
 };
 use super::{cursor, state::parse_ts};
 
@@ -37,12 +37,12 @@ pub(crate) struct ContactQuery {
     email: Option<String>,
     lists: Option<HashSet<Uuid>>,
     tags: Option<HashSet<Uuid>>,
-    updated_after: Option<Ts>,
-    updated_before: Option<Ts>,
-    created_after: Option<Ts>,
-    created_before: Option<Ts>,
-    optout_after: Option<Ts>,
-    optout_before: Option<Ts>,
+    updated_after: Option<i64>,
+    updated_before: Option<i64>,
+    created_after: Option<i64>,
+    created_before: Option<i64>,
+    optout_after: Option<i64>,
+    optout_before: Option<i64>,
     include: u8,
     include_count: bool,
     limit: usize,
@@ -92,11 +92,17 @@ impl ContactQuery {
                 .find(|(n, _)| n == k)
                 .map(|(_, v)| v.as_str())
         };
-        let date = |k: &str| -> Result<Option<Ts>, String> {
+        // Stored times have millisecond precision: a lower bound is floored and an
+        // upper bound ceiled, so that the strict comparisons stay exact.
+        let date = |k: &str, ceil: bool| -> Result<Option<i64>, String> {
             match get(k) {
                 None => Ok(None),
                 Some(v) => parse_ts(v)
-                    .map(Some)
+                    .map(|d| {
+                        let ms = d.timestamp_millis();
+                        let sub_ms = d.timestamp_subsec_nanos() % 1_000_000 != 0;
+                        Some(if ceil && sub_ms { ms + 1 } else { ms })
+                    })
                     .ok_or_else(|| format!("Invalid date-time for {k}: {v}")),
             }
         };
@@ -128,12 +134,12 @@ impl ContactQuery {
         if get("segment_id").is_some() {
             return Err("segment_id is not supported by the sandbox".into());
         }
-        q.updated_after = date("updated_after")?;
-        q.updated_before = date("updated_before")?;
-        q.created_after = date("created_after")?;
-        q.created_before = date("created_before")?;
-        q.optout_after = date("optout_after")?;
-        q.optout_before = date("optout_before")?;
+        q.updated_after = date("updated_after", false)?;
+        q.updated_before = date("updated_before", true)?;
+        q.created_after = date("created_after", false)?;
+        q.created_before = date("created_before", true)?;
+        q.optout_after = date("optout_after", false)?;
+        q.optout_before = date("optout_before", true)?;
         if let Some(inc) = get("include") {
             for part in inc.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 q.include |= match part {
@@ -153,61 +159,53 @@ impl ContactQuery {
         Ok(q)
     }
 
-    fn status_ok(&self, c: &Contact) -> bool {
-        let deleted = c.is_deleted();
+    fn status_ok(&self, h: &Hot) -> bool {
+        let deleted = h.deleted;
         if self.statuses.is_empty() {
             return !deleted;
         }
-        let perm = c.permission();
+        let perm = h.perm;
         self.statuses.iter().any(|s| match s {
             StatusF::All => true,
             StatusF::Deleted => deleted,
-            StatusF::Active => !deleted && perm != "unsubscribed",
-            StatusF::Unsubscribed => !deleted && perm == "unsubscribed",
-            StatusF::NotSet => !deleted && perm == "not_set",
-            StatusF::PendingConfirmation => !deleted && perm == "pending_confirmation",
-            StatusF::TempHold => !deleted && perm == "temp_hold",
+            StatusF::Active => !deleted && perm != PERM_UNSUBSCRIBED,
+            StatusF::Unsubscribed => !deleted && perm == PERM_UNSUBSCRIBED,
+            StatusF::NotSet => !deleted && perm == perm_of("not_set"),
+            StatusF::PendingConfirmation => !deleted && perm == perm_of("pending_confirmation"),
+            StatusF::TempHold => !deleted && perm == perm_of("temp_hold"),
         })
     }
 
-    pub(crate) fn matches(&self, c: &Contact) -> bool {
-        if !self.status_ok(c) {
+    /// Strict bounds on the hot fields (milliseconds), then the filters that need the
+    /// full record.
+    pub(crate) fn matches(&self, slot: &Slot) -> bool {
+        let h = &slot.hot;
+        if !self.status_ok(h) {
             return false;
         }
-        let core = &c.core;
-        if let Some(e) = &self.email {
-            if !core.email_address.address.eq_ignore_ascii_case(e) {
-                return false;
-            }
-        }
-        if let Some(a) = self.updated_after {
-            if core.updated_at <= a {
-                return false;
-            }
-        }
-        if let Some(b) = self.updated_before {
-            if core.updated_at >= b {
-                return false;
-            }
-        }
-        if let Some(a) = self.created_after {
-            if core.created_at <= a {
-                return false;
-            }
-        }
-        if let Some(b) = self.created_before {
-            if core.created_at >= b {
-                return false;
-            }
+        let after = |bound: Option<i64>, v: i64| bound.is_none_or(|b| v > b);
+        let before = |bound: Option<i64>, v: i64| bound.is_none_or(|b| v < b);
+        if !after(self.updated_after, h.updated_ms)
+            || !before(self.updated_before, h.updated_ms)
+            || !after(self.created_after, h.created_ms)
+            || !before(self.created_before, h.created_ms)
+        {
+            return false;
         }
         if self.optout_after.is_some() || self.optout_before.is_some() {
-            let Some(d) = core.email_address.opt_out_date else {
-                return false;
-            };
-            if self.optout_after.is_some_and(|a| d <= a) {
+            if h.optout_ms == i64::MIN {
                 return false;
             }
-            if self.optout_before.is_some_and(|b| d >= b) {
+            if !after(self.optout_after, h.optout_ms) || !before(self.optout_before, h.optout_ms) {
+                return false;
+            }
+        }
+        if self.email.is_none() && self.lists.is_none() && self.tags.is_none() {
+            return true;
+        }
+        let c: &Contact = slot;
+        if let Some(e) = &self.email {
+            if !c.core.email_address.address.eq_ignore_ascii_case(e) {
                 return false;
             }
         }
@@ -289,7 +287,7 @@ pub(crate) async fn list_contacts(
                     more = true;
                     break;
                 }
-                page.push(Arc::clone(c));
+                page.push(Arc::clone(&c.c));
             }
         }
         let count = q
@@ -339,7 +337,7 @@ pub(crate) async fn get_contact(
         st.accounts
             .get(&auth.account)
             .and_then(|a| a.contacts.get(&id))
-            .cloned()
+            .map(|s| Arc::clone(&s.c))
     };
     match found {
         Some(c) => json(StatusCode::OK, &ContactOut::new(&c, q.include)),

@@ -59,7 +59,7 @@ impl AccountCtl {
     pub fn create_contact(&self, email: &str, first_name: Option<&str>, list_ids: &[Uuid]) -> Uuid {
         self.with(|a, now| {
             if let Some(id) = a.by_email.get(&email.to_lowercase()).copied() {
-                if let Some(c) = a.contact_mut(&id) {
+                if let Some(mut c) = a.contact_mut(&id) {
                     for l in list_ids {
                         if !c.subs.list_memberships.contains(l) {
                             c.subs.list_memberships.push(*l);
@@ -117,7 +117,7 @@ impl AccountCtl {
                 return;
             };
             let old_email = old.core.email_address.address.clone();
-            let mut v = match serde_json::to_value(old.as_ref()) {
+            let mut v = match serde_json::to_value(&*old.c) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(%id, error = %e, "update_contact: cannot serialise");
@@ -144,7 +144,7 @@ impl AccountCtl {
     /// Sets `updated_at` exactly (millisecond precision), for boundary-tie tests.
     pub fn set_updated_at(&self, id: Uuid, at: DateTime<Utc>) {
         self.with(|a, _| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 c.core.updated_at = trunc_ms(at);
             }
         });
@@ -155,7 +155,7 @@ impl AccountCtl {
     /// service); list memberships are kept.
     pub fn unsubscribe(&self, id: Uuid, reason: Option<&str>) {
         self.with(|a, now| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 let e = &mut c.core.email_address;
                 e.permission_to_send = "unsubscribed".into();
                 e.opt_out_source = Some("Contact".into());
@@ -171,7 +171,7 @@ impl AccountCtl {
     /// bumped (mirrors `unsubscribe`).
     pub fn resubscribe(&self, id: Uuid) {
         self.with(|a, now| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 let e = &mut c.core.email_address;
                 e.permission_to_send = "explicit".into();
                 e.opt_out_source = None;
@@ -186,7 +186,7 @@ impl AccountCtl {
     /// Removes one membership; bumps nothing.
     pub fn leave_list(&self, id: Uuid, list_id: Uuid) {
         self.with(|a, _| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 c.subs.list_memberships.retain(|l| *l != list_id);
             }
         });
@@ -196,7 +196,7 @@ impl AccountCtl {
     /// (deleted_at removed, updated_at bumped).
     pub fn join_list(&self, id: Uuid, list_id: Uuid) {
         self.with(|a, now| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 if c.core.deleted_at.take().is_some() {
                     c.core.updated_at = now;
                 }
@@ -210,7 +210,7 @@ impl AccountCtl {
     /// `deleted_at` = today (a date), memberships cleared, `updated_at` bumped.
     pub fn delete_contact(&self, id: Uuid) {
         self.with(|a, now| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 c.core.deleted_at = Some(now.date_naive());
                 c.subs.list_memberships.clear();
                 c.core.updated_at = now;
@@ -221,7 +221,7 @@ impl AccountCtl {
     /// `deleted_at` removed, `updated_at` bumped (memberships stay gone).
     pub fn restore_contact(&self, id: Uuid) {
         self.with(|a, now| {
-            if let Some(c) = a.contact_mut(&id) {
+            if let Some(mut c) = a.contact_mut(&id) {
                 c.core.deleted_at = None;
                 c.core.updated_at = now;
             }
@@ -263,7 +263,7 @@ impl AccountCtl {
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                if let Some(c) = a.contact_mut(&id) {
+                if let Some(mut c) = a.contact_mut(&id) {
                     c.subs.list_memberships.retain(|l| *l != list_id);
                 }
             }
@@ -275,7 +275,7 @@ impl AccountCtl {
         self.with(|a, _| {
             a.contacts
                 .get(&id)
-                .and_then(|c| serde_json::to_value(c.as_ref()).ok())
+                .and_then(|c| serde_json::to_value(&*c.c).ok())
         })
     }
 
@@ -311,7 +311,7 @@ impl AccountCtl {
 
     /// Contacts that are not deleted.
     pub fn contacts_count(&self) -> usize {
-        self.with(|a, _| a.contacts.values().filter(|c| !c.is_deleted()).count())
+        self.with(|a, _| a.contacts.values().filter(|c| !c.hot.deleted).count())
     }
 
     /// Every import request body received (parsed JSON), in order.
