@@ -609,3 +609,49 @@ async fn a_push_alone_is_refused_without_a_fresh_pull() {
     assert!(r.outcome.is_failure());
     h.finish().await;
 }
+
+#[tokio::test]
+async fn row_errors_of_a_completed_import_map_back_to_their_rows() {
+    let h = harness(10, Duration::from_millis(20), |_| {}).await;
+    let lists = h.ctl.list_ids();
+    let ok1 = queue(
+        &h,
+        "first@example.com",
+        json!({"first_name": "A"}),
+        &lists[..1],
+    )
+    .await;
+    let bad = queue(
+        &h,
+        "second@example.com",
+        json!({"cf:no_such_field_anywhere": "x"}),
+        &lists[..1],
+    )
+    .await;
+    let ok2 = queue(
+        &h,
+        "third@example.com",
+        json!({"first_name": "C"}),
+        &lists[..1],
+    )
+    .await;
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["batches_submitted"], 1, "{stats}");
+    assert_eq!(stats["completed"], 2, "{stats}");
+    assert_eq!(stats["failed"], 1, "{stats}");
+    let r = row(&h, bad).await;
+    assert_eq!(r.state, "failed", "{r:?}");
+    assert!(
+        r.reason.unwrap().contains("no_such_field_anywhere"),
+        "the API's message is kept"
+    );
+    for id in [ok1, ok2] {
+        assert_eq!(row(&h, id).await.state, "completed");
+    }
+    let errors: Value = sqlx::query_scalar("SELECT activity_errors FROM ccsync.import_activities")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(errors.as_array().unwrap().len(), 1, "{errors}");
+    h.finish().await;
+}
