@@ -62,6 +62,11 @@ fn check_config(path: Option<&std::path::Path>) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     println!("{}", settings.redacted_summary());
+    match crate::crypto::check_key(&settings.security) {
+        Ok(Some(warning)) => eprintln!("warning: {warning}"),
+        Ok(None) => {}
+        Err(e) => return config_error(&e),
+    }
     println!("configuration OK");
     ExitCode::SUCCESS
 }

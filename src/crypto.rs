@@ -253,16 +253,25 @@ impl TokenCipher {
     }
 }
 
-/// The `check-config` warning when tokens would be stored in plain text.
-pub fn plain_storage_warning(sec: &SecuritySettings) -> Option<String> {
+/// For `check-config`: a configured key that cannot be loaded is an error naming its key;
+/// no key at all is a warning (tokens would be stored in plain text).
+pub fn check_key(sec: &SecuritySettings) -> Result<Option<String>, crate::config::ConfigError> {
     match TokenCipher::from_settings(sec) {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(
-            "no token key configured: OAuth tokens are stored in plain text in ccsync.oauth_tokens; \
-             set [security] token_key_file (or CCSYNC__SECURITY__TOKEN_KEY, or the systemd credential token_key)"
+        Ok(Some(_)) => Ok(None),
+        Ok(None) => Ok(Some(
+            "no token key configured: OAuth tokens are stored in plain text in \
+             ccsync.oauth_tokens; set [security] token_key_file (or CCSYNC__SECURITY__TOKEN_KEY, \
+             or the systemd credential token_key)"
                 .to_string(),
-        ),
-        Err(e) => Some(format!("token key: {e}")),
+        )),
+        Err(e) => {
+            let key = if sec.token_key.is_some() {
+                "security.token_key"
+            } else {
+                "security.token_key_file"
+            };
+            Err(crate::config::ConfigError::invalid(key, e.to_string()))
+        }
     }
 }
 

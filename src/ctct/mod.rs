@@ -7,6 +7,7 @@ pub mod client;
 pub mod dto;
 pub mod error;
 pub mod limiter;
+pub mod oauth_flows;
 
 pub use auth::{Auth, OAuthClient, TokenSet, TokenStore};
 pub use client::{AccountClient, Api, ApiOptions, ContactsQuery, CONTACT_INCLUDE};
