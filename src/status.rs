@@ -159,7 +159,8 @@ fn summarize(s: &serde_json::Value) -> String {
         "changes_written", "api_requests", "duration_ms", "dry_run",
         // push
         "rows_considered", "batches_submitted", "rows_submitted", "bytes_submitted",
-        "skipped", "failed_invalid", "conflicts", "deferred", "completed", "failed", "retrying",
+        "skipped", "failed_invalid", "conflicts", "deferred", "already_there", "completed", "failed",
+        "retrying",
         "in_flight_left", "stopped",
     ];
     keys.iter()
@@ -190,7 +191,12 @@ fn print_push_plan(plan: &serde_json::Value) {
             text(b, "list_ids")
         );
     }
-    for (label, key) in [("would skip", "skipped"), ("would fail", "failed"), ("deferred", "deferred")] {
+    for (label, key) in [
+        ("would skip", "skipped"),
+        ("would fail", "failed"),
+        ("deferred", "deferred"),
+        ("already", "already_there"),
+    ] {
         for t in list(key) {
             println!(
                 "    {label:<11} #{} {}: {}",

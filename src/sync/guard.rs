@@ -180,6 +180,9 @@ pub struct GuardPlan {
     pub failed: Vec<Terminal>,
     /// Rows left `pending` for a later run.
     pub deferred: Vec<Terminal>,
+    /// Rows whose every value and list Constant Contact already has: `completed` with
+    /// nothing to send (e.g. a batch whose answer was lost but which did run).
+    pub already: Vec<Terminal>,
     pub conflicts: Vec<Conflict>,
 }
 
@@ -618,12 +621,16 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
             }
             let adds_list = lists.iter().any(|l| !p.memberships.contains(l));
             if fields.is_empty() && !adds_list {
-                let why = if notes.is_empty() {
-                    "nothing to push: Constant Contact already has these values and lists".into()
+                if notes.is_empty() {
+                    out.already.push(terminal(
+                        "already in Constant Contact: every value and list is there".into(),
+                    ));
                 } else {
-                    format!("nothing left to push: {}", notes.join("; "))
-                };
-                out.skipped.push(terminal(why));
+                    out.skipped.push(terminal(format!(
+                        "nothing left to push: {}",
+                        notes.join("; ")
+                    )));
+                }
                 continue;
             }
             if lists.is_empty() {
@@ -910,6 +917,29 @@ mod tests {
         assert_eq!(p.skipped.len(), 1);
         assert!(p.skipped[0].reason.contains("nothing left"));
         assert_eq!(p.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn a_row_constant_contact_already_reflects_is_done_not_skipped() {
+        let mut i = input();
+        let mut pr = primary(5, "implicit", &[1]);
+        pr.scalars.insert("first_name".into(), json!("Same"));
+        i.contacts.insert("a@b.c".into(), pr);
+        // Our own import (whose answer was lost) created the contact after the row.
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![PrimaryChange {
+                at: t(150),
+                kind: "created".into(),
+                field: None,
+                old_value: None,
+                new_value: None,
+            }],
+        );
+        let p = plan(&[row(1, "a@b.c", json!({"first_name": "Same"}), &[1])], &i);
+        assert!(p.items.is_empty() && p.skipped.is_empty() && p.conflicts.is_empty());
+        assert_eq!(p.already.len(), 1);
+        assert!(p.already[0].reason.contains("already"));
     }
 
     #[test]
@@ -1263,7 +1293,8 @@ mod tests {
             for id in p.items.iter().flat_map(|i| i.row_ids.iter().copied())
                 .chain(p.skipped.iter().map(|t| t.row_id))
                 .chain(p.failed.iter().map(|t| t.row_id))
-                .chain(p.deferred.iter().map(|t| t.row_id)) {
+                .chain(p.deferred.iter().map(|t| t.row_id))
+                .chain(p.already.iter().map(|t| t.row_id)) {
                 *seen.entry(id).or_default() += 1;
             }
             prop_assert_eq!(seen.len(), rows.len());

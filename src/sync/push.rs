@@ -60,6 +60,8 @@ pub struct PushStats {
     pub failed_invalid: u64,
     pub conflicts: u64,
     pub deferred: u64,
+    /// Rows Constant Contact already reflects (completed without sending anything).
+    pub already_there: u64,
     pub completed: u64,
     pub failed: u64,
     pub retrying: u64,
@@ -86,6 +88,7 @@ pub struct DryPlan {
     pub failed: Vec<Value>,
     pub conflicts: Vec<Value>,
     pub deferred: Vec<Value>,
+    pub already_there: Vec<Value>,
 }
 
 fn sample(out: &mut Vec<Value>, v: Value) {
@@ -224,6 +227,7 @@ async fn submit(
         stats.failed_invalid += failed.len() as u64;
         stats.conflicts += plan.conflicts.len() as u64;
         stats.deferred += plan.deferred.len() as u64;
+        stats.already_there += plan.already.len() as u64;
         let mut log: Vec<LocalChange> = plan
             .conflicts
             .iter()
@@ -254,6 +258,9 @@ async fn submit(
             for t in &plan.deferred {
                 sample(&mut p.deferred, terminal_json(t));
             }
+            for t in &plan.already {
+                sample(&mut p.already_there, terminal_json(t));
+            }
             for c in &plan.conflicts {
                 sample(
                     &mut p.conflicts,
@@ -277,6 +284,9 @@ async fn submit(
         store::outbound::set_state(&mut tx, "pending", &ids, "skipped", &reasons).await?;
         let (ids, reasons) = split(&failed);
         store::outbound::set_state(&mut tx, "pending", &ids, "failed", &reasons).await?;
+        let (ids, reasons) = split(&plan.already);
+        stats.completed +=
+            store::outbound::set_state(&mut tx, "pending", &ids, "completed", &reasons).await?;
         store::outbound::append_changes(&mut tx, &account, run_id, &log).await?;
         tx.commit().await.context("committing the push plan")?;
         for b in cut.batches {

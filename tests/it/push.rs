@@ -655,3 +655,57 @@ async fn row_errors_of_a_completed_import_map_back_to_their_rows() {
     assert_eq!(errors.as_array().unwrap().len(), 1, "{errors}");
     h.finish().await;
 }
+
+/// The window between the POST and the commit that records it: the import ran, its answer
+/// was lost. The rows stay in the queue and the next run sends them again (safe: the same
+/// values twice); nothing is lost and nothing is marked done without an activity.
+#[tokio::test]
+async fn a_lost_answer_to_the_import_resends_the_batch_later_and_loses_nothing() {
+    let h = harness(10, Duration::from_millis(20), |_| {}).await;
+    let lists = h.ctl.list_ids();
+    h.sb.inject(Fault::TruncateBody {
+        path_prefix: "/activities/contacts_json_import".into(),
+        times: 1,
+    });
+    let id = queue(
+        &h,
+        "lost@example.com",
+        json!({"first_name": "L"}),
+        &lists[..1],
+    )
+    .await;
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["retrying"], 1, "{stats}");
+    let r = row(&h, id).await;
+    assert_eq!((r.state.as_str(), r.attempts), ("pending", 1), "{r:?}");
+    assert_eq!(r.activity_id, None, "no activity was recorded");
+    assert_eq!(h.ctl.imports().len(), 1, "the import did run");
+    assert_eq!(
+        h.count("SELECT count(*) FROM ccsync.import_activities")
+            .await,
+        0
+    );
+    let due: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM ccsync.outbound WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    tokio::time::sleep((due - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    push_ok(&h).await;
+    let r = row(&h, id).await;
+    assert_eq!(r.state, "completed", "{r:?}");
+    // The guard ran again on the freshly pulled store, which already shows the lost
+    // import's effect: nothing needed sending. (Had the pull not shown it, the batch would
+    // have been sent again: the same values twice.)
+    assert!(h.ctl.imports().len() <= 2);
+    assert_eq!(
+        h.count("SELECT count(*) FROM ccsync.outbound WHERE state <> 'completed'")
+            .await,
+        0
+    );
+    let c = h.ctl.contact_by_email("lost@example.com").unwrap();
+    assert_eq!(c["first_name"], "L");
+    assert_eq!(c["email_address"]["permission_to_send"], "implicit");
+    h.finish().await;
+}
