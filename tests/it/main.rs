@@ -9,4 +9,5 @@ mod crash;
 mod helpers;
 mod sandbox_api;
 mod schema;
+mod oauth;
 mod push;
