@@ -168,7 +168,21 @@ pub struct ScheduleSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerSettings {
+    /// `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// On SIGTERM/SIGINT, how long running jobs may take to reach a page boundary and
+    /// commit before the process exits anyway (keep it below systemd's `TimeoutStopSec`).
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Accounts one replica syncs at the same time (each holds two database connections).
+    pub max_concurrent_accounts: usize,
+    /// `/readyz` fails when a job's runs have failed, with no success, for longer than
+    /// this or three periods of its own schedule, whichever is longer.
+    #[serde(deserialize_with = "duration")]
+    pub ready_failing_after: Duration,
+    /// How often the gauges of `/metrics` (lag, backlog, budget) are refreshed.
+    #[serde(deserialize_with = "duration")]
+    pub metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +336,18 @@ impl Settings {
         for (key, expr) in self.schedule.entries() {
             parse_cron(expr).map_err(|m| ConfigError::invalid(format!("schedule.{key}"), m))?;
         }
+        if self.server.max_concurrent_accounts == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_concurrent_accounts",
+                "must be at least 1",
+            ));
+        }
+        if self.server.shutdown_grace.is_zero() {
+            return Err(ConfigError::invalid("server.shutdown_grace", "must be greater than 0"));
+        }
+        if self.server.metrics_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("server.metrics_interval", "must be at least 1s"));
+        }
         if !matches!(
             self.log.level.to_ascii_lowercase().as_str(),
             "trace" | "debug" | "info" | "warn" | "error"
@@ -451,8 +477,13 @@ impl Settings {
             out.push_str(&format!("{k} = {v:?}\n"));
         }
         out.push_str(&format!(
-            "\n[server]\nlisten = \"{}\"\n\n[log]\nformat = \"{:?}\"\nlevel = {:?}\n",
-            self.server.listen, self.log.format, self.log.level
+            "\n[server]\nlisten = \"{}\"\nshutdown_grace = {:?}\nmax_concurrent_accounts = {}\nready_failing_after = {:?}\nmetrics_interval = {:?}\n\n[log]\nformat = \"{:?}\"\nlevel = {:?}\n",
+            self.server.listen,
+            humantime::format_duration(self.server.shutdown_grace).to_string(),
+            self.server.max_concurrent_accounts,
+            humantime::format_duration(self.server.ready_failing_after).to_string(),
+            humantime::format_duration(self.server.metrics_interval).to_string(),
+            self.log.format, self.log.level
         ));
         out.push_str(&format!(
             "\n[security]\ntoken_key_file = {}\ntoken_key = {}\n",

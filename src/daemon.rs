@@ -1,14 +1,86 @@
-//! `ccsync run` and `ccsync healthcheck`. Not built yet.
+//! `ccsync run` (the daemon) and `ccsync healthcheck` (Docker's HEALTHCHECK, which has no
+//! curl in a distroless image).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
 
 use crate::config::Settings;
+use crate::shutdown::{self, Signals};
+use crate::startup::Application;
 
-pub async fn run(_settings: Arc<Settings>, _no_migrate: bool) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`ccsync run` is not available in this build yet")
+/// Signal handlers first, then build (connect, migrate, bind) and serve until stopped.
+pub async fn run(settings: Arc<Settings>, no_migrate: bool) -> anyhow::Result<ExitCode> {
+    settings.validate_for_sync()?;
+    let signals = Signals::install()?;
+    let cancel = CancellationToken::new();
+    let config_path = config_path();
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let signal_task = tokio::spawn(shutdown::signal_loop(signals, cancel.clone(), move || {
+        let _ = reload_tx.send(());
+    }));
+
+    let app = tokio::select! {
+        app = Application::build(settings, !no_migrate) => app?,
+        _ = cancel.cancelled() => {
+            info!("stopped before start-up finished");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let reloader = app.reloader();
+    // SIGHUP: re-read the file and the environment; a configuration that does not load or
+    // validate is rejected and the running one kept.
+    let reload_task = tokio::spawn(async move {
+        while reload_rx.recv().await.is_some() {
+            info!("SIGHUP: reloading the configuration");
+            match Settings::load(config_path.as_deref())
+                .and_then(|s| s.validate_for_sync().map(|_| s))
+            {
+                Ok(s) => {
+                    reloader.reload(Arc::new(s));
+                }
+                Err(e) => {
+                    ::metrics::counter!("ccsync_config_reloads_total", "outcome" => "rejected")
+                        .increment(1);
+                    error!(error = %e, "configuration reload rejected; keeping the running configuration");
+                }
+            }
+        }
+    });
+    app.run_until_stopped(cancel).await?;
+    reload_task.abort();
+    signal_task.abort();
+    Ok(ExitCode::SUCCESS)
 }
 
+/// The `--config` path of this process (clap already accepted these arguments once; the
+/// dispatcher hands over only the loaded settings).
+fn config_path() -> Option<PathBuf> {
+    crate::cli::Cli::try_parse().ok().and_then(|c| c.config)
+}
+
+/// GETs `url` and exits 0 on a 2xx answer, 1 otherwise (with the body on stderr).
 pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`ccsync healthcheck {url}` is not available in this build yet")
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    match client.get(url).send().await {
+        Ok(resp) if resp.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            eprintln!("ccsync healthcheck: {url} answered {status}: {body}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("ccsync healthcheck: {url}: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -14,7 +14,7 @@ use url::Url;
 use super::auth::Auth;
 use super::dto::{ContactListsPage, ContactsPage};
 use super::error::{parse_error_body, Error};
-use super::limiter::{Budget, Pacer, RequestBudget};
+use super::limiter::{Budget, Pacer, RequestBudget, SharedPacer};
 
 /// Everything shared by the accounts of one API key.
 pub struct Api {
@@ -23,6 +23,8 @@ pub struct Api {
     origin: Url,
     auth: Arc<Auth>,
     pacer: Pacer,
+    /// Cross-replica pacing; replaces `pacer` when set (`with_shared_pacer`).
+    shared_pacer: Option<Arc<dyn SharedPacer>>,
     budget: Arc<dyn RequestBudget>,
     max_retries: usize,
     /// First retry delay; doubled each time up to `max_delay`.
@@ -73,12 +75,31 @@ impl Api {
             origin,
             auth,
             pacer: Pacer::new(opts.requests_per_second),
+            shared_pacer: None,
             budget,
             max_retries: opts.max_retries as usize,
             min_delay: opts.min_delay,
             max_delay: opts.max_delay,
             cancel,
         })
+    }
+
+    /// Paces requests through slots shared by every replica instead of this process alone.
+    pub fn with_shared_pacer(mut self, pacer: Option<Arc<dyn SharedPacer>>) -> Self {
+        self.shared_pacer = pacer;
+        self
+    }
+
+    /// Waits for this process's next request slot (shared across replicas when set).
+    async fn pace(&self) -> Result<(), Error> {
+        let Some(shared) = &self.shared_pacer else {
+            self.pacer.ready().await;
+            return Ok(());
+        };
+        tokio::select! {
+            r = shared.wait_turn() => r.map_err(Error::Budget),
+            _ = self.cancel.cancelled() => Err(Error::Cancelled),
+        }
     }
 
     /// A client acting for one connected account.
@@ -245,7 +266,6 @@ impl AccountClient {
             if api.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            api.pacer.ready().await;
             match api.budget.take(&self.account).await.map_err(Error::Budget)? {
                 Budget::Granted { .. } => {}
                 Budget::Exhausted => {
@@ -254,6 +274,9 @@ impl AccountClient {
                     })
                 }
             }
+            // Pacing last, right before the send: nothing (a budget round trip, a pool
+            // wait) may stand between the request slot and the request.
+            api.pace().await?;
             self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut req = api
                 .http
@@ -266,7 +289,10 @@ impl AccountClient {
             }
             let result = match req.send().await {
                 Ok(resp) => classify(endpoint, resp).await,
-                Err(source) => Err(Error::Transport { endpoint, source }),
+                Err(source) => {
+                    metrics::counter!("ccsync_api_requests_total", "endpoint" => endpoint, "status" => "transport_error").increment(1);
+                    Err(Error::Transport { endpoint, source })
+                }
             };
             let err = match result {
                 Ok(bytes) => {
@@ -317,6 +343,7 @@ impl AccountClient {
 
 async fn classify(endpoint: &'static str, resp: reqwest::Response) -> Result<Vec<u8>, Error> {
     let status = resp.status();
+    metrics::counter!("ccsync_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)

@@ -47,6 +47,14 @@ pub enum Budget {
 
 pub type BudgetError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Request slots shared by every process using the API key (requests per second across
+/// replicas; `store::pacer` keeps them in PostgreSQL). When set, it replaces the
+/// in-process `Pacer`.
+pub trait SharedPacer: Send + Sync {
+    /// Waits until this process may send its next request.
+    fn wait_turn<'a>(&'a self) -> BoxFuture<'a, Result<(), BudgetError>>;
+}
+
 /// Counts requests per UTC day, shared across replicas.
 pub trait RequestBudget: Send + Sync {
     /// Counts one request for `account` unless today's budget is spent.

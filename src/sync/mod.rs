@@ -316,7 +316,11 @@ pub fn context(
             budget,
             cancel.clone(),
         )
-        .context("constant_contact.api_base")?,
+        .context("constant_contact.api_base")?
+        .with_shared_pacer(
+            store::pacer::PgPacer::new(pool.clone(), &c.client_id, c.requests_per_second)
+                .map(|p| Arc::new(p) as Arc<dyn crate::ctct::limiter::SharedPacer>),
+        ),
     );
     Ok(JobContext {
         pool,

@@ -11,3 +11,4 @@ mod sandbox_api;
 mod schema;
 mod oauth;
 mod push;
+mod daemon;

@@ -1,0 +1,321 @@
+//! Prometheus metrics. Every name starts with `ccsync_`; labels are accounts, jobs,
+//! endpoints, outcomes and states, never contacts or emails.
+//!
+//! Counters and histograms are recorded where things happen (runs here, API requests in
+//! `ctct::client`, pacer waits in `store::pacer`); the gauges that describe the shared
+//! database (lag, backlog, budget left) are refreshed every `server.metrics_interval` by
+//! [`upkeep_loop`], which also runs the exporter's upkeep (it spawns none of its own).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::store;
+
+/// Names of the metrics, for the documentation test and `docs/deployment.md`.
+pub const NAMES: &[&str] = &[
+    "ccsync_runs_total",
+    "ccsync_run_duration_seconds",
+    "ccsync_contacts_pulled_total",
+    "ccsync_contacts_pushed_total",
+    "ccsync_contacts_skipped_total",
+    "ccsync_api_requests_total",
+    "ccsync_api_budget_remaining",
+    "ccsync_api_requests_today",
+    "ccsync_pacer_wait_seconds",
+    "ccsync_watermark_lag_seconds",
+    "ccsync_last_success_age_seconds",
+    "ccsync_outbound_rows",
+    "ccsync_import_activities_in_flight",
+    "ccsync_import_activity_duration_seconds",
+    "ccsync_accounts_needing_reauth",
+    "ccsync_schedule_ticks_total",
+    "ccsync_config_reloads_total",
+    "ccsync_scheduler_heartbeat_age_seconds",
+    "ccsync_build_info",
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls return the same handle, so that
+/// tests may build several applications in one process).
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("ccsync_run_duration_seconds".into()),
+            &[
+                0.05, 0.25, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ccsync_pacer_wait_seconds".into()),
+            &[0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ccsync_import_activity_duration_seconds".into()),
+            &[
+                1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 21600.0,
+            ],
+        )?
+        .install_recorder();
+    let handle = match handle {
+        Ok(h) => h,
+        // Another thread won the race (or a recorder exists): use the stored handle.
+        Err(e) => return HANDLE.get().cloned().ok_or_else(|| anyhow::anyhow!("{e}")),
+    };
+    let handle = HANDLE.get_or_init(|| handle).clone();
+    describe();
+    gauge!("ccsync_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!("ccsync_runs_total", "Job runs by account, job and outcome");
+    describe_histogram!(
+        "ccsync_run_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of job runs"
+    );
+    describe_counter!(
+        "ccsync_contacts_pulled_total",
+        "Contacts read from Constant Contact"
+    );
+    describe_counter!(
+        "ccsync_contacts_pushed_total",
+        "Outbound rows completed by imports"
+    );
+    describe_counter!(
+        "ccsync_contacts_skipped_total",
+        "Contacts or outbound rows skipped, with a reason recorded"
+    );
+    describe_counter!(
+        "ccsync_api_requests_total",
+        "API requests by endpoint and HTTP status"
+    );
+    describe_gauge!(
+        "ccsync_api_budget_remaining",
+        "Requests left today under daily_request_limit (all replicas)"
+    );
+    describe_gauge!(
+        "ccsync_api_requests_today",
+        "Requests counted today (all replicas)"
+    );
+    describe_histogram!(
+        "ccsync_pacer_wait_seconds",
+        metrics::Unit::Seconds,
+        "Wait for a shared request slot"
+    );
+    describe_gauge!(
+        "ccsync_watermark_lag_seconds",
+        "Seconds between now and the job's watermark"
+    );
+    describe_gauge!(
+        "ccsync_last_success_age_seconds",
+        "Seconds since the job last succeeded"
+    );
+    describe_gauge!("ccsync_outbound_rows", "Outbound rows by account and state");
+    describe_gauge!(
+        "ccsync_import_activities_in_flight",
+        "Import activities not finished"
+    );
+    describe_histogram!(
+        "ccsync_import_activity_duration_seconds",
+        metrics::Unit::Seconds,
+        "Submission to end of import activities"
+    );
+    describe_gauge!(
+        "ccsync_accounts_needing_reauth",
+        "Accounts whose refresh token was refused"
+    );
+    describe_counter!(
+        "ccsync_schedule_ticks_total",
+        "Scheduled cycles by outcome: ran, claimed_elsewhere, busy, no_capacity, recovered"
+    );
+    describe_counter!("ccsync_config_reloads_total", "SIGHUP reloads by outcome");
+    describe_gauge!(
+        "ccsync_scheduler_heartbeat_age_seconds",
+        "Seconds since the scheduler loop last ticked"
+    );
+    describe_gauge!("ccsync_build_info", "Version of the running binary");
+}
+
+/// Records one run: count by outcome, duration, and the contacts it moved (from its stats).
+pub fn record_run(
+    account: &str,
+    job: &str,
+    outcome: &str,
+    elapsed: Duration,
+    stats: Option<&Value>,
+) {
+    let (a, j) = (account.to_string(), job.to_string());
+    counter!("ccsync_runs_total", "account" => a.clone(), "job" => j.clone(), "outcome" => outcome.to_string())
+        .increment(1);
+    if outcome == "skipped" {
+        return;
+    }
+    histogram!("ccsync_run_duration_seconds", "account" => a.clone(), "job" => j.clone())
+        .record(elapsed.as_secs_f64());
+    let Some(stats) = stats else { return };
+    let moved = contacts_moved(stats);
+    if moved.pulled > 0 {
+        counter!("ccsync_contacts_pulled_total", "account" => a.clone(), "job" => j.clone())
+            .increment(moved.pulled);
+    }
+    if moved.pushed > 0 {
+        counter!("ccsync_contacts_pushed_total", "account" => a.clone()).increment(moved.pushed);
+    }
+    if moved.skipped > 0 {
+        counter!("ccsync_contacts_skipped_total", "account" => a, "job" => j)
+            .increment(moved.skipped);
+    }
+}
+
+/// Contacts a run moved, read from its stats JSON.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub pulled: u64,
+    pub pushed: u64,
+    pub skipped: u64,
+}
+
+/// Reads the counts from a run's stats: pulls report `seen`, pushes `completed` (or
+/// `pushed`), and both report what they skipped (`skipped`, `outbound_skipped`).
+pub fn contacts_moved(stats: &Value) -> Moved {
+    let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Moved {
+        pulled: n("seen"),
+        pushed: n("completed").max(n("pushed")),
+        skipped: n("skipped") + n("outbound_skipped"),
+    }
+}
+
+/// Records the import activities of `account` that ended since `since` (after a push run).
+pub async fn record_activities(pool: &PgPool, account: &str, since: chrono::DateTime<chrono::Utc>) {
+    let Ok(mut conn) = pool.acquire().await else {
+        return;
+    };
+    match store::ops::activities_finished_since(&mut conn, account, since).await {
+        Ok(rows) => {
+            for (state, secs) in rows {
+                histogram!("ccsync_import_activity_duration_seconds", "account" => account.to_string(), "state" => state)
+                    .record(secs.max(0.0));
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read finished import activities"),
+    }
+}
+
+/// Refreshes the gauges that describe the shared database.
+pub async fn refresh_gauges(pool: &PgPool, settings: &Settings) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let used: i64 = store::usage::used_today(&mut conn)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    let exhausted = store::usage::quota_exhausted_today(&mut conn).await?;
+    let limit = settings.constant_contact.daily_request_limit as i64;
+    let left = if exhausted { 0 } else { (limit - used).max(0) };
+    gauge!("ccsync_api_budget_remaining").set(left as f64);
+    gauge!("ccsync_api_requests_today").set(used as f64);
+    for (account, job, wm, success) in store::ops::lags(&mut conn).await? {
+        if let Some(s) = wm {
+            gauge!("ccsync_watermark_lag_seconds", "account" => account.clone(), "job" => job.clone()).set(s);
+        }
+        if let Some(s) = success {
+            gauge!("ccsync_last_success_age_seconds", "account" => account, "job" => job).set(s);
+        }
+    }
+    // Every state of every configured account, so that an emptied state reads 0.
+    let rows = store::status::outbound_by_state(&mut conn).await?;
+    for a in &settings.accounts {
+        for state in ["pending", "submitted", "completed", "skipped", "failed"] {
+            let n = rows
+                .iter()
+                .find(|(acc, st, _)| acc == &a.id && st == state)
+                .map_or(0, |r| r.2);
+            gauge!("ccsync_outbound_rows", "account" => a.id.clone(), "state" => state)
+                .set(n as f64);
+        }
+    }
+    let in_flight = store::status::activities_in_flight(&mut conn).await?;
+    for a in &settings.accounts {
+        let n = in_flight
+            .iter()
+            .find(|(acc, _)| acc == &a.id)
+            .map_or(0, |r| r.1);
+        gauge!("ccsync_import_activities_in_flight", "account" => a.id.clone()).set(n as f64);
+    }
+    let reauth = store::ops::accounts_needing_reauth(&mut conn).await?;
+    gauge!("ccsync_accounts_needing_reauth").set(reauth.len() as f64);
+    Ok(())
+}
+
+/// Every `interval`: the exporter's upkeep (histogram maintenance) and the gauges. Ends
+/// when `cancel` fires.
+pub async fn upkeep_loop(
+    handle: PrometheusHandle,
+    pool: PgPool,
+    settings: tokio::sync::watch::Receiver<std::sync::Arc<Settings>>,
+    heartbeat: std::sync::Arc<crate::scheduler::Heartbeat>,
+    cancel: CancellationToken,
+) {
+    loop {
+        handle.run_upkeep();
+        gauge!("ccsync_scheduler_heartbeat_age_seconds").set(heartbeat.age().as_secs_f64());
+        let current = settings.borrow().clone();
+        if let Err(e) = refresh_gauges(&pool, &current).await {
+            tracing::warn!(error = %e, "cannot refresh the metrics gauges");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(current.server.metrics_interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_metric_name_starts_with_ccsync() {
+        for n in NAMES {
+            assert!(n.starts_with("ccsync_"), "{n}");
+        }
+    }
+
+    #[test]
+    fn moved_counts_come_from_pull_and_push_stats() {
+        let pull = json!({"seen": 40, "created": 3, "outbound_skipped": 2});
+        assert_eq!(
+            contacts_moved(&pull),
+            Moved {
+                pulled: 40,
+                pushed: 0,
+                skipped: 2
+            }
+        );
+        let push = json!({"completed": 7, "skipped": 1});
+        assert_eq!(
+            contacts_moved(&push),
+            Moved {
+                pulled: 0,
+                pushed: 7,
+                skipped: 1
+            }
+        );
+        assert_eq!(contacts_moved(&json!(null)), Moved::default());
+        assert_eq!(contacts_moved(&json!({"seen": "x"})), Moved::default());
+    }
+}

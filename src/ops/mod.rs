@@ -1,0 +1,6 @@
+//! What operators see of a running daemon: the health/metrics listener, Prometheus
+//! metrics, and systemd notifications.
+
+pub mod health;
+pub mod metrics;
+pub mod notify;

@@ -1,0 +1,492 @@
+//! Cron glue: tokio-cron-scheduler fires, this module turns each firing into one cycle per
+//! account, spawned on the `TaskTracker` and run through `sync::run_guarded`.
+//!
+//! tokio-cron-scheduler neither prevents overlap nor waits at shutdown and fires each
+//! expression on its own, so:
+//! - every distinct `[schedule]` expression is one scheduler entry, and the first firing
+//!   of a tick (in this process) dispatches the jobs due at that tick as one ordered cycle
+//!   per account (`plan`): coincident ticks are merged, push follows fresh pulls;
+//! - a cycle first claims `(account, tick)` in `schedule_claims` (so a replica that fires
+//!   the same tick later does nothing), then takes the account's cycle lock on a dedicated
+//!   connection (so cycles of one account never overlap; a busy lock means the firing is
+//!   skipped, recorded as `skipped` runs), then takes over any claim a dead replica left
+//!   unfinished, then runs its jobs, each under its own run lock (`run_guarded`);
+//! - at most `server.max_concurrent_accounts` cycles run at once in a replica; a cycle
+//!   waits for a slot until the next tick, so idle replicas claim what busy ones cannot;
+//! - firings check the cancellation token and work only through the tracker, which the
+//!   shutdown drains with a grace period.
+//!
+//! Times are UTC; expressions have six fields (seconds first).
+
+pub mod plan;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use croner::Cron;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::Semaphore;
+use tokio_cron_scheduler::{Job as CronJob, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+use crate::config::{AccountSettings, Settings};
+use crate::ops::metrics;
+use crate::store;
+use crate::sync::{self, Job, JobContext, Outcome};
+use plan::{Decision, Ended, Schedule};
+
+/// When the scheduler loop last ticked (a one-second entry beats it); the systemd
+/// watchdog is fed only while it is fresh.
+pub struct Heartbeat {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat (since creation when it never beat).
+    pub fn age(&self) -> Duration {
+        let now = self.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// What firings read: swapped as a whole on SIGHUP, so that a cycle keeps the context it
+/// started with.
+pub struct Plan {
+    pub ctx: JobContext,
+    pub schedule: Schedule,
+    pub accounts: Vec<AccountSettings>,
+    pub max_concurrent: usize,
+}
+
+impl Plan {
+    pub fn new(ctx: JobContext) -> anyhow::Result<Plan> {
+        let settings: &Settings = &ctx.settings;
+        let schedule =
+            Schedule::from_settings(&settings.schedule).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Plan {
+            accounts: settings.accounts.clone(),
+            max_concurrent: settings.server.max_concurrent_accounts,
+            schedule,
+            ctx,
+        })
+    }
+}
+
+struct Shared {
+    plan: RwLock<Arc<Plan>>,
+    permits: RwLock<Arc<Semaphore>>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    /// Ticks already dispatched by this process (the entries of coincident expressions
+    /// all fire; only the first dispatches).
+    recent: Mutex<VecDeque<DateTime<Utc>>>,
+    heartbeat: Arc<Heartbeat>,
+    replica: String,
+}
+
+/// The running scheduler of one `ccsync run`.
+pub struct Scheduler {
+    sched: JobScheduler,
+    entries: Vec<(String, Uuid)>,
+    shared: Arc<Shared>,
+}
+
+/// A name for this process in `schedule_claims.replica`.
+fn replica_name() -> String {
+    // /proc/sys is hidden under systemd's ProcSubset=pid; /etc/hostname is the fallback.
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn lock_or_recover<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn plan(&self) -> Arc<Plan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn permits(&self) -> Arc<Semaphore> {
+        self.permits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True for the first firing of `tick` in this process.
+    fn first_firing_of(&self, tick: DateTime<Utc>) -> bool {
+        let mut recent = lock_or_recover(&self.recent);
+        if recent.contains(&tick) {
+            return false;
+        }
+        recent.push_back(tick);
+        while recent.len() > 64 {
+            recent.pop_front();
+        }
+        true
+    }
+
+    /// One firing of `cron`: dispatch the tick's cycles unless this tick is already done.
+    fn fire(self: &Arc<Self>, cron: &Cron) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let now = Utc::now();
+        let Some(tick) = plan::tick_of(cron, now) else {
+            warn!(
+                expression = cron.pattern.to_string(),
+                "a firing came too late; dropped"
+            );
+            return;
+        };
+        if !self.first_firing_of(tick) {
+            return;
+        }
+        let plan = self.plan();
+        let due = plan.schedule.due_at(tick);
+        if due.is_empty() {
+            return;
+        }
+        for account in &plan.accounts {
+            let span = info_span!("cycle", account = %account.id, tick = %tick.format("%H:%M:%S"));
+            let task = cycle(
+                self.clone(),
+                plan.clone(),
+                account.clone(),
+                tick,
+                due.clone(),
+            );
+            self.tracker.spawn(task.instrument(span));
+        }
+    }
+}
+
+impl Scheduler {
+    /// Registers every expression of `plan` and starts ticking.
+    pub async fn start(
+        plan: Plan,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+        heartbeat: Arc<Heartbeat>,
+    ) -> anyhow::Result<Scheduler> {
+        let sched = JobScheduler::new()
+            .await
+            .context("creating the scheduler")?;
+        let shared = Arc::new(Shared {
+            permits: RwLock::new(Arc::new(Semaphore::new(plan.max_concurrent))),
+            plan: RwLock::new(Arc::new(plan)),
+            tracker,
+            cancel,
+            recent: Mutex::new(VecDeque::new()),
+            heartbeat,
+            replica: replica_name(),
+        });
+        let hb = shared.heartbeat.clone();
+        sched
+            .add(
+                CronJob::new("* * * * * *", move |_, _| hb.beat())
+                    .context("registering the heartbeat")?,
+            )
+            .await
+            .context("registering the heartbeat")?;
+        let mut me = Scheduler {
+            sched,
+            entries: Vec::new(),
+            shared,
+        };
+        me.register().await?;
+        me.sched.start().await.context("starting the scheduler")?;
+        me.shared.heartbeat.beat();
+        Ok(me)
+    }
+
+    async fn register(&mut self) -> anyhow::Result<()> {
+        for (expr, cron) in self.shared.plan().schedule.expressions() {
+            let shared = self.shared.clone();
+            let job = CronJob::new_async(expr.as_str(), move |_, _| {
+                let (shared, cron) = (shared.clone(), cron.clone());
+                Box::pin(async move { shared.fire(&cron) })
+            })
+            .with_context(|| format!("scheduling {expr:?}"))?;
+            let id = self
+                .sched
+                .add(job)
+                .await
+                .with_context(|| format!("scheduling {expr:?}"))?;
+            self.entries.push((expr, id));
+        }
+        Ok(())
+    }
+
+    /// The replica name written in claims.
+    pub fn replica(&self) -> &str {
+        &self.shared.replica
+    }
+
+    /// Applies a reloaded configuration: later firings use `plan`; cycles in flight keep
+    /// the plan they started with.
+    pub async fn replace(&mut self, plan: Plan) -> anyhow::Result<()> {
+        let old = self.shared.plan();
+        let new_exprs: Vec<String> = plan
+            .schedule
+            .expressions()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        if plan.max_concurrent != old.max_concurrent {
+            *self
+                .shared
+                .permits
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Arc::new(Semaphore::new(plan.max_concurrent));
+        }
+        *self.shared.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(plan);
+        let old_exprs: Vec<String> = self.entries.iter().map(|(e, _)| e.clone()).collect();
+        if old_exprs != new_exprs {
+            for (_, id) in std::mem::take(&mut self.entries) {
+                self.sched
+                    .remove(&id)
+                    .await
+                    .context("removing an old schedule entry")?;
+            }
+            self.register().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over cycles left unfinished (by a crash, a kill, or a shutdown that cut a cycle
+    /// short) now rather than at each account's next tick.
+    pub async fn recover_on_start(&self) -> anyhow::Result<usize> {
+        let plan = self.shared.plan();
+        let ids: Vec<String> = plan.accounts.iter().map(|a| a.id.clone()).collect();
+        let mut conn = plan
+            .ctx
+            .pool
+            .acquire()
+            .await
+            .context("acquiring a connection")?;
+        let open = store::schedule::accounts_with_open_claims(&mut conn, &ids)
+            .await
+            .context("looking for unfinished cycles")?;
+        // A tick with a fraction of a second cannot collide with a scheduled (whole-second) one.
+        let tick = Utc::now();
+        for account in plan.accounts.iter().filter(|a| open.contains(&a.id)) {
+            let span = info_span!("recovery", account = %account.id);
+            let task = cycle(
+                self.shared.clone(),
+                plan.clone(),
+                account.clone(),
+                tick,
+                Vec::new(),
+            );
+            self.shared.tracker.spawn(task.instrument(span));
+        }
+        Ok(open.len())
+    }
+
+    /// Stops firing. It does not wait for running cycles: the caller cancels the token and
+    /// drains the tracker (tokio-cron-scheduler's shutdown only flips a flag).
+    pub async fn stop(&mut self) {
+        if let Err(e) = self.sched.shutdown().await {
+            warn!(error = %e, "scheduler shutdown reported an error");
+        }
+    }
+}
+
+/// One account's cycle at `tick`: wait for a slot, claim, lock, run.
+async fn cycle(
+    shared: Arc<Shared>,
+    plan: Arc<Plan>,
+    account: AccountSettings,
+    tick: DateTime<Utc>,
+    due: Vec<Job>,
+) {
+    let permits = shared.permits();
+    let wait = plan
+        .schedule
+        .next_after(tick)
+        .and_then(|next| (next - Utc::now()).to_std().ok())
+        .unwrap_or(Duration::ZERO);
+    let permit = tokio::select! {
+        p = permits.acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+        _ = tokio::time::sleep(wait) => {
+            ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "no_capacity").increment(1);
+            warn!("no free slot in this replica before the next tick; left to other replicas");
+            return;
+        }
+        _ = shared.cancel.cancelled() => return,
+    };
+    if shared.cancel.is_cancelled() {
+        return;
+    }
+    if let Err(e) = claim_and_run(&shared, &plan, &account, tick, &due).await {
+        error!(error.message = %e, error.cause_chain = ?e, "scheduled cycle failed");
+    }
+    drop(permit);
+}
+
+async fn claim_and_run(
+    shared: &Shared,
+    plan: &Plan,
+    account: &AccountSettings,
+    tick: DateTime<Utc>,
+    due: &[Job],
+) -> anyhow::Result<()> {
+    let ctx = &plan.ctx;
+    let mut conn = PgConnection::connect_with(&ctx.connect)
+        .await
+        .context("opening the connection that holds the cycle lock")?;
+    let jobs = plan::cycle_jobs(due, &[]);
+    let names: Vec<&str> = jobs.iter().map(|j| j.as_str()).collect();
+    let claimed = store::schedule::try_claim(&mut conn, &account.id, tick, &names, &shared.replica)
+        .await
+        .context("claiming the tick")?;
+    if !claimed {
+        ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "claimed_elsewhere")
+            .increment(1);
+        let _ = conn.close().await;
+        return Ok(());
+    }
+    let locked = store::schedule::try_cycle_lock(&mut conn, &account.id)
+        .await
+        .context("taking the cycle lock")?;
+    if !locked {
+        // An earlier cycle of this account is still running (here or in another replica).
+        if store::schedule::finish(&mut conn, &account.id, tick, "skipped").await? {
+            for job in &jobs {
+                let reason = "the previous cycle of this account is still running";
+                store::runs::skipped(&mut conn, &account.id, job.as_str(), reason)
+                    .await
+                    .context("recording a skipped run")?;
+                metrics::record_run(&account.id, job.as_str(), "skipped", Duration::ZERO, None);
+            }
+            info!(jobs = ?names, "skipped: the previous cycle of this account is still running");
+        }
+        ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "busy").increment(1);
+        let _ = conn.close().await;
+        return Ok(());
+    }
+    let result = run_locked(ctx, &mut conn, account, tick, due).await;
+    if let Err(e) = store::schedule::cycle_unlock(&mut conn, &account.id).await {
+        warn!(error = %e, "cannot release the cycle lock (it goes with the connection)");
+    }
+    let _ = conn.close().await;
+    result
+}
+
+/// The cycle proper, holding the account's cycle lock on `conn`.
+async fn run_locked(
+    ctx: &JobContext,
+    conn: &mut PgConnection,
+    account: &AccountSettings,
+    tick: DateTime<Utc>,
+    due: &[Job],
+) -> anyhow::Result<()> {
+    // Holding the lock proves that unfinished earlier claims are abandoned.
+    let open = store::schedule::open_claims_before(conn, &account.id, tick)
+        .await
+        .context("reading unfinished cycles")?;
+    let mut unfinished = Vec::new();
+    for c in &open {
+        unfinished.extend(plan::remaining(&c.jobs, &c.done));
+    }
+    let jobs = plan::cycle_jobs(due, &unfinished);
+    if !open.is_empty() {
+        let ticks: Vec<DateTime<Utc>> = open.iter().map(|c| c.tick).collect();
+        let names: Vec<&str> = jobs.iter().map(|j| j.as_str()).collect();
+        store::schedule::set_jobs(conn, &account.id, tick, &names).await?;
+        store::schedule::mark_recovered(conn, &account.id, &ticks, tick).await?;
+        ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "recovered")
+            .increment(open.len() as u64);
+        warn!(abandoned = open.len(), jobs = ?unfinished, "taking over cycles left unfinished by a stopped replica");
+    }
+    let mut so_far: Vec<(Job, Ended)> = Vec::new();
+    for job in jobs {
+        if ctx.cancel.is_cancelled() {
+            // The claim stays open: the next cycle (or the next start) runs what is left.
+            return Ok(());
+        }
+        match plan::decide(job, &so_far) {
+            Decision::Stop => break,
+            Decision::SkipPush => {
+                let reason = "the pulls this push needs did not all succeed in this cycle";
+                info!(job = %job, "{reason}: not pushing");
+                store::runs::skipped(conn, &account.id, job.as_str(), reason).await?;
+                store::schedule::job_done(conn, &account.id, tick, job.as_str(), Uuid::nil())
+                    .await?;
+                metrics::record_run(&account.id, job.as_str(), "skipped", Duration::ZERO, None);
+                continue;
+            }
+            Decision::Run => {}
+        }
+        let (started, started_at) = (Instant::now(), Utc::now());
+        let report = sync::run_guarded(ctx, account, job).await;
+        let elapsed = started.elapsed();
+        let cancelled = ctx.cancel.is_cancelled();
+        let (ended, outcome, stats) = match &report.outcome {
+            Outcome::Succeeded(s) => (Ended::Succeeded, "succeeded", Some(s)),
+            Outcome::Skipped => (Ended::Skipped, "skipped", None),
+            Outcome::Failed(_) if cancelled => (Ended::Failed, "cancelled", None),
+            Outcome::Failed(_) => (Ended::Failed, "failed", None),
+        };
+        metrics::record_run(&account.id, job.as_str(), outcome, elapsed, stats);
+        if job == Job::Push {
+            metrics::record_activities(&ctx.pool, &account.id, started_at).await;
+        }
+        if outcome == "cancelled" {
+            // Stopped at a page boundary by the shutdown: left for the next cycle.
+            return Ok(());
+        }
+        store::schedule::job_done(conn, &account.id, tick, job.as_str(), report.run_id)
+            .await
+            .context("recording the job in the cycle's claim")?;
+        so_far.push((job, ended));
+    }
+    let failed = so_far.iter().any(|(_, e)| *e == Ended::Failed);
+    store::schedule::finish(
+        conn,
+        &account.id,
+        tick,
+        if failed { "failed" } else { "completed" },
+    )
+    .await
+    .context("closing the cycle's claim")?;
+    ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "ran").increment(1);
+    Ok(())
+}

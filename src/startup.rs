@@ -1,0 +1,250 @@
+//! `Application::build(settings)` / `run_until_stopped(cancel)`: the daemon as a value, so
+//! that `ccsync run` and tests start it the same way and stop it with their own token.
+//!
+//! Build: eager pool → migrations (unless told not to) → bind the ops listener → metrics
+//! recorder. Run: job context → scheduler → listener → `READY=1` → serve until the token
+//! is cancelled, applying reloads on the way. Stop: `STOPPING=1` → stop the scheduler →
+//! close and drain the tracker within `server.shutdown_grace` (running jobs stop at a page
+//! boundary, after committing it) → stop the listener → close the pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::ops::{self, health::OpsState};
+use crate::scheduler::{Heartbeat, Plan, Scheduler};
+use crate::{store, sync};
+
+/// A built, not yet running, daemon.
+pub struct Application {
+    settings: Arc<Settings>,
+    pool: PgPool,
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    reload_tx: mpsc::Sender<Arc<Settings>>,
+    reload_rx: mpsc::Receiver<Arc<Settings>>,
+}
+
+/// Sends reloaded settings to a running application (from the SIGHUP handler or a test).
+#[derive(Clone)]
+pub struct Reloader(mpsc::Sender<Arc<Settings>>);
+
+impl Reloader {
+    /// Queues `settings` for the application; false when it is no longer running.
+    pub fn reload(&self, settings: Arc<Settings>) -> bool {
+        self.0.try_send(settings).is_ok()
+    }
+}
+
+impl Application {
+    /// Connects, migrates (unless `migrate` is false) and binds `server.listen`.
+    pub async fn build(settings: Arc<Settings>, migrate: bool) -> anyhow::Result<Application> {
+        let pool = crate::app::connect(&settings).await?;
+        if migrate {
+            store::migrate(&pool).await.context("running migrations")?;
+        }
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| {
+                format!("server.listen: cannot listen on {}", settings.server.listen)
+            })?;
+        let metrics = ops::metrics::install().context("installing the metrics recorder")?;
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        Ok(Application {
+            settings,
+            pool,
+            listener,
+            metrics,
+            reload_tx,
+            reload_rx,
+        })
+    }
+
+    /// The bound address of the ops listener (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.reload_tx.clone())
+    }
+
+    /// Runs until `cancel` fires, then shuts down within `server.shutdown_grace`.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            pool,
+            listener,
+            metrics,
+            reload_tx,
+            mut reload_rx,
+        } = self;
+        drop(reload_tx);
+        let (settings_tx, settings_rx) = watch::channel(settings.clone());
+        let ctx = sync::context(settings.clone(), pool.clone(), cancel.clone(), false)?;
+        let tracker = TaskTracker::new();
+        let heartbeat = Arc::new(Heartbeat::default());
+        let mut scheduler = Scheduler::start(
+            Plan::new(ctx)?,
+            tracker.clone(),
+            cancel.clone(),
+            heartbeat.clone(),
+        )
+        .await?;
+
+        // Auxiliary tasks (listener, upkeep, watchdog) outlive the drain so that /readyz
+        // says "shutting down" meanwhile; they stop on `aux`.
+        let listen = listener.local_addr().context("reading the listener's address")?;
+        let aux = CancellationToken::new();
+        let started = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let state = OpsState {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            settings: settings_rx.clone(),
+            started: started.clone(),
+            stopping: stopping.clone(),
+        };
+        let server = {
+            let aux = aux.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, ops::health::router(state))
+                    .with_graceful_shutdown(aux.cancelled_owned());
+                if let Err(e) = serve.await {
+                    error!(error = %e, "the health/metrics listener failed");
+                }
+            })
+        };
+        let upkeep = tokio::spawn(ops::metrics::upkeep_loop(
+            metrics,
+            pool.clone(),
+            settings_rx.clone(),
+            heartbeat.clone(),
+            aux.clone(),
+        ));
+        let watchdog = tokio::spawn(ops::notify::watchdog_loop(heartbeat, aux.clone()));
+
+        started.store(true, Ordering::Relaxed);
+        let summary = format!(
+            "running: {} account(s), replica {}",
+            settings.accounts.len(),
+            scheduler.replica()
+        );
+        ops::notify::ready(&summary);
+        info!(listen = %listen, "{summary}");
+        match scheduler.recover_on_start().await {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                accounts = n,
+                "finishing cycles left unfinished by a previous run"
+            ),
+            Err(e) => warn!(error = %e, "cannot look for unfinished cycles"),
+        }
+
+        let mut current = settings;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(new) = reload_rx.recv() => {
+                    match apply_reload(&mut scheduler, &current, new.clone(), &pool, &cancel).await {
+                        Ok(()) => {
+                            current = new.clone();
+                            settings_tx.send_replace(new);
+                            ::metrics::counter!("ccsync_config_reloads_total", "outcome" => "applied").increment(1);
+                            ops::notify::status(&format!("running: {} account(s), configuration reloaded", current.accounts.len()));
+                        }
+                        Err(e) => {
+                            ::metrics::counter!("ccsync_config_reloads_total", "outcome" => "rejected").increment(1);
+                            error!(error.message = %e, error.cause_chain = ?e, "configuration reload rejected; keeping the running configuration");
+                        }
+                    }
+                }
+            }
+        }
+
+        // Shutdown.
+        stopping.store(true, Ordering::Relaxed);
+        ops::notify::stopping("stopping: draining running jobs");
+        scheduler.stop().await;
+        tracker.close();
+        let grace = current.server.shutdown_grace;
+        info!(
+            running = tracker.len(),
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        match tokio::time::timeout(grace, tracker.wait()).await {
+            Ok(()) => info!("all running jobs stopped at a page boundary"),
+            Err(_) => warn!(
+                abandoned = tracker.len(),
+                "shutdown grace expired; unfinished cycles will be taken over by the next run"
+            ),
+        }
+        aux.cancel();
+        for task in [server, upkeep, watchdog] {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        if tokio::time::timeout(Duration::from_secs(2), pool.close())
+            .await
+            .is_err()
+        {
+            warn!("database pool did not close in time");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Applies what a reload may change live: accounts, schedules, limits and everything the
+/// jobs read. Settings bound at start-up (database, listener, logging) need a restart.
+async fn apply_reload(
+    scheduler: &mut Scheduler,
+    current: &Settings,
+    new: Arc<Settings>,
+    pool: &PgPool,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    new.validate().context("validating the new configuration")?;
+    new.validate_for_sync()
+        .context("validating the new configuration")?;
+    for (key, changed) in restart_only_changes(current, &new) {
+        if changed {
+            warn!(
+                key,
+                "changed in the configuration file; takes effect after a restart"
+            );
+        }
+    }
+    let ctx = sync::context(new.clone(), pool.clone(), cancel.clone(), false)?;
+    scheduler.replace(Plan::new(ctx)?).await?;
+    info!(accounts = new.accounts.len(), "configuration reloaded");
+    Ok(())
+}
+
+fn restart_only_changes(old: &Settings, new: &Settings) -> [(&'static str, bool); 5] {
+    use secrecy::ExposeSecret;
+    [
+        (
+            "database.url",
+            old.database.url.expose_secret() != new.database.url.expose_secret(),
+        ),
+        (
+            "database.max_connections",
+            old.database.max_connections != new.database.max_connections,
+        ),
+        ("server.listen", old.server.listen != new.server.listen),
+        ("log.format", old.log.format != new.log.format),
+        ("log.level", old.log.level != new.log.level),
+    ]
+}

@@ -1,0 +1,78 @@
+//! Read-only queries behind `/readyz` and the gauges of `/metrics`.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+/// The database answers.
+pub async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Accounts whose refresh token was refused: they need `ccsync auth login` again.
+pub async fn accounts_needing_reauth(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT account_id FROM ccsync.oauth_tokens WHERE needs_reauth ORDER BY account_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// For each `(account, job)` key: since when its runs have failed with no success in
+/// between (`None`: its latest run that did work succeeded, or it never failed).
+pub async fn failing_since(
+    conn: &mut PgConnection,
+    accounts: &[String],
+    jobs: &[String],
+) -> Result<Vec<(String, String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT k.account_id, k.job, f.started_at
+         FROM unnest($1::text[], $2::text[]) AS k(account_id, job)
+         LEFT JOIN LATERAL (
+            SELECT started_at FROM ccsync.sync_runs r
+            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = 'succeeded'
+            ORDER BY started_at DESC LIMIT 1) s ON true
+         JOIN LATERAL (
+            SELECT started_at FROM ccsync.sync_runs r
+            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = 'failed'
+              AND r.started_at > coalesce(s.started_at, '-infinity')
+            ORDER BY started_at LIMIT 1) f ON true
+         ORDER BY 1, 2",
+    )
+    .bind(accounts)
+    .bind(jobs)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Per (account, job): seconds since the watermark and since the last success.
+pub async fn lags(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String, Option<f64>, Option<f64>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, job,
+                extract(epoch FROM now() - watermark)::float8,
+                extract(epoch FROM now() - last_success_at)::float8
+         FROM ccsync.sync_state ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Import activities of `account` that finished at or after `since`: (state, seconds from
+/// submission to the end).
+pub async fn activities_finished_since(
+    conn: &mut PgConnection,
+    account: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<(String, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT state, extract(epoch FROM finished_at - submitted_at)::float8
+         FROM ccsync.import_activities
+         WHERE account_id = $1 AND finished_at >= $2",
+    )
+    .bind(account)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await
+}

@@ -1,0 +1,74 @@
+//! `api_pacer`: request slots shared by every replica using one API key.
+//!
+//! The API's requests-per-second limit belongs to the API key, not to a process. Each
+//! request claims the next free slot with one atomic statement
+//! (`next_slot_at = GREATEST(next_slot_at, now) + interval`) and sleeps until the slot it
+//! got, so however many replicas run, requests leave evenly spaced (burst 1). The delay is
+//! computed on the database clock, so replicas need no synchronised clocks.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::PgPool;
+
+use crate::ctct::limiter::{BudgetError, SharedPacer};
+
+/// Slots of one API key in PostgreSQL.
+pub struct PgPacer {
+    pool: PgPool,
+    api_key: String,
+    interval: Duration,
+}
+
+impl PgPacer {
+    /// `None` when `requests_per_second` is 0 (pacing off).
+    pub fn new(pool: PgPool, api_key: &str, requests_per_second: f64) -> Option<PgPacer> {
+        (requests_per_second > 0.0 && requests_per_second.is_finite()).then(|| PgPacer {
+            pool,
+            api_key: api_key.to_string(),
+            interval: Duration::from_secs_f64(1.0 / requests_per_second),
+        })
+    }
+
+    /// Claims the next slot; returns how long to wait for it.
+    pub async fn claim(&self) -> Result<Duration, sqlx::Error> {
+        claim_slot(&self.pool, &self.api_key, self.interval).await
+    }
+}
+
+/// Claims the next request slot of `api_key`, `interval` after the previous one (or now,
+/// when the key was idle). Returns the wait until the claimed slot.
+pub async fn claim_slot(
+    pool: &PgPool,
+    api_key: &str,
+    interval: Duration,
+) -> Result<Duration, sqlx::Error> {
+    let interval_us = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
+    let wait_us: i64 = sqlx::query_scalar(
+        "INSERT INTO ccsync.api_pacer AS p (api_key, next_slot_at, updated_at)
+         VALUES ($1, clock_timestamp() + $2 * interval '1 microsecond', clock_timestamp())
+         ON CONFLICT (api_key) DO UPDATE
+            SET next_slot_at = GREATEST(p.next_slot_at, clock_timestamp())
+                               + $2 * interval '1 microsecond',
+                updated_at = clock_timestamp()
+         RETURNING GREATEST(0, (extract(epoch FROM p.next_slot_at - clock_timestamp()) * 1000000)::bigint - $2)",
+    )
+    .bind(api_key)
+    .bind(interval_us)
+    .fetch_one(pool)
+    .await?;
+    Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
+}
+
+impl SharedPacer for PgPacer {
+    fn wait_turn<'a>(&'a self) -> BoxFuture<'a, Result<(), BudgetError>> {
+        Box::pin(async move {
+            let wait = self.claim().await?;
+            metrics::histogram!("ccsync_pacer_wait_seconds").record(wait.as_secs_f64());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,705 @@
+//! `ccsync run` as operators run it: the real binary as child processes against the
+//! in-process sandbox and a database of its own, on fast (one- or two-second) schedules.
+//! Signals, health and metrics, configuration reloads, and several replicas sharing ticks
+//! and the API key's rate limit.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::helpers::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccsync");
+
+/// Never fires during a test (1 January, midnight).
+const NEVER: &str = "0 0 0 1 1 *";
+
+/// A configuration file written for a test (chmod 600: it holds refresh tokens).
+struct Conf {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Conf {
+    fn new(body: &str) -> Conf {
+        let dir =
+            std::env::temp_dir().join(format!("ccsync-daemon-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ccsync.toml");
+        let c = Conf { dir, path };
+        c.write(body);
+        c
+    }
+
+    fn write(&self, body: &str) {
+        // Write then rename, so that a reload never reads half a file.
+        let tmp = self.dir.join("next.toml");
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+impl Drop for Conf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a test varies in the configuration.
+struct Opts {
+    accounts: Vec<(String, String)>,
+    contacts_cron: String,
+    page_size: u32,
+    requests_per_second: f64,
+    shutdown_grace: &'static str,
+    max_concurrent_accounts: usize,
+    max_connections: u32,
+    extra: String,
+}
+
+impl Opts {
+    fn new(accounts: Vec<(String, String)>) -> Opts {
+        Opts {
+            accounts,
+            contacts_cron: "* * * * * *".into(),
+            page_size: 500,
+            requests_per_second: 0.0,
+            shutdown_grace: "10s",
+            max_concurrent_accounts: 4,
+            max_connections: 4,
+            extra: String::new(),
+        }
+    }
+}
+
+fn config(sb: &Sandbox, db_url: &str, o: &Opts) -> String {
+    let d = SandboxConfig::default();
+    let mut s = format!(
+        "[database]\nurl = \"{db_url}\"\nmax_connections = {}\n\n\
+         [constant_contact]\napi_base = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\n\
+         client_secret = \"{}\"\nrequests_per_second = {}\nretry_initial = \"20ms\"\n\
+         retry_max = \"200ms\"\nrequest_timeout = \"20s\"\n\n\
+         [sync]\npage_size = {}\n\n\
+         [schedule]\ncontacts = \"{}\"\nunsubscribes = \"{NEVER}\"\ndeletes = \"{NEVER}\"\n\
+         lists = \"{NEVER}\"\npush = \"{NEVER}\"\nreconcile = \"{NEVER}\"\n\n\
+         [server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\n\
+         max_concurrent_accounts = {}\nmetrics_interval = \"1s\"\n\n\
+         [log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n",
+        o.max_connections,
+        sb.api_base(),
+        sb.token_url(),
+        d.client_id,
+        d.client_secret,
+        o.requests_per_second,
+        o.page_size,
+        o.contacts_cron,
+        o.shutdown_grace,
+        o.max_concurrent_accounts,
+        o.extra,
+    );
+    for (id, token) in &o.accounts {
+        s.push_str(&format!(
+            "[[accounts]]\nid = \"{id}\"\nrefresh_token = \"{token}\"\n\n"
+        ));
+    }
+    s
+}
+
+/// A `ccsync run` child process; its stderr (JSON log lines) is collected.
+struct Daemon {
+    child: Child,
+    pid: u32,
+    logs: Arc<Mutex<Vec<String>>>,
+    addr: watch::Receiver<Option<String>>,
+}
+
+impl Daemon {
+    fn spawn(conf: &Conf) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config", conf.path.to_str().unwrap()])
+            .env_remove("CCSYNC_CONFIG")
+            .env("RUST_LOG", "ccsync=info,warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CCSYNC__") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, addr) = watch::channel(None);
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("\"message\":\"running:") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        let listen = v["listen"].as_str().map(str::to_string);
+                        tx.send_replace(listen);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon {
+            child,
+            pid,
+            logs,
+            addr,
+        }
+    }
+
+    /// Waits for the "running" log line (sent after migrations, listener and scheduler)
+    /// and returns the ops listener's base URL.
+    async fn ready(&mut self) -> String {
+        let mut addr = self.addr.clone();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(30), addr.wait_for(|a| a.is_some())).await;
+        let found = match waited {
+            Ok(Ok(a)) => a.clone(),
+            _ => None,
+        };
+        match found {
+            Some(a) => format!("http://{a}"),
+            None => panic!("the daemon did not start; log:\n{}", self.log()),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid);
+    }
+
+    /// Waits for the exit and returns (code, time taken).
+    async fn exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let t = Instant::now();
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => (status.unwrap().code(), t.elapsed()),
+            Err(_) => panic!(
+                "the daemon did not exit within {within:?}; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 120,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = sb.default_account().seed_refresh_token();
+    let conf = Conf::new(&config(
+        &sb,
+        &db.url,
+        &Opts::new(vec![("default".into(), token)]),
+    ));
+    let mut d = Daemon::spawn(&conf);
+    let base = d.ready().await;
+
+    let (status, body) = get(&format!("{base}/healthz")).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("a succeeded scheduled pull", Duration::from_secs(20), || async {
+        let n = count(&db, "SELECT count(*) FROM ccsync.sync_runs WHERE job = 'contacts' AND outcome = 'succeeded' AND scheduled_for IS NOT NULL").await;
+        (n > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM ccsync.contacts").await,
+        120
+    );
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Metrics: every family is ccsync_*, runs and API requests are counted, the run
+    // duration is a histogram with buckets, gauges come from the database.
+    let metrics = eventually("the gauges", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        m.contains("ccsync_watermark_lag_seconds{").then_some(m)
+    })
+    .await;
+    for line in metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(
+            line.starts_with("ccsync_"),
+            "metric without the ccsync_ prefix: {line}"
+        );
+    }
+    for needle in [
+        r#"ccsync_runs_total{account="default",job="contacts",outcome="succeeded"}"#,
+        r#"ccsync_api_requests_total{endpoint="GET /contacts",status="200"}"#,
+        r#"ccsync_run_duration_seconds_bucket{account="default",job="contacts",le="0.25"}"#,
+        r#"ccsync_contacts_pulled_total{account="default",job="contacts"}"#,
+        r#"ccsync_watermark_lag_seconds{account="default",job="contacts"}"#,
+        r#"ccsync_outbound_rows{account="default",state="pending"} 0"#,
+        "ccsync_api_budget_remaining",
+        r#"ccsync_schedule_ticks_total{outcome="ran"}"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+
+    // An account that needs re-authorisation makes the daemon not ready, and says why.
+    sqlx::query("UPDATE ccsync.oauth_tokens SET needs_reauth = true WHERE account_id = 'default'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("account default needs re-authorisation"),
+        "{body}"
+    );
+    // `ccsync healthcheck` (Docker's HEALTHCHECK) follows /readyz.
+    let hc = Command::new(BIN)
+        .args(["healthcheck", "--url", &format!("{base}/readyz")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(hc.status.code(), Some(1));
+    let hc = Command::new(BIN)
+        .args(["healthcheck", "--url", &format!("{base}/healthz")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(hc.status.code(), Some(0));
+
+    d.signal("TERM");
+    let (code, took) = d.exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigterm_mid_pull_commits_whole_pages_and_a_restart_finishes_the_cycle() {
+    const PAGE: i64 = 50;
+    const TOTAL: i64 = 2_000;
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: TOTAL as usize,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = sb.default_account().seed_refresh_token();
+    // 40 pages of 50, each answered after 150 ms: a pull takes about 6 s.
+    sb.inject(Fault::Latency {
+        path_prefix: "/contacts".into(),
+        delay: Duration::from_millis(150),
+        times: 1_000_000,
+    });
+    let mut opts = Opts::new(vec![("default".into(), token)]);
+    opts.page_size = PAGE as u32;
+    opts.shutdown_grace = "8s";
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let mut d = Daemon::spawn(&conf);
+    d.ready().await;
+    eventually("a few committed pages", Duration::from_secs(20), || async {
+        (count(&db, "SELECT count(*) FROM ccsync.contacts").await >= 3 * PAGE).then_some(())
+    })
+    .await;
+
+    d.signal("TERM");
+    let (code, took) = d.exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "log:\n{}", d.log());
+    assert!(
+        took < Duration::from_secs(8),
+        "exceeded the grace: {took:?}"
+    );
+
+    // Whole pages only (each page is one transaction), and not everything.
+    let n = count(&db, "SELECT count(*) FROM ccsync.contacts").await;
+    assert!(n < TOTAL, "the pull was not interrupted ({n})");
+    assert_eq!(n % PAGE, 0, "a half-applied page: {n} contacts");
+    // The watermark moves only with the last page: not at all here.
+    let wm = count(
+        &db,
+        "SELECT count(*) FROM ccsync.sync_state WHERE job = 'contacts' AND watermark IS NOT NULL",
+    )
+    .await;
+    assert_eq!(wm, 0, "the watermark moved before the last page");
+    // The run is closed as cancelled (not left running) and its lock released.
+    let open = count(
+        &db,
+        "SELECT count(*) FROM ccsync.sync_runs WHERE finished_at IS NULL",
+    )
+    .await;
+    assert_eq!(open, 0);
+    let cancelled = count(
+        &db,
+        "SELECT count(*) FROM ccsync.sync_runs WHERE job = 'contacts' AND outcome = 'cancelled'",
+    )
+    .await;
+    assert_eq!(cancelled, 1);
+    // The cut-short cycle is still claimed: the next start takes it over.
+    let unfinished = count(
+        &db,
+        "SELECT count(*) FROM ccsync.schedule_claims WHERE finished_at IS NULL",
+    )
+    .await;
+    assert!(unfinished >= 1);
+
+    sb.clear_faults();
+    opts.contacts_cron = NEVER.into();
+    conf.write(&config(&sb, &db.url, &opts));
+    let mut d = Daemon::spawn(&conf);
+    d.ready().await;
+    // Even with no tick due, the restart finishes the interrupted cycle at once.
+    eventually("the interrupted cycle to be recovered", Duration::from_secs(20), || async {
+        (count(&db, "SELECT count(*) FROM ccsync.schedule_claims WHERE outcome = 'recovered'").await
+            >= 1
+            && count(&db, "SELECT count(*) FROM ccsync.contacts").await == TOTAL
+            && count(&db, "SELECT count(*) FROM ccsync.sync_state WHERE job = 'contacts' AND watermark IS NOT NULL").await == 1)
+            .then_some(())
+    })
+    .await;
+    d.signal("TERM");
+    assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 500,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = sb.default_account().seed_refresh_token();
+    // Every page takes 5 s: once page 1 is committed, page 2 is in flight (read ahead), and
+    // a graceful drain would wait for it.
+    sb.inject(Fault::Latency {
+        path_prefix: "/contacts".into(),
+        delay: Duration::from_secs(5),
+        times: 100,
+    });
+    let mut opts = Opts::new(vec![("default".into(), token)]);
+    opts.page_size = 50;
+    opts.shutdown_grace = "30s";
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let mut d = Daemon::spawn(&conf);
+    d.ready().await;
+    eventually("page 1 committed", Duration::from_secs(20), || async {
+        (count(&db, "SELECT count(*) FROM ccsync.contacts").await >= 50).then_some(())
+    })
+    .await;
+    d.signal("TERM");
+    // The first signal is handled (draining has begun) ...
+    eventually("the drain to start", Duration::from_secs(5), || async {
+        d.logged("\"message\":\"draining\"").then_some(())
+    })
+    .await;
+    assert!(d.is_running(), "log:\n{}", d.log());
+    // ... the second one ends the process now, without waiting for the page.
+    d.signal("TERM");
+    let (code, took) = d.exit(Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(code, Some(143), "log:\n{}", d.log());
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sighup_rejects_a_bad_configuration_and_applies_a_good_one() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 30,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let t1 = sb.default_account().seed_refresh_token();
+    let other = sb.account("other");
+    other.generate(25, 2, 9);
+    let t2 = other.seed_refresh_token();
+    let opts = Opts::new(vec![("default".into(), t1.clone())]);
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let mut d = Daemon::spawn(&conf);
+    let base = d.ready().await;
+    let runs_of = |account: &'static str| {
+        let db = &db;
+        async move {
+            count(
+                db,
+                &format!("SELECT count(*) FROM ccsync.sync_runs WHERE account_id = '{account}' AND outcome = 'succeeded'"),
+            )
+            .await
+        }
+    };
+    eventually("a first run", Duration::from_secs(20), || async {
+        (runs_of("default").await > 0).then_some(())
+    })
+    .await;
+
+    // A bad file: rejected, the old configuration keeps running.
+    let mut bad = config(&sb, &db.url, &opts);
+    bad = bad.replace("page_size = 500", "page_size = 900");
+    conf.write(&bad);
+    d.signal("HUP");
+    eventually("the rejection", Duration::from_secs(10), || async {
+        d.logged("configuration reload rejected").then_some(())
+    })
+    .await;
+    assert!(d.logged("sync.page_size"), "the rejection names the key");
+    assert!(d.is_running());
+    let before = runs_of("default").await;
+    eventually("runs to go on", Duration::from_secs(10), || async {
+        (runs_of("default").await > before).then_some(())
+    })
+    .await;
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    assert!(
+        m.contains(r#"ccsync_config_reloads_total{outcome="rejected"} 1"#),
+        "{m}"
+    );
+
+    // A good file adding an account: applied without a restart.
+    let opts = Opts::new(vec![("default".into(), t1), ("other".into(), t2)]);
+    conf.write(&config(&sb, &db.url, &opts));
+    d.signal("HUP");
+    eventually(
+        "the new account's first run",
+        Duration::from_secs(20),
+        || async { (runs_of("other").await > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM ccsync.contacts WHERE account_id = 'other'"
+        )
+        .await,
+        25
+    );
+    let (_, m) = get(&format!("{base}/metrics")).await;
+    assert!(
+        m.contains(r#"ccsync_config_reloads_total{outcome="applied"} 1"#),
+        "{m}"
+    );
+    d.signal("TERM");
+    assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_kill() {
+    const ACCOUNTS: usize = 20;
+    let db = TestDb::new().await;
+    // The API key's limit: 20 requests/s, burst 1 (10% jitter tolerance); ccsync paces at
+    // 12/s for the three replicas together (unpaced, or paced per process, they collide).
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 0,
+        requests_per_second: Some(20.0),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut accounts = Vec::new();
+    for i in 0..ACCOUNTS {
+        let name = format!("acct{i:02}");
+        let ctl = sb.account(&name);
+        ctl.generate(20, 2, i as u64);
+        accounts.push((name, ctl.seed_refresh_token()));
+    }
+    // Slow answers keep cycles in flight, so that the kill lands in some.
+    sb.inject(Fault::Latency {
+        path_prefix: "/contacts".into(),
+        delay: Duration::from_millis(300),
+        times: 1_000_000,
+    });
+    let mut opts = Opts::new(accounts.clone());
+    opts.contacts_cron = "*/2 * * * * *".into();
+    opts.requests_per_second = 12.0;
+    opts.max_concurrent_accounts = 3;
+    opts.max_connections = 3;
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let mut replicas = vec![
+        Daemon::spawn(&conf),
+        Daemon::spawn(&conf),
+        Daemon::spawn(&conf),
+    ];
+    for r in &mut replicas {
+        r.ready().await;
+    }
+    let all_synced = |at_least: i64| {
+        let db = &db;
+        async move {
+            count(
+                db,
+                &format!(
+                    "SELECT count(*) FROM (SELECT account_id FROM ccsync.sync_runs
+                     WHERE outcome = 'succeeded' GROUP BY 1 HAVING count(*) >= {at_least}) s"
+                ),
+            )
+            .await
+                == ACCOUNTS as i64
+        }
+    };
+    eventually(
+        "every account synced twice",
+        Duration::from_secs(30),
+        || async { all_synced(2).await.then_some(()) },
+    )
+    .await;
+
+    // Kill one replica mid-flight; subscribers keep changing data.
+    replicas[0].child.start_kill().unwrap();
+    replicas[0].exit(Duration::from_secs(5)).await;
+    let killed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    for (name, _) in &accounts {
+        sb.account(name)
+            .create_contact(&format!("after-kill@{name}.example"), Some("New"), &[]);
+    }
+    eventually(
+        "every account to see its new contact",
+        Duration::from_secs(40),
+        || async {
+            let n = count(
+                &db,
+                "SELECT count(*) FROM ccsync.contacts WHERE email LIKE 'after-kill@%'",
+            )
+            .await;
+            (n == ACCOUNTS as i64).then_some(())
+        },
+    )
+    .await;
+    // Every cycle claimed before now ended: none the killed replica held is left behind.
+    eventually(
+        "every claim to be closed or taken over",
+        Duration::from_secs(20),
+        || async {
+            let open = count(
+                &db,
+                "SELECT count(*) FROM ccsync.schedule_claims
+             WHERE finished_at IS NULL AND claimed_at < now() - interval '4 seconds'",
+            )
+            .await;
+            (open == 0).then_some(())
+        },
+    )
+    .await;
+    for r in replicas.iter_mut().skip(1) {
+        r.signal("TERM");
+    }
+    for r in replicas.iter_mut().skip(1) {
+        let (code, _) = r.exit(Duration::from_secs(20)).await;
+        assert_eq!(code, Some(0), "log:\n{}", r.log());
+    }
+
+    // The rate limit held across the three processes.
+    assert_eq!(sb.throttled_count(), 0, "the sandbox answered throttled");
+    // No (account, job, tick) ran twice.
+    let doubled = count(
+        &db,
+        "SELECT count(*) FROM (SELECT 1 FROM ccsync.sync_runs
+         WHERE scheduled_for IS NOT NULL AND outcome <> 'skipped'
+         GROUP BY account_id, job, scheduled_for HAVING count(*) > 1) d",
+    )
+    .await;
+    assert_eq!(doubled, 0, "a tick ran twice");
+    // The work was shared and the survivors kept every account going after the kill.
+    let replicas_used = count(
+        &db,
+        "SELECT count(DISTINCT replica) FROM ccsync.schedule_claims",
+    )
+    .await;
+    assert!(replicas_used >= 2, "{replicas_used} replicas claimed ticks");
+    let after_kill: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT account_id) FROM ccsync.sync_runs
+         WHERE outcome = 'succeeded' AND started_at > $1",
+    )
+    .bind(killed_at)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(after_kill, ACCOUNTS as i64);
+    let recovered = count(
+        &db,
+        "SELECT count(*) FROM ccsync.schedule_claims WHERE outcome = 'recovered'",
+    )
+    .await;
+    eprintln!(
+        "replicas: {replicas_used} claimed ticks; {recovered} abandoned cycle(s) taken over; {} requests",
+        sb.requests().len()
+    );
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
