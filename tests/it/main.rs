@@ -12,3 +12,5 @@ mod schema;
 mod oauth;
 mod push;
 mod daemon;
+mod optouts;
+mod lists_reconcile;
