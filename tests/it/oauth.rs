@@ -984,3 +984,159 @@ async fn no_secret_reaches_the_output_at_trace_level() {
     sb.shutdown();
     db.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// the sandbox's authorization server over HTTP
+
+async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    basic: bool,
+    form: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let d = SandboxConfig::default();
+    let mut req = http.post(url).form(form);
+    if basic {
+        req = req.basic_auth(&d.client_id, Some(&d.client_secret));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_sandbox_authorization_server_enforces_pkce_single_use_codes_slow_down_and_revocation()
+{
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 0,
+        token_rate_limit: None,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let d = SandboxConfig::default();
+    sb.oauth().set_auto_approve(Some("default"));
+    let pkce = oauth_flows::Pkce::generate();
+    let redirect = "http://127.0.0.1:9/callback";
+    let url = oauth_flows::authorization_url(
+        &sb.authorize_url(),
+        &d.client_id,
+        redirect,
+        "st-1",
+        &pkce.challenge,
+    )
+    .unwrap();
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(q["state"], "st-1");
+    let code = q["code"].clone();
+    let token = sb.token_url();
+    // A wrong verifier fails, and the code is spent by that attempt.
+    let (s, b) = post_form(
+        &http,
+        &token,
+        false,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &d.client_id),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            (
+                "code_verifier",
+                "not-the-verifier-but-long-enough-to-count-0123456789",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_grant")));
+    let (s, b) = post_form(
+        &http,
+        &token,
+        false,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &d.client_id),
+            ("code", &code),
+            ("redirect_uri", redirect),
+            ("code_verifier", pkce.verifier.expose_secret()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "single use"
+    );
+    // A redirect that is not loopback is refused outright.
+    let bad = url.replace("127.0.0.1%3A9", "evil.example");
+    assert_eq!(http.get(&bad).send().await.unwrap().status(), 400);
+
+    // Device flow: polling faster than the interval gets slow_down.
+    sb.oauth().set_auto_approve(None);
+    let (s, dev) = post_form(
+        &http,
+        &sb.device_authorization_url(),
+        false,
+        &[("client_id", &d.client_id), ("scope", oauth_flows::SCOPE)],
+    )
+    .await;
+    assert_eq!(s, 200, "{dev}");
+    assert_eq!(dev["interval"], 5);
+    let poll = [
+        ("grant_type", oauth_flows::DEVICE_GRANT),
+        ("client_id", d.client_id.as_str()),
+        ("device_code", dev["device_code"].as_str().unwrap()),
+    ];
+    let (_, b) = post_form(&http, &token, false, &poll).await;
+    assert_eq!(b["error"], "authorization_pending");
+    let (_, b) = post_form(&http, &token, false, &poll).await;
+    assert_eq!(b["error"], "slow_down");
+
+    // Revocation (RFC 7009) of a refresh token.
+    let rt = sb.default_account().seed_refresh_token();
+    let resp = http
+        .post(format!("http://{}/oauth2/default/v1/revoke", sb.addr()))
+        .basic_auth(&d.client_id, Some(&d.client_secret))
+        .form(&[("token", rt.as_str()), ("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (s, b) = post_form(
+        &http,
+        &token,
+        true,
+        &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_grant")));
+    // Without offline_access there is no refresh token.
+    sb.oauth().set_auto_approve(Some("default"));
+    let (_, dev) = post_form(
+        &http,
+        &sb.device_authorization_url(),
+        true,
+        &[("scope", "contact_data")],
+    )
+    .await;
+    let (s, b) = post_form(
+        &http,
+        &token,
+        true,
+        &[
+            ("grant_type", oauth_flows::DEVICE_GRANT),
+            ("device_code", dev["device_code"].as_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.get("refresh_token").is_none());
+    sb.shutdown();
+}
