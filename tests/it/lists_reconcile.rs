@@ -484,3 +484,35 @@ async fn a_dry_run_reconcile_reports_the_drift_and_writes_nothing() {
     );
     h.finish().await;
 }
+
+#[tokio::test]
+async fn more_than_25_lists_are_reconciled_in_groups_of_at_most_25() {
+    let h = Harness::new(300).await;
+    let ids = h.ctl.contact_ids();
+    for i in 0..22 {
+        let l = h.ctl.create_list(&format!("Extra {i}"));
+        for c in ids.iter().skip(i * 7).take(40) {
+            h.ctl.join_list(*c, l);
+        }
+    }
+    h.run_ok(Job::Contacts).await;
+    h.run_ok(Job::Lists).await;
+    let lists = h.ctl.list_ids();
+    assert_eq!(lists.len(), 30);
+    assert_eq!(local_memberships(&h).await, sandbox_memberships(&h));
+    // Drift on the last list (second group) and on the first (first group).
+    let (first, last) = (lists[0], lists[29]);
+    let bogus = on_some_list_but_not(&h, last, 0);
+    insert_membership(&h, bogus, last).await;
+    let (real_c, real_l) = *sandbox_memberships(&h)
+        .iter()
+        .find(|(_, l)| *l == first)
+        .unwrap();
+    delete_membership(&h, real_c, real_l).await;
+    let stats = h.run_ok(Job::Reconcile).await;
+    assert_eq!(stats["list_queries"], 2, "{stats}");
+    assert_eq!(stats["memberships_added"], 1, "{stats}");
+    assert_eq!(stats["memberships_removed"], 1, "{stats}");
+    assert_eq!(local_memberships(&h).await, sandbox_memberships(&h));
+    h.finish().await;
+}

@@ -372,3 +372,29 @@ async fn running_every_job_twice_with_no_change_writes_no_changes_rows() {
     }
     h.finish().await;
 }
+
+#[tokio::test]
+async fn the_contacts_pull_also_refuses_pending_list_adds_when_it_sees_an_unsubscribe() {
+    let h = Harness::new(200).await;
+    h.run_ok(Job::Contacts).await;
+    let (id, email, lists) = subscriber_on_a_list(&h, 2);
+    let add = insert_outbound(&h, &email, &lists[..1]).await;
+    h.sb.advance_clock(chrono::Duration::hours(1));
+    h.ctl.unsubscribe(id, None);
+    // This time the contact's updated_at moves too (another edit), so the pull sees it.
+    h.ctl
+        .update_contact(id, |c| c["job_title"] = serde_json::json!("Retired"));
+    let stats = h.run_ok(Job::Contacts).await;
+    assert_eq!(stats["unsubscribed"], 1, "{stats}");
+    assert_eq!(stats["outbound_skipped"], 1, "{stats}");
+    assert_eq!(outbound_state(&h, add).await.0, "skipped");
+    // The sweep then finds it already applied: nothing more is written.
+    let changes = h.count("SELECT count(*) FROM ccsync.changes").await;
+    let stats = h.run_ok(Job::Unsubscribes).await;
+    assert_eq!(stats["outbound_skipped"], 0, "{stats}");
+    assert_eq!(
+        h.count("SELECT count(*) FROM ccsync.changes").await,
+        changes
+    );
+    h.finish().await;
+}
