@@ -6,6 +6,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::Settings;
+use crate::scheduler::plan::{job_named, Schedule};
 use crate::store;
 use crate::sync::{Outcome, RunReport};
 
@@ -17,8 +18,12 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
 /// Gathers the status as JSON (also the source of the table).
 pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
-    let jobs = store::status::jobs(&mut conn).await.context("reading job status")?;
-    let usage = store::usage::used_today(&mut conn).await.context("reading API usage")?;
+    let jobs = store::status::jobs(&mut conn)
+        .await
+        .context("reading job status")?;
+    let usage = store::usage::used_today(&mut conn)
+        .await
+        .context("reading API usage")?;
     let exhausted = store::usage::quota_exhausted_today(&mut conn).await?;
     let outbound = store::status::outbound_by_state(&mut conn).await?;
     let in_flight = store::status::activities_in_flight(&mut conn).await?;
@@ -26,6 +31,13 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
     let used: i64 = usage.iter().map(|(_, n)| n).sum();
     let limit = settings.constant_contact.daily_request_limit as i64;
     let now = Utc::now();
+    let schedule = Schedule::from_settings(&settings.schedule).ok();
+    let next_run = |job: &str| {
+        schedule
+            .as_ref()
+            .zip(job_named(job))
+            .and_then(|(s, j)| s.next_for(j, now))
+    };
     let jobs_json: Vec<_> = jobs
         .iter()
         .map(|j| {
@@ -40,6 +52,7 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
                 "last_outcome": j.last_outcome,
                 "last_error": j.last_error,
                 "last_stats": j.last_stats,
+                "next_run_at": next_run(&j.job),
             })
         })
         .collect();
@@ -55,6 +68,9 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
         "outbound": outbound.iter().map(|(a, s, n)| json!({"account": a, "state": s, "rows": n})).collect::<Vec<_>>(),
         "activities_in_flight": in_flight.iter().map(|(a, n)| json!({"account": a, "activities": n})).collect::<Vec<_>>(),
         "tokens": tokens,
+        "schedule": settings.schedule.entries().iter().map(|(job, expr)| json!({
+            "job": job, "cron_utc": expr, "next_run_at": next_run(job),
+        })).collect::<Vec<_>>(),
     }))
 }
 
@@ -67,17 +83,32 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
     }
     let jobs = store::status::jobs(&mut *pool.acquire().await?).await?;
     println!(
-        "{:<12} {:<13} {:<21} {:<21} {:<10} ERROR",
-        "ACCOUNT", "JOB", "WATERMARK", "LAST RUN", "OUTCOME"
+        "{:<12} {:<13} {:<21} {:<10} {:<21} {:<10} {:<21} ERROR",
+        "ACCOUNT", "JOB", "WATERMARK", "LAG", "LAST RUN", "OUTCOME", "NEXT RUN"
     );
+    let now = Utc::now();
+    let schedule = Schedule::from_settings(&settings.schedule).ok();
     for j in &jobs {
+        let lag = j
+            .watermark
+            .and_then(|w| (now - w).to_std().ok())
+            .map(|d| {
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        let next = schedule
+            .as_ref()
+            .zip(job_named(&j.job))
+            .and_then(|(s, job)| s.next_for(job, now));
         println!(
-            "{:<12} {:<13} {:<21} {:<21} {:<10} {}",
+            "{:<12} {:<13} {:<21} {:<10} {:<21} {:<10} {:<21} {}",
             j.account_id,
             j.job,
             ts(j.watermark),
+            lag,
             ts(j.last_run_started_at),
             j.last_outcome.as_deref().unwrap_or("-"),
+            ts(next),
             j.last_error.as_deref().unwrap_or("")
         );
     }
@@ -95,6 +126,12 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
     );
     for o in v["outbound"].as_array().into_iter().flatten() {
         println!("outbound {} {}: {}", o["account"], o["state"], o["rows"]);
+    }
+    for a in v["activities_in_flight"].as_array().into_iter().flatten() {
+        println!(
+            "import activities in flight {}: {}",
+            a["account"], a["activities"]
+        );
     }
     for t in v["tokens"].as_array().into_iter().flatten() {
         println!(
@@ -155,13 +192,33 @@ pub fn print_reports(reports: &[RunReport], as_json: bool) {
 
 fn summarize(s: &serde_json::Value) -> String {
     let keys = [
-        "pages", "seen", "created", "updated", "unchanged", "stale", "deleted", "unsubscribed",
-        "changes_written", "api_requests", "duration_ms", "dry_run",
+        "pages",
+        "seen",
+        "created",
+        "updated",
+        "unchanged",
+        "stale",
+        "deleted",
+        "unsubscribed",
+        "changes_written",
+        "api_requests",
+        "duration_ms",
+        "dry_run",
         // push
-        "rows_considered", "batches_submitted", "rows_submitted", "bytes_submitted",
-        "skipped", "failed_invalid", "conflicts", "deferred", "already_there", "completed", "failed",
+        "rows_considered",
+        "batches_submitted",
+        "rows_submitted",
+        "bytes_submitted",
+        "skipped",
+        "failed_invalid",
+        "conflicts",
+        "deferred",
+        "already_there",
+        "completed",
+        "failed",
         "retrying",
-        "in_flight_left", "stopped",
+        "in_flight_left",
+        "stopped",
     ];
     keys.iter()
         .filter_map(|k| s.get(*k).map(|v| format!("{k}={v}")))
@@ -171,7 +228,12 @@ fn summarize(s: &serde_json::Value) -> String {
 
 /// The dry-run plan of a push: what would be pushed, skipped or refused, and why.
 fn print_push_plan(plan: &serde_json::Value) {
-    let list = |k: &str| plan.get(k).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+    let list = |k: &str| {
+        plan.get(k)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
     let text = |v: &serde_json::Value, k: &str| match v.get(k) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),

@@ -123,6 +123,10 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(conf: &Conf) -> Daemon {
+        Self::spawn_with(conf, &[])
+    }
+
+    fn spawn_with(conf: &Conf, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config", conf.path.to_str().unwrap()])
             .env_remove("CCSYNC_CONFIG")
@@ -134,6 +138,9 @@ impl Daemon {
             if k.starts_with("CCSYNC__") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
                 cmd.env_remove(k);
             }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
         let pid = child.id().unwrap();
@@ -302,6 +309,32 @@ async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
+
+    // `ccsync status` is the operator's one look: watermark, lag, next run, budget left.
+    let st = Command::new(BIN)
+        .args(["status", "--json", "--config", conf.path.to_str().unwrap()])
+        .env_remove("CCSYNC_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let job = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["account"] == "default" && j["job"] == "contacts")
+        .expect("the contacts job in status")
+        .clone();
+    assert!(job["lag_seconds"].is_i64(), "{job}");
+    assert!(job["next_run_at"].is_string(), "{job}");
+    assert_eq!(v["schedule"].as_array().unwrap().len(), 6);
+    assert!(v["api_requests_today"]["budget_left"].as_i64().unwrap() < 10_000);
 
     // An account that needs re-authorisation makes the daemon not ready, and says why.
     sqlx::query("UPDATE ccsync.oauth_tokens SET needs_reauth = true WHERE account_id = 'default'")
@@ -699,6 +732,62 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
         "replicas: {replicas_used} claimed ticks; {recovered} abandoned cycle(s) taken over; {} requests",
         sb.requests().len()
     );
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_watchdog_pings_and_stopping() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 10,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = sb.default_account().seed_refresh_token();
+    let conf = Conf::new(&config(
+        &sb,
+        &db.url,
+        &Opts::new(vec![("default".into(), token)]),
+    ));
+    // Play systemd: a notify socket, and a 2 s watchdog (pings expected every second).
+    let sock_path = conf.dir.join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut d = Daemon::spawn_with(
+        &conf,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let next = || {
+        let sock = &sock;
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(&mut buf))
+                .await
+                .expect("a notification")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        }
+    };
+    let first = next().await;
+    assert!(first.contains("READY=1"), "{first}");
+    assert!(first.contains("STATUS=running: 1 account(s)"), "{first}");
+    let mut pings = 0;
+    while pings < 2 {
+        let m = next().await;
+        assert!(!m.contains("STOPPING=1"), "{m}");
+        pings += usize::from(m.contains("WATCHDOG=1"));
+    }
+    d.signal("TERM");
+    let mut stopping = false;
+    while !stopping {
+        stopping = next().await.contains("STOPPING=1");
+    }
+    assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
     drop(conf);
     sb.shutdown();
     db.cleanup().await;
