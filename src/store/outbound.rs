@@ -11,7 +11,9 @@ use uuid::Uuid;
 use crate::sync::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
 
 /// Up to `limit` rows that are `pending` and due, with `id > after`, ascending, locked
-/// (`SKIP LOCKED`) for the caller's transaction.
+/// (`SKIP LOCKED`) for the caller's transaction. A row waits while an older row of the same
+/// address waits for its retry, so that an address's rows reach Constant Contact in order
+/// (an older value never overwrites a newer one).
 pub async fn pending_chunk(
     conn: &mut PgConnection,
     account: &str,
@@ -20,11 +22,17 @@ pub async fn pending_chunk(
 ) -> Result<Vec<OutboundRow>, sqlx::Error> {
     type R = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
     let rows: Vec<R> = sqlx::query_as(
-        "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
-         WHERE account_id = $1 AND state = 'pending' AND id > $2
-           AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-         ORDER BY id LIMIT $3
-         FOR UPDATE SKIP LOCKED",
+        "WITH waiting AS (
+            SELECT lower(email) AS e, min(id) AS first_id FROM ccsync.outbound
+            WHERE account_id = $1 AND state = 'pending' AND next_attempt_at > now()
+            GROUP BY 1)
+         SELECT o.id, o.email, o.fields, o.list_ids, o.created_at
+         FROM ccsync.outbound o LEFT JOIN waiting w ON w.e = lower(o.email)
+         WHERE o.account_id = $1 AND o.state = 'pending' AND o.id > $2
+           AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+           AND (w.first_id IS NULL OR o.id < w.first_id)
+         ORDER BY o.id LIMIT $3
+         FOR UPDATE OF o SKIP LOCKED",
     )
     .bind(account)
     .bind(after)

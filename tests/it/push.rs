@@ -709,3 +709,52 @@ async fn a_lost_answer_to_the_import_resends_the_batch_later_and_loses_nothing()
     assert_eq!(c["email_address"]["permission_to_send"], "implicit");
     h.finish().await;
 }
+
+#[tokio::test]
+async fn rows_of_one_address_reach_constant_contact_in_order_across_retries() {
+    // A retry backoff (poll_max) long enough for a cycle to run in between.
+    let h = harness(10, Duration::from_millis(20), |s| {
+        s.sync.poll_max = Duration::from_millis(1_500);
+    })
+    .await;
+    let lists = h.ctl.list_ids();
+    h.sb.inject(Fault::ActivityOutcome {
+        state: "failed".into(),
+        times: 1,
+        errors: vec!["transient".into()],
+    });
+    let older = queue(
+        &h,
+        "order@example.com",
+        json!({"first_name": "Older"}),
+        &lists[..1],
+    )
+    .await;
+    push_ok(&h).await;
+    assert_eq!(row(&h, older).await.state, "pending");
+    let newer = queue(
+        &h,
+        "order@example.com",
+        json!({"first_name": "Newer"}),
+        &lists[..1],
+    )
+    .await;
+    // The older row waits for its retry: the newer one waits behind it.
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["rows_considered"], 0, "{stats}");
+    assert_eq!(row(&h, newer).await.state, "pending");
+    let due: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM ccsync.outbound WHERE id = $1")
+            .bind(older)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    tokio::time::sleep((due - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    push_ok(&h).await;
+    for id in [older, newer] {
+        assert_eq!(row(&h, id).await.state, "completed");
+    }
+    let c = h.ctl.contact_by_email("order@example.com").unwrap();
+    assert_eq!(c["first_name"], "Newer", "the newer local value wins");
+    h.finish().await;
+}
