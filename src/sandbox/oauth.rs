@@ -10,6 +10,8 @@
 //! - `GET /authorize`: authorization code request; redirects at once to the loopback
 //!   `redirect_uri` when auto-approval is on, else waits for the control API.
 //! - `POST /revoke`: RFC 7009 revocation of an access or refresh token.
+//! - `GET|POST /activate`: the `verification_uri` page where a user approves or denies a
+//!   device by its user code (also possible through [`OAuthCtl`] and the control routes).
 //!
 //! Refresh tokens are rotating (single use, the default: what the API notes document),
 //! rotating with the previous token kept valid until the new one is first used, or
@@ -799,6 +801,74 @@ async fn ctl_revoke(
     json(StatusCode::OK, &json!({"ok": true}))
 }
 
+#[derive(Deserialize)]
+struct ActivateQuery {
+    #[serde(default)]
+    user_code: Option<String>,
+}
+
+fn html(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!("<html><body>{body}</body></html>"),
+    )
+        .into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect()
+}
+
+/// `GET /activate`: the page a user opens to approve a device (the `verification_uri`).
+async fn activate_page(q: Query<ActivateQuery>) -> Response {
+    let code = escape(q.0.user_code.as_deref().unwrap_or(""));
+    html(
+        StatusCode::OK,
+        &format!(
+            "<h1>Sandbox device activation</h1><form method=\"post\" action=\"/activate\">\
+             <label>User code <input name=\"user_code\" value=\"{code}\"></label> \
+             <label>Account <input name=\"account\" value=\"default\"></label> \
+             <button name=\"decision\" value=\"approve\">Approve</button> \
+             <button name=\"decision\" value=\"deny\">Deny</button></form>"
+        ),
+    )
+}
+
+/// `POST /activate`: the user's decision.
+async fn activate_submit(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let form = parse_form(&body).unwrap_or_default();
+    let code = form.get("user_code").map(|c| c.trim().to_uppercase());
+    let account = form
+        .get("account")
+        .map(|a| escape(a))
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let ctl = OAuthCtl {
+        inner: Arc::clone(&inner),
+    };
+    let Some(code) = code else {
+        return html(StatusCode::BAD_REQUEST, "<p>No user code.</p>");
+    };
+    let done = match form.get("decision").map(String::as_str) {
+        Some("deny") => ctl.deny_device(&code),
+        _ => ctl.approve_device(&code, &account),
+    };
+    if done {
+        html(
+            StatusCode::OK,
+            "<p>Done. You can return to your device.</p>",
+        )
+    } else {
+        html(
+            StatusCode::NOT_FOUND,
+            "<p>No pending device with that code.</p>",
+        )
+    }
+}
+
 /// The authorization server's routes (the token route is registered by the router).
 ///
 /// Control routes (loopback only): `POST /__control/oauth/device` `{"user_code",
@@ -817,6 +887,7 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         )
         .route("/oauth2/default/v1/authorize", get(authorize))
         .route("/oauth2/default/v1/revoke", post(revoke))
+        .route("/activate", get(activate_page).post(activate_submit))
         .merge(control)
 }
 

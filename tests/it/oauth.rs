@@ -1098,6 +1098,29 @@ async fn the_sandbox_authorization_server_enforces_pkce_single_use_codes_slow_do
     assert_eq!(b["error"], "authorization_pending");
     let (_, b) = post_form(&http, &token, false, &poll).await;
     assert_eq!(b["error"], "slow_down");
+    // The user approves on the verification page.
+    let page = http
+        .get(dev["verification_uri_complete"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let resp = http
+        .post(dev["verification_uri"].as_str().unwrap())
+        .form(&[
+            ("user_code", dev["user_code"].as_str().unwrap()),
+            ("account", "default"),
+            ("decision", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (s, b) = post_form(&http, &token, false, &poll).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["refresh_token"].is_string());
+    let (_, b) = post_form(&http, &token, false, &poll).await;
+    assert_eq!(b["error"], "invalid_grant", "a device code is used once");
 
     // Revocation (RFC 7009) of a refresh token.
     let rt = sb.default_account().seed_refresh_token();
