@@ -371,6 +371,7 @@ async fn thirty_thousand_rows_are_cut_into_imports_under_the_byte_limit() {
             .await
             .unwrap();
     assert_eq!(sizes.len() as u64, batches);
+    eprintln!("30,000 rows: {batches} imports of {sizes:?} bytes (limit {limit})");
     for s in &sizes {
         assert!(*s as usize <= limit, "{s} > {limit}");
     }
