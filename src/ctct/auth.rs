@@ -271,6 +271,13 @@ impl Auth {
                 }),
             )
             .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::ReauthRequired { .. }) => "reauth_required",
+            Err(_) => "failed",
+        };
+        metrics::counter!("ccsync_token_refreshes_total", "account" => account.to_string(), "outcome" => outcome)
+            .increment(1);
         match &result {
             Ok(set) => info!(
                 access_expires_at = ?set.access_expires_at,
