@@ -97,6 +97,12 @@ impl PgTokenStore {
         let mut conn = PgConnection::connect_with(&self.connect)
             .await
             .map_err(store_err)?;
+        // A holder is bounded by the token requests' timeouts; a stuck one (a stopped
+        // process whose connection stays open) must not block every other worker forever.
+        sqlx::query("SET lock_timeout = '180s'")
+            .execute(&mut conn)
+            .await
+            .map_err(store_err)?;
         sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
             .bind(lock_key(account))
             .execute(&mut conn)
