@@ -105,7 +105,9 @@ impl Application {
 
         // Auxiliary tasks (listener, upkeep, watchdog) outlive the drain so that /readyz
         // says "shutting down" meanwhile; they stop on `aux`.
-        let listen = listener.local_addr().context("reading the listener's address")?;
+        let listen = listener
+            .local_addr()
+            .context("reading the listener's address")?;
         let aux = CancellationToken::new();
         let started = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
@@ -134,6 +136,7 @@ impl Application {
             aux.clone(),
         ));
         let watchdog = tokio::spawn(ops::notify::watchdog_loop(heartbeat, aux.clone()));
+        let prune = tokio::spawn(prune_loop(pool.clone(), aux.clone()));
 
         started.store(true, Ordering::Relaxed);
         let summary = format!(
@@ -192,7 +195,7 @@ impl Application {
             ),
         }
         aux.cancel();
-        for task in [server, upkeep, watchdog] {
+        for task in [server, upkeep, watchdog, prune] {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
         if tokio::time::timeout(Duration::from_secs(2), pool.close())
@@ -203,6 +206,28 @@ impl Application {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// How long finished schedule claims are kept (they only prevent a tick from running
+/// twice, which matters for seconds; a week leaves room for inspection).
+const KEEP_CLAIMS: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Deletes old finished claims every hour, so that `schedule_claims` stays bounded.
+async fn prune_loop(pool: PgPool, cancel: CancellationToken) {
+    loop {
+        match pool.acquire().await {
+            Ok(mut conn) => match store::schedule::prune(&mut conn, KEEP_CLAIMS).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "pruned old schedule claims"),
+                Err(e) => warn!(error = %e, "cannot prune schedule claims"),
+            },
+            Err(e) => warn!(error = %e, "cannot prune schedule claims"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = cancel.cancelled() => return,
+        }
     }
 }
 

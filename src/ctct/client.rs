@@ -266,7 +266,12 @@ impl AccountClient {
             if api.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            match api.budget.take(&self.account).await.map_err(Error::Budget)? {
+            match api
+                .budget
+                .take(&self.account)
+                .await
+                .map_err(Error::Budget)?
+            {
                 Budget::Granted { .. } => {}
                 Budget::Exhausted => {
                     return Err(Error::QuotaExceeded {

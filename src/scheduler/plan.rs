@@ -145,13 +145,9 @@ pub fn decide(job: Job, so_far: &[(Job, Ended)]) -> Decision {
     if so_far.iter().any(|(_, e)| *e == Ended::Failed) {
         return Decision::Stop;
     }
-    if job == Job::Push {
-        if !PUSH_NEEDS
-            .iter()
-            .all(|j| so_far.contains(&(*j, Ended::Succeeded)))
-        {
-            return Decision::SkipPush;
-        }
+    let fresh = |j: &Job| so_far.contains(&(*j, Ended::Succeeded));
+    if job == Job::Push && !PUSH_NEEDS.iter().all(fresh) {
+        return Decision::SkipPush;
     }
     Decision::Run
 }

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 
@@ -32,32 +33,47 @@ impl PgPacer {
 
     /// Claims the next slot; returns how long to wait for it.
     pub async fn claim(&self) -> Result<Duration, sqlx::Error> {
-        claim_slot(&self.pool, &self.api_key, self.interval).await
+        Ok(claim_slot(&self.pool, &self.api_key, self.interval)
+            .await?
+            .wait)
     }
 }
 
+/// A claimed request slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// When the request may leave (database clock).
+    pub at: DateTime<Utc>,
+    /// How long to sleep for it, measured on the database clock when it was claimed.
+    pub wait: Duration,
+}
+
 /// Claims the next request slot of `api_key`, `interval` after the previous one (or now,
-/// when the key was idle). Returns the wait until the claimed slot.
+/// when the key was idle).
 pub async fn claim_slot(
     pool: &PgPool,
     api_key: &str,
     interval: Duration,
-) -> Result<Duration, sqlx::Error> {
+) -> Result<Slot, sqlx::Error> {
     let interval_us = i64::try_from(interval.as_micros()).unwrap_or(i64::MAX);
-    let wait_us: i64 = sqlx::query_scalar(
+    let (at, wait_us): (DateTime<Utc>, i64) = sqlx::query_as(
         "INSERT INTO ccsync.api_pacer AS p (api_key, next_slot_at, updated_at)
          VALUES ($1, clock_timestamp() + $2 * interval '1 microsecond', clock_timestamp())
          ON CONFLICT (api_key) DO UPDATE
             SET next_slot_at = GREATEST(p.next_slot_at, clock_timestamp())
                                + $2 * interval '1 microsecond',
                 updated_at = clock_timestamp()
-         RETURNING GREATEST(0, (extract(epoch FROM p.next_slot_at - clock_timestamp()) * 1000000)::bigint - $2)",
+         RETURNING p.next_slot_at - $2 * interval '1 microsecond',
+                   (extract(epoch FROM p.next_slot_at - clock_timestamp()) * 1000000)::bigint - $2",
     )
     .bind(api_key)
     .bind(interval_us)
     .fetch_one(pool)
     .await?;
-    Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
+    Ok(Slot {
+        at,
+        wait: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)),
+    })
 }
 
 impl SharedPacer for PgPacer {

@@ -347,6 +347,27 @@ async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
         body.contains("account default needs re-authorisation"),
         "{body}"
     );
+    // So does a job that has been failing longer than its threshold (here: deletes, on a
+    // yearly test schedule, so three years).
+    sqlx::query("UPDATE ccsync.oauth_tokens SET needs_reauth = false")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO ccsync.sync_runs (id, account_id, job, started_at, finished_at, outcome, error)
+         VALUES (gen_random_uuid(), 'default', 'deletes', now() - interval '4 years',
+                 now() - interval '4 years', 'failed', 'boom')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("deletes of account default has been failing since"),
+        "{body}"
+    );
+    assert!(!body.contains("re-authorisation"), "{body}");
     // `ccsync healthcheck` (Docker's HEALTHCHECK) follows /readyz.
     let hc = Command::new(BIN)
         .args(["healthcheck", "--url", &format!("{base}/readyz")])
@@ -790,5 +811,80 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
     drop(conf);
     sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn request_slots_are_evenly_spaced_across_processes() {
+    use ccsync::ctct::limiter::SharedPacer;
+    use ccsync::store::pacer::PgPacer;
+    let db = TestDb::new().await;
+    // Two "replicas" (separate pools) share one API key's slots at 50/s (one per 20 ms).
+    let other = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let a = Arc::new(PgPacer::new(db.pool.clone(), "key", 50.0).unwrap());
+    let b = Arc::new(PgPacer::new(other.clone(), "key", 50.0).unwrap());
+    assert!(
+        PgPacer::new(db.pool.clone(), "key", 0.0).is_none(),
+        "0 turns pacing off"
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let p = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            p.wait_turn().await.unwrap();
+            start.elapsed()
+        }));
+    }
+    let mut at = Vec::new();
+    for t in tasks {
+        at.push(t.await.unwrap());
+    }
+    at.sort();
+    // Burst 1: any k+1 consecutive requests span at least k intervals, less the jitter of
+    // waking up on a busy machine (the slots themselves are exact, see below).
+    for i in 0..at.len() {
+        for k in 1..at.len() - i {
+            let span = at[i + k] - at[i];
+            let floor =
+                Duration::from_millis(20 * k as u64).saturating_sub(Duration::from_millis(30));
+            assert!(span >= floor, "{k} intervals in {span:?}: {at:?}");
+        }
+    }
+    assert!(at[19] >= Duration::from_millis(19 * 20 - 30), "{at:?}");
+    // The slots claimed concurrently through both pools are exactly one interval apart.
+    let mut claims = Vec::new();
+    for i in 0..20 {
+        let pool = if i % 2 == 0 {
+            db.pool.clone()
+        } else {
+            other.clone()
+        };
+        claims.push(tokio::spawn(async move {
+            ccsync::store::pacer::claim_slot(&pool, "slots", Duration::from_millis(20))
+                .await
+                .unwrap()
+                .at
+        }));
+    }
+    let mut slots = Vec::new();
+    for c in claims {
+        slots.push(c.await.unwrap());
+    }
+    slots.sort();
+    for w in slots.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::milliseconds(20),
+            "{slots:?}"
+        );
+    }
+    // Another API key has slots of its own.
+    let c = PgPacer::new(db.pool.clone(), "another key", 50.0).unwrap();
+    assert_eq!(c.claim().await.unwrap(), Duration::ZERO);
+    other.close().await;
     db.cleanup().await;
 }
