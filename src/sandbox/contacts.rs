@@ -223,6 +223,19 @@ impl ContactQuery {
     }
 }
 
+/// The filters of a query (what `contacts_count` depends on), canonical.
+fn count_key(params: &[(String, String)]) -> String {
+    let mut kv: Vec<&(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "cursor" | "limit" | "include" | "include_count"))
+        .collect();
+    kv.sort();
+    kv.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 #[derive(Serialize)]
 struct Href {
     href: String,
@@ -265,7 +278,7 @@ pub(crate) async fn list_contacts(
     let (page, count, more) = {
         let mut st = inner.lock();
         super::activities::tick(&inner, &mut st, &auth.account);
-        let Some(acct) = st.accounts.get(&auth.account) else {
+        let Some(acct) = st.accounts.get_mut(&auth.account) else {
             return json(
                 StatusCode::OK,
                 &serde_json::json!({"contacts": [], "contacts_count": 0}),
@@ -290,9 +303,20 @@ pub(crate) async fn list_contacts(
                 page.push(Arc::clone(&c.c));
             }
         }
-        let count = q
-            .include_count
-            .then(|| acct.contacts.values().filter(|c| q.matches(c)).count());
+        let count = q.include_count.then(|| {
+            let key = count_key(&params);
+            match acct.count_cache.get(&key) {
+                Some((v, n)) if *v == acct.version => *n,
+                _ => {
+                    let n = acct.contacts.values().filter(|c| q.matches(c)).count();
+                    if acct.count_cache.len() > 1000 {
+                        acct.count_cache.clear();
+                    }
+                    acct.count_cache.insert(key, (acct.version, n));
+                    n
+                }
+            }
+        });
         (page, count, more)
     };
     let next = if more {

@@ -352,6 +352,7 @@ impl std::ops::Deref for Slot {
 /// Mutable access to a stored contact; refreshes the hot fields when dropped.
 pub(crate) struct ContactMut<'a> {
     slot: &'a mut Slot,
+    version: &'a mut u64,
 }
 
 impl std::ops::Deref for ContactMut<'_> {
@@ -370,6 +371,7 @@ impl std::ops::DerefMut for ContactMut<'_> {
 impl Drop for ContactMut<'_> {
     fn drop(&mut self) {
         self.slot.hot = Hot::of(&self.slot.c);
+        *self.version += 1;
     }
 }
 
@@ -385,6 +387,10 @@ pub(crate) struct Account {
     /// Activity ids in creation order.
     pub activity_order: Vec<Uuid>,
     pub imports: Vec<serde_json::Value>,
+    /// Bumped on every contact change (keys the count cache).
+    pub version: u64,
+    /// `contacts_count` per filter: (version, count).
+    pub count_cache: HashMap<String, (u64, usize)>,
 }
 
 impl Account {
@@ -400,6 +406,7 @@ impl Account {
                 c: Arc::new(c),
             },
         );
+        self.version += 1;
     }
 
     /// Replaces a stored contact, keeping the email index right.
@@ -415,7 +422,10 @@ impl Account {
     }
 
     pub fn contact_mut(&mut self, id: &Uuid) -> Option<ContactMut<'_>> {
-        self.contacts.get_mut(id).map(|slot| ContactMut { slot })
+        let version = &mut self.version;
+        self.contacts
+            .get_mut(id)
+            .map(|slot| ContactMut { slot, version })
     }
 }
 

@@ -1615,3 +1615,60 @@ async fn request_log_records_queries_bodies_and_accounts() {
     assert_eq!(log[1].status, 201);
     assert_eq!(log[1].body.as_ref(), Some(&body));
 }
+
+/// `cargo test --release --test it sandbox_api::bench_filters -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark; run in release"]
+async fn bench_filters() {
+    let env = start(200_000, 8).await;
+    let future = fmt(env.sb.now() + chrono::Duration::days(1));
+    for q in [
+        "/v3/contacts?limit=500".to_string(),
+        "/v3/contacts?limit=500&include=list_memberships,custom_fields".to_string(),
+        "/v3/contacts?limit=500&include_count=true".to_string(),
+        format!("/v3/contacts?limit=500&updated_after={future}"),
+        "/v3/contacts?limit=500&status=unsubscribed".to_string(),
+    ] {
+        let mut worst = Duration::ZERO;
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            let t1 = std::time::Instant::now();
+            let (status, _) = env.get(&q).await;
+            assert_eq!(status, StatusCode::OK);
+            worst = worst.max(t1.elapsed());
+        }
+        eprintln!("{q}: avg {:?} worst {worst:?}", t.elapsed() / 10);
+    }
+}
+
+#[tokio::test]
+async fn contacts_count_follows_changes_between_pages() {
+    let env = start(30, 2).await;
+    let acct = env.sb.default_account();
+    let v = env
+        .get_ok("/v3/contacts?limit=10&include_count=true", "Contacts")
+        .await;
+    assert_eq!(v["contacts_count"], 30);
+    let next = v["_links"]["next"]["href"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    let v = env.get_ok(&next, "Contacts").await;
+    assert_eq!(v["contacts_count"], 30, "the cursor keeps include_count");
+    acct.delete_contact(acct.contact_ids()[0]);
+    let next = v["_links"]["next"]["href"]
+        .as_str()
+        .expect("next")
+        .to_string();
+    let v = env.get_ok(&next, "Contacts").await;
+    assert_eq!(v["contacts_count"], 29);
+    let v = env
+        .get_ok("/v3/contacts?status=all&include_count=true", "Contacts")
+        .await;
+    assert_eq!(v["contacts_count"], 30);
+    acct.create_contact("counted@example.com", None, &[]);
+    let v = env
+        .get_ok("/v3/contacts?include_count=true&status=all", "Contacts")
+        .await;
+    assert_eq!(v["contacts_count"], 31);
+}
