@@ -299,8 +299,8 @@ pub fn authorization_url(
     Ok(url.to_string())
 }
 
-/// What the loopback redirect carried.
-#[derive(Debug, PartialEq, Eq)]
+/// What the loopback redirect carried. `Debug` hides the code.
+#[derive(PartialEq, Eq)]
 pub enum Callback {
     Code {
         code: String,
@@ -311,6 +311,16 @@ pub enum Callback {
     },
     /// Not the callback path (a favicon request, ...).
     Other,
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Callback::Code { .. } => f.write_str("Code { code: [REDACTED], state: [REDACTED] }"),
+            Callback::Error { error } => f.debug_struct("Error").field("error", error).finish(),
+            Callback::Other => f.write_str("Other"),
+        }
+    }
 }
 
 /// Parses the request line of the redirect (`GET /callback?code=..&state=.. HTTP/1.1`).
@@ -551,6 +561,16 @@ mod tests {
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["response_type"], "code");
         assert_eq!(q["redirect_uri"], "http://127.0.0.1:2/callback");
+    }
+
+    #[test]
+    fn a_callback_never_debug_prints_its_code() {
+        let c = parse_callback(
+            "GET /callback?code=s3cr3t-code&state=s3cr3t-state HTTP/1.1",
+            "/callback",
+        );
+        let d = format!("{c:?}");
+        assert!(!d.contains("s3cr3t"), "{d}");
     }
 
     #[test]

@@ -97,7 +97,7 @@ struct DeviceRec {
     status: DeviceStatus,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct CodeRec {
     account: String,
     redirect_uri: String,
@@ -106,7 +106,7 @@ struct CodeRec {
     expires_at: Ts,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct PendingAuthorization {
     redirect_uri: String,
     state: Option<String>,
@@ -114,8 +114,8 @@ struct PendingAuthorization {
     scope: String,
 }
 
-/// OAuth state kept inside the sandbox state (one lock for everything).
-#[derive(Debug)]
+/// OAuth state kept inside the sandbox state (one lock for everything). Its `Debug` shows
+/// counts only: the maps are keyed by secrets.
 pub(crate) struct OAuthState {
     policy: RefreshTokenPolicy,
     rate: Option<TokenRateLimit>,
@@ -134,6 +134,18 @@ pub(crate) struct OAuthState {
     successor: HashMap<String, String>,
     secrets: std::collections::VecDeque<String>,
     grants: HashMap<String, u64>,
+}
+
+impl std::fmt::Debug for OAuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthState")
+            .field("policy", &self.policy)
+            .field("rate", &self.rate)
+            .field("devices", &self.devices.len())
+            .field("codes", &self.codes.len())
+            .field("pending_authorizations", &self.pending_authorizations.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl OAuthState {
