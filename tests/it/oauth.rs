@@ -1163,3 +1163,42 @@ async fn the_sandbox_authorization_server_enforces_pkce_single_use_codes_slow_do
     assert!(b.get("refresh_token").is_none());
     sb.shutdown();
 }
+
+#[tokio::test]
+async fn check_config_warns_without_a_key_and_rejects_a_bad_one() {
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 0,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let url = "postgres://postgres@127.0.0.1:5432/unused";
+    let plain = ChildConfig::new(&sb, url, &[("default", None)], "");
+    let o = plain.run(&["check-config"], "warn").await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("plain text"), "{}", text(&o));
+
+    let missing = ChildConfig::new(
+        &sb,
+        url,
+        &[("default", None)],
+        "[security]\ntoken_key_file = \"/nonexistent/ccsync/token_key\"\n",
+    );
+    let o = missing.run(&["check-config"], "warn").await;
+    assert_eq!(o.status.code(), Some(78), "{}", text(&o));
+    assert!(text(&o).contains("security.token_key_file"), "{}", text(&o));
+
+    let key_path = plain.dir.join("token_key");
+    std::fs::write(&key_path, format!("{KEY_A}\n")).unwrap();
+    let keyed = ChildConfig::new(
+        &sb,
+        url,
+        &[("default", None)],
+        &format!("[security]\ntoken_key_file = \"{}\"\n", key_path.display()),
+    );
+    let o = keyed.run(&["check-config"], "warn").await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("plain text"), "{}", text(&o));
+    assert!(!text(&o).contains(KEY_A), "the key is never printed");
+    sb.shutdown();
+}
