@@ -281,13 +281,21 @@ async fn submit(
             continue;
         }
         let (ids, reasons) = split(&plan.skipped);
-        store::outbound::set_state(&mut tx, "pending", &ids, "skipped", &reasons).await?;
+        store::outbound::set_state(&mut tx, "pending", &ids, "skipped", &reasons)
+            .await
+            .context("marking rows skipped")?;
         let (ids, reasons) = split(&failed);
-        store::outbound::set_state(&mut tx, "pending", &ids, "failed", &reasons).await?;
+        store::outbound::set_state(&mut tx, "pending", &ids, "failed", &reasons)
+            .await
+            .context("marking invalid rows failed")?;
         let (ids, reasons) = split(&plan.already);
         stats.completed +=
-            store::outbound::set_state(&mut tx, "pending", &ids, "completed", &reasons).await?;
-        store::outbound::append_changes(&mut tx, &account, run_id, &log).await?;
+            store::outbound::set_state(&mut tx, "pending", &ids, "completed", &reasons)
+                .await
+                .context("marking rows already in Constant Contact completed")?;
+        store::outbound::append_changes(&mut tx, &account, run_id, &log)
+            .await
+            .context("logging conflicts and skipped rows")?;
         tx.commit().await.context("committing the push plan")?;
         for b in cut.batches {
             if stats.stopped.is_some() {
@@ -516,8 +524,10 @@ async fn finish_abandoned(
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
     warn!(activity_id = %id, reason, "activity abandoned");
-    let mut tx = ctx.pool.begin().await?;
-    let rows = store::outbound::rows_of_activity(&mut tx, id).await?;
+    let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
+    let rows = store::outbound::rows_of_activity(&mut tx, id)
+        .await
+        .context("reading the rows of an abandoned activity")?;
     let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
     let (base, cap) = retry_backoff(ctx);
     let (retry, dead) = store::outbound::failed_attempt(
@@ -529,8 +539,11 @@ async fn finish_abandoned(
         base,
         cap,
     )
-    .await?;
-    store::activities::record_poll(&mut tx, id, "abandoned", None, None, None, true).await?;
+    .await
+    .context("recording an abandoned activity's attempt")?;
+    store::activities::record_poll(&mut tx, id, "abandoned", None, None, None, true)
+        .await
+        .context("recording an abandoned activity")?;
     tx.commit()
         .await
         .context("committing an abandoned activity")?;
@@ -542,7 +555,7 @@ async fn finish_abandoned(
 
 /// Maps a terminal activity back to its rows, in one transaction.
 async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow::Result<()> {
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
     let rows = store::outbound::rows_of_activity(&mut tx, &a.activity_id)
         .await
         .context("reading the rows of an activity")?;
@@ -557,7 +570,8 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
             .map(|(_, r)| Some(r.clone()))
             .collect();
         store::outbound::set_state(&mut tx, "submitted", &failed_ids, "failed", &failed_reasons)
-            .await?;
+            .await
+            .context("marking rows the import rejected failed")?;
         let (base, cap) = retry_backoff(ctx);
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
@@ -568,15 +582,17 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
             base,
             cap,
         )
-        .await?;
+        .await
+        .context("recording rows an import did not process")?;
         let done_ids: Vec<i64> = rows
             .iter()
             .map(|(i, _)| *i)
             .filter(|i| !failed_ids.contains(i) && !outcome.unprocessed.contains(i))
             .collect();
         let none = vec![None; done_ids.len()];
-        let done =
-            store::outbound::set_state(&mut tx, "submitted", &done_ids, "completed", &none).await?;
+        let done = store::outbound::set_state(&mut tx, "submitted", &done_ids, "completed", &none)
+            .await
+            .context("marking rows completed")?;
         let cannot = a.counter("cannot_add_to_list_count").unwrap_or(0);
         if cannot > 0 {
             // The guard filtered every contact unsubscribed in the store: these opted out
@@ -610,7 +626,8 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
             base,
             cap,
         )
-        .await?;
+        .await
+        .context("recording a failed activity's attempt")?;
         warn!(activity_id = %a.activity_id, state = %a.state, retry, dead, "import activity did not complete");
         stats.retrying += retry;
         stats.failed += dead;
@@ -624,7 +641,8 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
         errors_json.as_ref(),
         true,
     )
-    .await?;
+    .await
+    .context("recording the finished activity")?;
     tx.commit()
         .await
         .context("committing a finished activity")?;
