@@ -888,3 +888,53 @@ async fn request_slots_are_evenly_spaced_across_processes() {
     other.close().await;
     db.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_failing_account_does_not_stop_the_others() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 40,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let good = sb.default_account().seed_refresh_token();
+    let opts = Opts::new(vec![
+        ("broken".into(), "rt.not-a-valid-token".into()),
+        ("default".into(), good),
+    ]);
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let mut d = Daemon::spawn(&conf);
+    let base = d.ready().await;
+    eventually(
+        "the good account to sync twice while the broken one fails",
+        Duration::from_secs(20),
+        || async {
+            let ok = count(&db, "SELECT count(*) FROM ccsync.sync_runs WHERE account_id = 'default' AND outcome = 'succeeded'").await;
+            let failed = count(&db, "SELECT count(*) FROM ccsync.sync_runs WHERE account_id = 'broken' AND outcome = 'failed'").await;
+            (ok >= 2 && failed >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM ccsync.contacts WHERE account_id = 'default'"
+        )
+        .await,
+        40
+    );
+    // The refused refresh token is reported where operators look.
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("account broken needs re-authorisation"),
+        "{body}"
+    );
+    assert!(!body.contains("account default"), "{body}");
+    d.signal("TERM");
+    assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
