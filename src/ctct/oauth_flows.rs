@@ -157,6 +157,10 @@ pub fn after_poll_error(interval: Duration, e: &TokenEndpointError) -> PollDecis
 
 /// The device authorization flow: asks for a user code, hands it to `prompt`, then polls
 /// the token endpoint until the user approves, denies, or the code expires.
+///
+/// Both requests identify the application by `client_id` alone, as Constant Contact
+/// documents the device flow (a device cannot keep a secret); the client secret, if any, is
+/// not sent.
 pub async fn device_login(
     http: &reqwest::Client,
     oauth: &OAuthClient,
@@ -164,13 +168,13 @@ pub async fn device_login(
     prompt: impl FnOnce(&DevicePrompt),
     cancel: &CancellationToken,
 ) -> Result<TokenSet, FlowError> {
-    let mut form = vec![("scope", SCOPE)];
-    let mut req = http.post(device_url);
-    match &oauth.client_secret {
-        Some(s) => req = req.basic_auth(&oauth.client_id, Some(s.expose_secret())),
-        None => form.push(("client_id", oauth.client_id.as_str())),
-    }
-    let resp = req
+    let oauth = &OAuthClient {
+        client_secret: None,
+        ..oauth.clone()
+    };
+    let form = [("scope", SCOPE), ("client_id", oauth.client_id.as_str())];
+    let resp = http
+        .post(device_url)
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&form)
         .send()
