@@ -442,7 +442,7 @@ fn too_many_queued() -> Response {
     )
 }
 
-fn new_rec(inner: &Inner, st: &State, kind: Kind, job: Job) -> ActivityRec {
+fn new_rec(st: &State, kind: Kind, job: Job) -> ActivityRec {
     let now = st.now();
     let start = Instant::now();
     ActivityRec {
@@ -456,8 +456,8 @@ fn new_rec(inner: &Inner, st: &State, kind: Kind, job: Job) -> ActivityRec {
         percent_done: 0,
         errors: Vec::new(),
         counters: Counters::default(),
-        processing_at: start + inner.import_processing / 2,
-        done_at: start + inner.import_processing,
+        processing_at: start + st.import_processing / 2,
+        done_at: start + st.import_processing,
         job: Some(job),
         forced: None,
     }
@@ -523,7 +523,7 @@ pub(crate) async fn contacts_json_import(
         }
     }
     let outcome = super::faults::take_activity_outcome(&mut st);
-    let mut rec = new_rec(&inner, &st, Kind::Import, Job::Import { items, list_ids });
+    let mut rec = new_rec(&st, Kind::Import, Job::Import { items, list_ids });
     rec.counters.items_total_count = keep as u64;
     rec.forced = outcome;
     let out = to_json(&rec, Shape::Import);
@@ -917,7 +917,7 @@ async fn members(inner: Arc<Inner>, auth: AuthCtx, body: Bytes, add: bool) -> Re
     } else {
         Kind::RemoveMembers
     };
-    let mut rec = new_rec(&inner, &st, kind, job);
+    let mut rec = new_rec(&st, kind, job);
     rec.counters.items_total_count = total as u64;
     rec.counters.list_count = lists as u64;
     let out = to_json(&rec, Shape::Membership);

@@ -279,6 +279,11 @@ impl Sandbox {
         st.limits.tat = None;
     }
 
+    /// Time later activities spend in `initialized`/`processing` (half each).
+    pub fn set_import_processing(&self, d: Duration) {
+        self.inner.lock().import_processing = d;
+    }
+
     pub fn set_daily_quota(&self, quota: Option<u64>) {
         self.inner.lock().limits.daily_quota = quota;
     }
@@ -334,6 +339,7 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         requests: Vec::new(),
         throttled: 0,
         token_requests: 0,
+        import_processing: cfg.import_processing,
         oauth: oauth::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
     };
     let now = st.now();
@@ -344,7 +350,6 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         client_id: cfg.client_id,
         client_secret: cfg.client_secret,
         access_token_ttl: cfg.access_token_ttl,
-        import_processing: cfg.import_processing,
     }
 }
 

@@ -465,6 +465,8 @@ pub(crate) struct State {
     pub requests: Vec<RequestRecord>,
     pub throttled: u64,
     pub token_requests: u64,
+    /// Time an activity spends in `initialized`/`processing`.
+    pub import_processing: std::time::Duration,
     pub oauth: super::oauth::OAuthState,
 }
 
@@ -473,7 +475,6 @@ pub(crate) struct Inner {
     pub client_id: String,
     pub client_secret: String,
     pub access_token_ttl: std::time::Duration,
-    pub import_processing: std::time::Duration,
 }
 
 impl Inner {

@@ -1672,3 +1672,27 @@ async fn contacts_count_follows_changes_between_pages() {
         .await;
     assert_eq!(v["contacts_count"], 31);
 }
+
+#[tokio::test]
+async fn import_processing_time_can_change_at_runtime() {
+    let env = start(3, 1).await;
+    let list = env.sb.default_account().list_ids()[0];
+    env.sb.set_import_processing(Duration::from_secs(3600));
+    let body =
+        serde_json::json!({"import_data": [{"email": "slow@example.com"}], "list_ids": [list]});
+    let slow = import(&env, &body).await;
+    let href = slow["_links"]["self"]["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(env.get_ok(&href, "Activity").await["state"], "initialized");
+    env.sb.set_import_processing(Duration::ZERO);
+    let fast = import(&env, &body).await;
+    let fast_href = fast["_links"]["self"]["href"].as_str().expect("href");
+    assert_eq!(
+        env.get_ok(fast_href, "Activity").await["state"],
+        "completed"
+    );
+    assert_eq!(env.get_ok(&href, "Activity").await["state"], "initialized");
+}
