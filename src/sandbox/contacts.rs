@@ -14,8 +14,9 @@ use uuid::Uuid;
 use super::pipeline::AuthCtx;
 use super::respond::{bad_request, json};
 use super::state::{
-    perm_of, Contact, ContactOut, Hot, Inner, Slot, INC_CUSTOM_FIELDS, INC_LIST_MEMBERSHIPS,
-    INC_NOTES, INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS, PERM_UNSUBSCRIBED,
+    perm_of, Account, Contact, ContactOut, Hot, Inner, Slot, INC_CUSTOM_FIELDS,
+    INC_LIST_MEMBERSHIPS, INC_NOTES, INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS,
+    PERM_UNSUBSCRIBED,
 };
 use super::{cursor, state::parse_ts};
 
@@ -284,40 +285,8 @@ pub(crate) async fn list_contacts(
                 &serde_json::json!({"contacts": [], "contacts_count": 0}),
             );
         };
-        let lower = match after {
-            Some(id) => Bound::Excluded(id),
-            None => Bound::Unbounded,
-        };
-        let mut page: Vec<Arc<Contact>> = Vec::with_capacity(q.limit.min(512));
-        let mut more = false;
-        for c in acct
-            .contacts
-            .range((lower, Bound::Unbounded))
-            .map(|(_, c)| c)
-        {
-            if q.matches(c) {
-                if page.len() == q.limit {
-                    more = true;
-                    break;
-                }
-                page.push(Arc::clone(&c.c));
-            }
-        }
-        let count = q.include_count.then(|| {
-            let key = count_key(&params);
-            match acct.count_cache.get(&key) {
-                Some((v, n)) if *v == acct.version => *n,
-                _ => {
-                    let n = acct.contacts.values().filter(|c| q.matches(c)).count();
-                    if acct.count_cache.len() > 1000 {
-                        acct.count_cache.clear();
-                    }
-                    acct.count_cache.insert(key, (acct.version, n));
-                    n
-                }
-            }
-        });
-        (page, count, more)
+        let key = count_key(&params);
+        select(acct, &q, after, &key)
     };
     let next = if more {
         page.last()
@@ -331,6 +300,106 @@ pub(crate) async fn list_contacts(
         _links: next_links("/v3/contacts", next),
     };
     json(StatusCode::OK, &body)
+}
+
+/// One page (ordered by contact_id, after `after`), the count if asked, and whether more
+/// remain. Selective time-bounded queries use the time indexes; others scan.
+pub(crate) fn select(
+    acct: &mut Account,
+    q: &ContactQuery,
+    after: Option<Uuid>,
+    count_key: &str,
+) -> (Vec<Arc<Contact>>, Option<usize>, bool) {
+    if let Some(ids) = indexed_matches(acct, q) {
+        let mut page = Vec::with_capacity(q.limit.min(512));
+        let mut more = false;
+        let start = match after {
+            Some(a) => ids.partition_point(|id| *id <= a),
+            None => 0,
+        };
+        for id in &ids[start..] {
+            if page.len() == q.limit {
+                more = true;
+                break;
+            }
+            if let Some(s) = acct.contacts.get(id) {
+                page.push(Arc::clone(&s.c));
+            }
+        }
+        return (page, q.include_count.then_some(ids.len()), more);
+    }
+    let lower = match after {
+        Some(id) => Bound::Excluded(id),
+        None => Bound::Unbounded,
+    };
+    let mut page: Vec<Arc<Contact>> = Vec::with_capacity(q.limit.min(512));
+    let mut more = false;
+    for c in acct
+        .contacts
+        .range((lower, Bound::Unbounded))
+        .map(|(_, c)| c)
+    {
+        if q.matches(c) {
+            if page.len() == q.limit {
+                more = true;
+                break;
+            }
+            page.push(Arc::clone(&c.c));
+        }
+    }
+    let count = q
+        .include_count
+        .then(|| match acct.count_cache.get(count_key) {
+            Some((v, n)) if *v == acct.version => *n,
+            _ => {
+                let n = acct.contacts.values().filter(|c| q.matches(c)).count();
+                if acct.count_cache.len() > 1000 {
+                    acct.count_cache.clear();
+                }
+                acct.count_cache
+                    .insert(count_key.to_string(), (acct.version, n));
+                n
+            }
+        });
+    (page, count, more)
+}
+
+/// Every matching id, sorted, found through a time index, when the query has
+/// `updated_*` or `optout_*` bounds that select at most a quarter of the contacts.
+/// `None` = scan instead.
+fn indexed_matches(acct: &Account, q: &ContactQuery) -> Option<Vec<Uuid>> {
+    let (set, lo, hi) = if q.updated_after.is_some() || q.updated_before.is_some() {
+        (&acct.idx.updated, q.updated_after, q.updated_before)
+    } else if q.optout_after.is_some() || q.optout_before.is_some() {
+        (&acct.idx.optout, q.optout_after, q.optout_before)
+    } else {
+        return None;
+    };
+    let lower = match lo {
+        Some(a) => Bound::Excluded((a, Uuid::max())),
+        None => Bound::Unbounded,
+    };
+    let upper = match hi {
+        Some(b) => Bound::Excluded((b, Uuid::nil())),
+        None => Bound::Unbounded,
+    };
+    if let (Some(a), Some(b)) = (lo, hi) {
+        if a >= b {
+            return Some(Vec::new());
+        }
+    }
+    let budget = acct.contacts.len() / 4;
+    let mut ids = Vec::new();
+    for (_, id) in set.range((lower, upper)) {
+        if ids.len() >= budget {
+            return None;
+        }
+        ids.push(*id);
+    }
+    ids.retain(|id| acct.contacts.get(id).is_some_and(|s| q.matches(s)));
+    ids.sort_unstable();
+    ids.dedup();
+    Some(ids)
 }
 
 /// `GET /v3/contacts/{contact_id}?include=...`: one `ContactResource` (deleted ones
@@ -366,5 +435,116 @@ pub(crate) async fn get_contact(
     match found {
         Some(c) => json(StatusCode::OK, &ContactOut::new(&c, q.include)),
         None => not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::generator;
+    use crate::sandbox::state::{fmt_ts, Account};
+
+    fn scan(acct: &Account, q: &ContactQuery) -> Vec<Uuid> {
+        acct.contacts
+            .values()
+            .filter(|c| q.matches(c))
+            .map(|c| c.core.contact_id)
+            .collect()
+    }
+
+    fn query(pairs: &[(&str, String)]) -> ContactQuery {
+        let p: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        match ContactQuery::parse(&p) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn time_indexes_agree_with_a_full_scan() {
+        let now = chrono::Utc::now();
+        let mut acct = Account::default();
+        generator::generate(&mut acct, 2000, 5, 3, now);
+        // Mutations through every path keep the indexes right.
+        let ids: Vec<Uuid> = acct.contacts.keys().copied().collect();
+        for (i, id) in ids.iter().enumerate().take(300) {
+            if let Some(mut c) = acct.contact_mut(id) {
+                c.core.updated_at = now - chrono::Duration::minutes(i as i64);
+                if i % 3 == 0 {
+                    c.core.email_address.opt_out_date =
+                        Some(now - chrono::Duration::hours(i as i64));
+                    c.core.email_address.permission_to_send = "unsubscribed".into();
+                }
+                if i % 7 == 0 {
+                    c.core.deleted_at = Some(now.date_naive());
+                }
+            }
+        }
+        if let Some(c) = acct.contacts.get(&ids[1]).map(|s| (*s.c).clone()) {
+            let mut c = c;
+            c.core.updated_at = now + chrono::Duration::seconds(5);
+            acct.replace_contact(c);
+        }
+        let t = |d: chrono::Duration| fmt_ts(&(now + d)).to_string();
+        let cases: Vec<Vec<(&str, String)>> = vec![
+            vec![("updated_after", t(-chrono::Duration::minutes(100)))],
+            vec![
+                ("updated_after", t(-chrono::Duration::minutes(100))),
+                ("status", "all".into()),
+            ],
+            vec![
+                ("updated_after", t(-chrono::Duration::minutes(200))),
+                ("updated_before", t(-chrono::Duration::minutes(20))),
+            ],
+            vec![("updated_after", t(chrono::Duration::seconds(1)))],
+            vec![("updated_after", t(chrono::Duration::days(1)))],
+            vec![("updated_before", t(-chrono::Duration::days(1000)))],
+            vec![
+                ("updated_after", t(chrono::Duration::zero())),
+                ("updated_before", t(chrono::Duration::zero())),
+            ],
+            vec![
+                ("optout_after", t(-chrono::Duration::hours(50))),
+                ("status", "unsubscribed".into()),
+            ],
+            vec![
+                ("optout_after", t(-chrono::Duration::hours(50))),
+                ("status", "all".into()),
+            ],
+            vec![("optout_before", t(-chrono::Duration::hours(10)))],
+        ];
+        let mut used_index = 0;
+        for case in &cases {
+            let q = query(case);
+            let want = scan(&acct, &q);
+            if let Some(got) = indexed_matches(&acct, &q) {
+                used_index += 1;
+                assert_eq!(got, want, "{case:?}");
+            }
+            let (page, count, _) = select(
+                &mut acct,
+                &ContactQuery {
+                    include_count: true,
+                    limit: 500,
+                    ..query(case)
+                },
+                None,
+                "k",
+            );
+            let page_ids: Vec<Uuid> = page.iter().map(|c| c.core.contact_id).collect();
+            assert_eq!(
+                page_ids,
+                want.iter().take(500).copied().collect::<Vec<_>>(),
+                "{case:?}"
+            );
+            assert_eq!(count, Some(want.len()), "{case:?}");
+        }
+        assert!(
+            used_index >= 6,
+            "the index path must be exercised ({used_index})"
+        );
     }
 }

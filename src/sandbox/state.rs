@@ -3,7 +3,7 @@
 //! Stored shapes follow the spec definitions (`ContactResource`, `EmailAddress`,
 //! `ContactList`, ...) so that serialising a stored record gives a valid response body.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -351,8 +351,10 @@ impl std::ops::Deref for Slot {
 
 /// Mutable access to a stored contact; refreshes the hot fields when dropped.
 pub(crate) struct ContactMut<'a> {
+    id: Uuid,
     slot: &'a mut Slot,
     version: &'a mut u64,
+    idx: &'a mut TimeIndexes,
 }
 
 impl std::ops::Deref for ContactMut<'_> {
@@ -370,8 +372,33 @@ impl std::ops::DerefMut for ContactMut<'_> {
 
 impl Drop for ContactMut<'_> {
     fn drop(&mut self) {
+        self.idx.remove(self.id, &self.slot.hot);
         self.slot.hot = Hot::of(&self.slot.c);
+        self.idx.add(self.id, &self.slot.hot);
         *self.version += 1;
+    }
+}
+
+/// Secondary indexes on `updated_at` and the opt-out date (milliseconds, contact id), so
+/// that selective `updated_*`/`optout_*` queries need not scan every contact.
+#[derive(Default)]
+pub(crate) struct TimeIndexes {
+    pub updated: BTreeSet<(i64, Uuid)>,
+    pub optout: BTreeSet<(i64, Uuid)>,
+}
+
+impl TimeIndexes {
+    fn remove(&mut self, id: Uuid, h: &Hot) {
+        self.updated.remove(&(h.updated_ms, id));
+        if h.optout_ms != i64::MIN {
+            self.optout.remove(&(h.optout_ms, id));
+        }
+    }
+    fn add(&mut self, id: Uuid, h: &Hot) {
+        self.updated.insert((h.updated_ms, id));
+        if h.optout_ms != i64::MIN {
+            self.optout.insert((h.optout_ms, id));
+        }
     }
 }
 
@@ -391,6 +418,7 @@ pub(crate) struct Account {
     pub version: u64,
     /// `contacts_count` per filter: (version, count).
     pub count_cache: HashMap<String, (u64, usize)>,
+    pub idx: TimeIndexes,
 }
 
 impl Account {
@@ -399,13 +427,19 @@ impl Account {
         self.by_email
             .insert(c.core.email_address.address.to_lowercase(), id);
         let hot = Hot::of(&c);
-        self.contacts.insert(
+        self.idx.add(id, &hot);
+        let old = self.contacts.insert(
             id,
             Slot {
                 hot,
                 c: Arc::new(c),
             },
         );
+        if let Some(old) = old {
+            // Same key (ms, id) as the new entry would be removed too: re-add after.
+            self.idx.remove(id, &old.hot);
+            self.idx.add(id, &hot);
+        }
         self.version += 1;
     }
 
@@ -423,9 +457,13 @@ impl Account {
 
     pub fn contact_mut(&mut self, id: &Uuid) -> Option<ContactMut<'_>> {
         let version = &mut self.version;
-        self.contacts
-            .get_mut(id)
-            .map(|slot| ContactMut { slot, version })
+        let idx = &mut self.idx;
+        self.contacts.get_mut(id).map(|slot| ContactMut {
+            id: *id,
+            slot,
+            version,
+            idx,
+        })
     }
 }
 
