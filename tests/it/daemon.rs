@@ -62,6 +62,10 @@ struct Opts {
     shutdown_grace: &'static str,
     max_concurrent_accounts: usize,
     max_connections: u32,
+    /// Schedule of the jobs other than contacts (default: never).
+    others_cron: String,
+    /// Lines added to `[sync]`.
+    sync_extra: String,
     extra: String,
 }
 
@@ -75,6 +79,8 @@ impl Opts {
             shutdown_grace: "10s",
             max_concurrent_accounts: 4,
             max_connections: 4,
+            others_cron: NEVER.into(),
+            sync_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -87,9 +93,9 @@ fn config(sb: &Sandbox, db_url: &str, o: &Opts) -> String {
          [constant_contact]\napi_base = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\n\
          client_secret = \"{}\"\nrequests_per_second = {}\nretry_initial = \"20ms\"\n\
          retry_max = \"200ms\"\nrequest_timeout = \"20s\"\n\n\
-         [sync]\npage_size = {}\n\n\
-         [schedule]\ncontacts = \"{}\"\nunsubscribes = \"{NEVER}\"\ndeletes = \"{NEVER}\"\n\
-         lists = \"{NEVER}\"\npush = \"{NEVER}\"\nreconcile = \"{NEVER}\"\n\n\
+         [sync]\npage_size = {}\n{}\n\n\
+         [schedule]\ncontacts = \"{}\"\nunsubscribes = \"{}\"\ndeletes = \"{}\"\n\
+         lists = \"{}\"\npush = \"{}\"\nreconcile = \"{NEVER}\"\n\n\
          [server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\n\
          max_concurrent_accounts = {}\nmetrics_interval = \"1s\"\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n",
@@ -100,7 +106,12 @@ fn config(sb: &Sandbox, db_url: &str, o: &Opts) -> String {
         d.client_secret,
         o.requests_per_second,
         o.page_size,
+        o.sync_extra,
         o.contacts_cron,
+        o.others_cron,
+        o.others_cron,
+        o.others_cron,
+        o.others_cron,
         o.shutdown_grace,
         o.max_concurrent_accounts,
         o.extra,
@@ -934,6 +945,80 @@ async fn a_failing_account_does_not_stop_the_others() {
     assert!(!body.contains("account default"), "{body}");
     d.signal("TERM");
     assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
+    drop(conf);
+    sb.shutdown();
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
+    let db = TestDb::new().await;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 30,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let token = sb.default_account().seed_refresh_token();
+    let mut opts = Opts::new(vec![("default".into(), token)]);
+    // Every job on the same two-second tick: one cycle per tick runs them all.
+    opts.contacts_cron = "*/2 * * * * *".into();
+    opts.others_cron = "*/2 * * * * *".into();
+    opts.sync_extra = "poll_initial = \"100ms\"\npoll_max = \"500ms\"".into();
+    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    let list = sb.default_account().list_ids()[0];
+    sqlx::query(
+        "INSERT INTO ccsync.outbound (email, fields, list_ids)
+         VALUES ('ada@example.com', '{\"first_name\": \"Ada\"}', ARRAY[$1]::uuid[])",
+    )
+    .bind(list)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut d = Daemon::spawn(&conf);
+    d.ready().await;
+    eventually(
+        "the queued row to be pushed",
+        Duration::from_secs(30),
+        || async {
+            (count(
+                &db,
+                "SELECT count(*) FROM ccsync.outbound WHERE state = 'completed'",
+            )
+            .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(sb
+        .default_account()
+        .contact_by_email("ada@example.com")
+        .is_some());
+    d.signal("TERM");
+    assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
+
+    // Each scheduled push ran at the end of its tick's cycle, after the pulls, in order.
+    let cycles: Vec<(chrono::DateTime<chrono::Utc>, Vec<String>, Vec<String>)> = sqlx::query_as(
+        "SELECT scheduled_for, array_agg(job ORDER BY started_at), array_agg(outcome ORDER BY started_at)
+         FROM ccsync.sync_runs WHERE scheduled_for IS NOT NULL
+         GROUP BY scheduled_for HAVING bool_or(job = 'push') ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(!cycles.is_empty());
+    for (tick, jobs, outcomes) in &cycles {
+        assert_eq!(
+            jobs,
+            &["contacts", "unsubscribes", "deletes", "lists", "push"],
+            "cycle at {tick}: {outcomes:?}"
+        );
+        assert!(
+            outcomes[..4].iter().all(|o| o == "succeeded"),
+            "push ran after a failed pull at {tick}: {outcomes:?}"
+        );
+    }
     drop(conf);
     sb.shutdown();
     db.cleanup().await;
