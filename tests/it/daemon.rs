@@ -961,9 +961,10 @@ async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
     .unwrap();
     let token = sb.default_account().seed_refresh_token();
     let mut opts = Opts::new(vec![("default".into(), token)]);
-    // Every job on the same two-second tick: one cycle per tick runs them all.
+    // Every job on the same two-second tick, through two scheduler entries (the strings
+    // differ): one cycle per tick runs them all.
     opts.contacts_cron = "*/2 * * * * *".into();
-    opts.others_cron = "*/2 * * * * *".into();
+    opts.others_cron = "0/2 * * * * *".into();
     opts.sync_extra = "poll_initial = \"100ms\"\npoll_max = \"500ms\"".into();
     let conf = Conf::new(&config(&sb, &db.url, &opts));
     let list = sb.default_account().list_ids()[0];
@@ -1008,6 +1009,13 @@ async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
     .await
     .unwrap();
     assert!(!cycles.is_empty());
+    let doubled = count(
+        &db,
+        "SELECT count(*) FROM (SELECT 1 FROM ccsync.sync_runs WHERE scheduled_for IS NOT NULL
+         GROUP BY job, scheduled_for HAVING count(*) > 1) d",
+    )
+    .await;
+    assert_eq!(doubled, 0, "coincident entries ran a tick twice");
     for (tick, jobs, outcomes) in &cycles {
         assert_eq!(
             jobs,
