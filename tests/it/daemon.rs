@@ -977,7 +977,7 @@ async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
     .await
     .unwrap();
     let mut d = Daemon::spawn(&conf);
-    d.ready().await;
+    let base = d.ready().await;
     eventually(
         "the queued row to be pushed",
         Duration::from_secs(30),
@@ -996,6 +996,19 @@ async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
         .default_account()
         .contact_by_email("ada@example.com")
         .is_some());
+    let m = eventually("push metrics", Duration::from_secs(10), || async {
+        let (_, m) = get(&format!("{base}/metrics")).await;
+        m.contains("ccsync_import_activity_duration_seconds_count")
+            .then_some(m)
+    })
+    .await;
+    for needle in [
+        r#"ccsync_contacts_pushed_total{account="default"} 1"#,
+        r#"ccsync_import_activity_duration_seconds_count{account="default",state="completed"} 1"#,
+        r#"ccsync_runs_total{account="default",job="push",outcome="succeeded"}"#,
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
     d.signal("TERM");
     assert_eq!(d.exit(Duration::from_secs(15)).await.0, Some(0));
 
