@@ -65,14 +65,32 @@ pub async fn run_once(
 ) -> anyhow::Result<serde_json::Value> {
     let client = ctx.api.account(&account.id);
     let stats = sync_catalogue(ctx, &client, Some(run_id)).await?;
+    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+    let mut out = serde_json::to_value(&stats)?;
+    if let Some(ids) = account.lists.ids() {
+        // A configured list that Constant Contact does not have (or deleted) syncs nothing:
+        // say so instead of silently mirroring fewer memberships.
+        let active = store::lists::active_ids(&mut conn, &account.id).await?;
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|l| !active.contains(l))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?missing,
+                "configured lists are not in Constant Contact's catalogue"
+            );
+        }
+        out["configured_lists_missing"] = serde_json::json!(missing);
+    }
     if !ctx.dry_run {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
         // No watermark (the catalogue has no date filter): records the success for status.
         store::sync_state::advance_watermark(&mut conn, &account.id, JOB, None)
             .await
             .context("recording the lists sync")?;
     }
-    Ok(serde_json::to_value(stats)?)
+    Ok(out)
 }
 
 /// Reads the whole catalogue and applies it (also used by the reconcile, so that it works

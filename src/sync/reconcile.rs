@@ -255,6 +255,10 @@ async fn finish(ctx: &JobContext, tx: sqlx::Transaction<'_, Postgres>) -> anyhow
 }
 
 /// Reconciles one group of at most 25 lists.
+///
+/// The snapshot is not atomic: a membership that changes in Constant Contact while the group
+/// is paged may be compared against a slightly older answer; the next pull or reconcile
+/// settles it, and both sides are applied idempotently.
 async fn reconcile_group(
     ctx: &JobContext,
     client: &AccountClient,

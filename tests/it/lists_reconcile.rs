@@ -428,7 +428,8 @@ async fn an_account_with_configured_lists_reconciles_only_those() {
     insert_membership(&h, a, synced).await;
     insert_membership(&h, b, other).await;
     let mut settings = (*h.settings).clone();
-    settings.accounts[0].lists = ListsSetting::Ids(vec![synced]);
+    let unknown = Uuid::new_v4();
+    settings.accounts[0].lists = ListsSetting::Ids(vec![synced, unknown]);
     let settings = Arc::new(settings);
     let ctx = sync::context(
         settings.clone(),
@@ -437,6 +438,16 @@ async fn an_account_with_configured_lists_reconciles_only_those() {
         false,
     )
     .unwrap();
+    // The lists job names a configured list Constant Contact does not have.
+    let r = sync::run_guarded(&ctx, &settings.accounts[0], Job::Lists).await;
+    let Outcome::Succeeded(stats) = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(
+        stats["configured_lists_missing"],
+        serde_json::json!([unknown]),
+        "{stats}"
+    );
     let before = h.sb.requests().len();
     let r = sync::run_guarded(&ctx, &settings.accounts[0], Job::Reconcile).await;
     let Outcome::Succeeded(stats) = r.outcome else {
