@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::store;
 
-/// Names of the metrics, for the documentation test and `docs/deployment.md`.
+/// Names of the metrics, for the documentation test and the README's deployment section.
 pub const NAMES: &[&str] = &[
     "ccsync_runs_total",
     "ccsync_run_duration_seconds",
