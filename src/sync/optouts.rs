@@ -17,11 +17,13 @@
 //! the local one and re-reads the contacts that left it.
 
 use anyhow::Context;
+use std::collections::HashMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
 use super::contacts;
-use super::merge::{ChangeKind, ContactRow, Incoming, PagePlan};
+use super::merge::{is_stale, ChangeKind, ContactRow, Incoming, PagePlan};
 use super::JobContext;
 use crate::config::AccountSettings;
 use crate::ctct::{ContactsQuery, CONTACT_INCLUDE};
@@ -50,29 +52,28 @@ pub fn refusal_reason(opt_out_date: Option<DateTime<Utc>>) -> String {
 /// The contacts a planned page newly unsubscribes: an `unsubscribed` change, or a contact
 /// first seen already unsubscribed. One refusal per address.
 pub fn newly_unsubscribed(incoming: &[Incoming], plan: &PagePlan) -> Vec<Refusal> {
+    // A contact repeated within a page resolves like the merge: its newest copy.
+    let mut rows: HashMap<Uuid, &ContactRow> = HashMap::with_capacity(incoming.len());
+    for i in incoming {
+        match rows.get(&i.row.contact_id) {
+            Some(r) if is_stale(&i.row, r) => {}
+            _ => {
+                rows.insert(i.row.contact_id, &i.row);
+            }
+        }
+    }
+    let unsubscribed = |r: &&ContactRow| r.permission_to_send.as_deref() == Some("unsubscribed");
     let mut out: Vec<Refusal> = Vec::new();
     for change in &plan.changes {
-        let newly = match change.kind {
-            ChangeKind::Unsubscribed => true,
-            ChangeKind::Created | ChangeKind::Deleted if change.field.is_none() => incoming
-                .iter()
-                .rev()
-                .find(|i| i.row.contact_id == change.contact_id)
-                .is_some_and(|i| i.row.permission_to_send.as_deref() == Some("unsubscribed")),
-            _ => false,
+        let row = match change.kind {
+            ChangeKind::Unsubscribed => rows.get(&change.contact_id).copied(),
+            // First seen (created, or created already deleted) and already unsubscribed.
+            ChangeKind::Created | ChangeKind::Deleted if change.field.is_none() => {
+                rows.get(&change.contact_id).copied().filter(unsubscribed)
+            }
+            _ => None,
         };
-        if !newly {
-            continue;
-        }
-        let Some(row) = incoming
-            .iter()
-            .rev()
-            .find(|i| i.row.contact_id == change.contact_id)
-            .map(|i| &i.row)
-        else {
-            continue;
-        };
-        let Some(email) = row.email.as_deref() else {
+        let Some(email) = row.and_then(|r| r.email.as_deref()) else {
             continue;
         };
         if out.iter().any(|r| r.email == email) {
@@ -80,7 +81,7 @@ pub fn newly_unsubscribed(incoming: &[Incoming], plan: &PagePlan) -> Vec<Refusal
         }
         out.push(Refusal {
             email: email.to_string(),
-            reason: refusal_reason(row.opt_out_date),
+            reason: refusal_reason(row.and_then(|r| r.opt_out_date)),
         });
     }
     out
@@ -129,7 +130,7 @@ pub async fn run_once(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::BTreeSet;
 
     use super::*;
     use crate::sync::merge::{plan_page, Stored};
