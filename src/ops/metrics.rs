@@ -296,6 +296,14 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        for n in NAMES {
+            assert!(readme.contains(n), "README.md does not document {n}");
+        }
+    }
+
+    #[test]
     fn moved_counts_come_from_pull_and_push_stats() {
         let pull = json!({"seen": 40, "created": 3, "outbound_skipped": 2});
         assert_eq!(
