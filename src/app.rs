@@ -153,5 +153,7 @@ fn cancel_on_ctrl_c(cancel: CancellationToken) {
 
 /// True when any report failed.
 pub fn any_failed(reports: &[sync::RunReport]) -> bool {
-    reports.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)))
+    reports
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed(_)))
 }

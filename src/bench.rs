@@ -53,8 +53,15 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
                 .context("asking the sandbox for a refresh token")?
                 .json()
                 .await?;
-            let rt = v["refresh_token"].as_str().context("no refresh_token from the sandbox")?;
-            (base.clone(), format!("{origin}/oauth2/default/v1/token"), rt.to_string(), None)
+            let rt = v["refresh_token"]
+                .as_str()
+                .context("no refresh_token from the sandbox")?;
+            (
+                base.clone(),
+                format!("{origin}/oauth2/default/v1/token"),
+                rt.to_string(),
+                None,
+            )
         }
         None => {
             let t = Instant::now();
@@ -63,13 +70,23 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
                 ..SandboxConfig::default()
             })
             .await?;
-            eprintln!("in-process sandbox with {contacts} contacts ready in {:.2?}", t.elapsed());
+            eprintln!(
+                "in-process sandbox with {contacts} contacts ready in {:.2?}",
+                t.elapsed()
+            );
             let rt = sb.default_account().seed_refresh_token();
             (sb.api_base(), sb.token_url(), rt, Some(sb))
         }
     };
-    let settings = Arc::new(sandbox_settings(&api_base, &token_url, refresh, account, &db_url)?);
-    let ctx = sync::context(settings.clone(), pool.clone(), CancellationToken::new(), false)?;
+    let settings = Arc::new(sandbox_settings(
+        &api_base, &token_url, refresh, account, &db_url,
+    )?);
+    let ctx = sync::context(
+        settings.clone(),
+        pool.clone(),
+        CancellationToken::new(),
+        false,
+    )?;
     let rss_before = peak_rss_kib().unwrap_or(0);
     let started = Instant::now();
     let reports = sync::run_cycle(&ctx, &settings.accounts, &[Job::Contacts]).await;
@@ -81,15 +98,29 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
     let seen = stats["seen"].as_u64().unwrap_or(0);
     let apply_ms = stats["apply_ms"].as_u64().unwrap_or(0).max(1);
     let peak = peak_rss_kib().unwrap_or(0);
-    println!("bench pull: {seen} contacts in {:.2}s", elapsed.as_secs_f64());
-    println!("  end to end      {:>10.0} contacts/s", seen as f64 / elapsed.as_secs_f64());
-    println!("  local apply     {:>10.0} contacts/s ({} ms applying)", seen as f64 * 1000.0 / apply_ms as f64, apply_ms);
+    println!(
+        "bench pull: {seen} contacts in {:.2}s",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  end to end      {:>10.0} contacts/s",
+        seen as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  local apply     {:>10.0} contacts/s ({} ms applying)",
+        seen as f64 * 1000.0 / apply_ms as f64,
+        apply_ms
+    );
     println!("  pages           {:>10}", stats["pages"]);
     println!("  API requests    {:>10}", stats["api_requests"]);
     println!(
         "  peak RSS        {:>10.1} MiB (this process{}; {:.1} MiB before the pull)",
         peak as f64 / 1024.0,
-        if sandbox_guard.is_some() { ", sandbox included" } else { " only" },
+        if sandbox_guard.is_some() {
+            ", sandbox included"
+        } else {
+            " only"
+        },
         rss_before as f64 / 1024.0
     );
     pool.close().await;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::sync::Job;
 
 #[derive(Debug, Parser)]
-#[command(name = "ccsync", version, about = "Keeps a local PostgreSQL store in sync with Constant Contact")]
+#[command(
+    name = "ccsync",
+    version,
+    about = "Keeps a local PostgreSQL store in sync with Constant Contact"
+)]
 pub struct Cli {
     /// Configuration file (TOML). Environment: CCSYNC_CONFIG.
     #[arg(long, global = true, env = "CCSYNC_CONFIG", value_name = "PATH")]

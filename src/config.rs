@@ -288,7 +288,10 @@ impl Settings {
         }
         for (key, value) in [
             ("constant_contact.api_base", &self.constant_contact.api_base),
-            ("constant_contact.token_url", &self.constant_contact.token_url),
+            (
+                "constant_contact.token_url",
+                &self.constant_contact.token_url,
+            ),
         ] {
             let u = url::Url::parse(value).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
             if !matches!(u.scheme(), "http" | "https") {
@@ -310,7 +313,10 @@ impl Settings {
         }
         let s = &self.sync;
         if !(1..=500).contains(&s.page_size) {
-            return Err(ConfigError::invalid("sync.page_size", "must be 1..=500 (the API's limit)"));
+            return Err(ConfigError::invalid(
+                "sync.page_size",
+                "must be 1..=500 (the API's limit)",
+            ));
         }
         if !(1..=40_000).contains(&s.import_max_contacts) {
             return Err(ConfigError::invalid(
@@ -331,7 +337,10 @@ impl Settings {
             ));
         }
         if s.max_push_attempts == 0 {
-            return Err(ConfigError::invalid("sync.max_push_attempts", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "sync.max_push_attempts",
+                "must be at least 1",
+            ));
         }
         for (key, expr) in self.schedule.entries() {
             parse_cron(expr).map_err(|m| ConfigError::invalid(format!("schedule.{key}"), m))?;
@@ -343,10 +352,16 @@ impl Settings {
             ));
         }
         if self.server.shutdown_grace.is_zero() {
-            return Err(ConfigError::invalid("server.shutdown_grace", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "server.shutdown_grace",
+                "must be greater than 0",
+            ));
         }
         if self.server.metrics_interval < Duration::from_secs(1) {
-            return Err(ConfigError::invalid("server.metrics_interval", "must be at least 1s"));
+            return Err(ConfigError::invalid(
+                "server.metrics_interval",
+                "must be at least 1s",
+            ));
         }
         if !matches!(
             self.log.level.to_ascii_lowercase().as_str(),
@@ -361,7 +376,9 @@ impl Settings {
         for (i, a) in self.accounts.iter().enumerate() {
             let valid = !a.id.is_empty()
                 && a.id.len() <= 64
-                && a.id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
+                && a.id
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
             if !valid {
                 return Err(ConfigError::invalid(
                     format!("accounts[{i}].id"),
@@ -645,10 +662,16 @@ mod tests {
         let example = include_str!("../deploy/config.example.toml");
         let documented = keys(example);
         for k in keys(DEFAULTS) {
-            assert!(documented.contains(&k), "deploy/config.example.toml lacks {k}");
+            assert!(
+                documented.contains(&k),
+                "deploy/config.example.toml lacks {k}"
+            );
         }
         for k in ["accounts.id", "accounts.refresh_token", "accounts.lists"] {
-            assert!(documented.contains(k), "deploy/config.example.toml lacks {k}");
+            assert!(
+                documented.contains(k),
+                "deploy/config.example.toml lacks {k}"
+            );
         }
         let s: Settings = Config::builder()
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))

@@ -85,8 +85,15 @@ pub async fn demo_pool(db_name: &str) -> anyhow::Result<(String, sqlx::PgPool)> 
 /// Removes everything stored for `account` (the demo and bench start clean).
 pub async fn forget_account(pool: &sqlx::PgPool, account: &str) -> anyhow::Result<()> {
     for table in [
-        "contacts", "contact_lists", "list_memberships", "outbound", "changes", "sync_state",
-        "sync_runs", "import_activities", "oauth_tokens",
+        "contacts",
+        "contact_lists",
+        "list_memberships",
+        "outbound",
+        "changes",
+        "sync_state",
+        "sync_runs",
+        "import_activities",
+        "oauth_tokens",
     ] {
         sqlx::query(&format!("DELETE FROM ccsync.{table} WHERE account_id = $1"))
             .bind(account)
@@ -130,7 +137,12 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     settings.sync.poll_initial = std::time::Duration::from_millis(100);
     settings.sync.poll_max = std::time::Duration::from_millis(800);
     let settings = Arc::new(settings);
-    let ctx = sync::context(settings.clone(), pool.clone(), CancellationToken::new(), false)?;
+    let ctx = sync::context(
+        settings.clone(),
+        pool.clone(),
+        CancellationToken::new(),
+        false,
+    )?;
     let accounts = settings.accounts.clone();
     let lists = ctl.list_ids();
     let (list_a, list_b) = match lists.as_slice() {
@@ -156,7 +168,11 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     let already_out = ctl.contact_ids().into_iter().find_map(|id| {
         let c = ctl.contact(id)?;
         (c["email_address"]["permission_to_send"] == "unsubscribed")
-            .then(|| c["email_address"]["address"].as_str().map(str::to_lowercase))
+            .then(|| {
+                c["email_address"]["address"]
+                    .as_str()
+                    .map(str::to_lowercase)
+            })
             .flatten()
     });
     ctl.join_list(live[6].0, list_a);
@@ -179,12 +195,37 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
             "new contact on list A",
         ));
     }
-    rows.push(queue(live[0].1.clone(), serde_json::json!({"job_title": "Local title", "last_name": "Localname"}), vec![list_a], "edit (job_title, last_name)"));
-    rows.push(queue(live[3].1.clone(), serde_json::json!({"first_name": "Again"}), vec![list_a], "add to list A (they will opt out)"));
-    rows.push(queue(live[6].1.clone(), serde_json::json!({}), vec![list_a, list_b], "add to lists A and B (they will leave A)"));
-    rows.push(queue("not-an-email".into(), serde_json::json!({}), vec![list_a], "invalid address"));
+    rows.push(queue(
+        live[0].1.clone(),
+        serde_json::json!({"job_title": "Local title", "last_name": "Localname"}),
+        vec![list_a],
+        "edit (job_title, last_name)",
+    ));
+    rows.push(queue(
+        live[3].1.clone(),
+        serde_json::json!({"first_name": "Again"}),
+        vec![list_a],
+        "add to list A (they will opt out)",
+    ));
+    rows.push(queue(
+        live[6].1.clone(),
+        serde_json::json!({}),
+        vec![list_a, list_b],
+        "add to lists A and B (they will leave A)",
+    ));
+    rows.push(queue(
+        "not-an-email".into(),
+        serde_json::json!({}),
+        vec![list_a],
+        "invalid address",
+    ));
     if let Some(e) = already_out {
-        rows.push(queue(e, serde_json::json!({"first_name": "Stale"}), vec![list_b], "contact who opted out long ago"));
+        rows.push(queue(
+            e,
+            serde_json::json!({"first_name": "Stale"}),
+            vec![list_b],
+            "contact who opted out long ago",
+        ));
     }
     for (email, fields, lists) in &rows {
         sqlx::query("INSERT INTO ccsync.outbound (account_id, email, fields, list_ids) VALUES ($1, $2, $3, $4)")
@@ -198,7 +239,9 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     }
 
     println!("\n3. meanwhile subscribers act in Constant Contact: an edit of the same field, an opt-out, leaving list A, a delete");
-    ctl.update_contact(live[0].0, |c| c["job_title"] = serde_json::json!("Their own title"));
+    ctl.update_contact(live[0].0, |c| {
+        c["job_title"] = serde_json::json!("Their own title")
+    });
     ctl.unsubscribe(live[3].0, Some("demo: no more mail"));
     ctl.leave_list(live[6].0, list_a);
     // The sandbox moves no clock on a membership change (unconfirmed for the real service;
@@ -206,8 +249,15 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     ctl.set_updated_at(live[6].0, sb.now());
     ctl.delete_contact(live[7].0);
 
-    println!("\n4. `ccsync sync --job push --dry-run`: the plan, nothing written, no write request");
-    let dry = sync::context(settings.clone(), pool.clone(), CancellationToken::new(), true)?;
+    println!(
+        "\n4. `ccsync sync --job push --dry-run`: the plan, nothing written, no write request"
+    );
+    let dry = sync::context(
+        settings.clone(),
+        pool.clone(),
+        CancellationToken::new(),
+        true,
+    )?;
     failed |= report(&sync::run_cycle(&dry, &accounts, &[Job::Push]).await);
 
     println!("\n5. `ccsync sync`: pull first (the store catches up with the primary), then push and poll");
@@ -224,7 +274,10 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     .await?;
     println!("\nsummary: every queued row ended in a terminal state");
     for (id, email, state, reason) in outcome {
-        println!("  #{id:<3} {email:<40} {state:<10} {}", reason.unwrap_or_default());
+        println!(
+            "  #{id:<3} {email:<40} {state:<10} {}",
+            reason.unwrap_or_default()
+        );
     }
     let them = ctl.contact(live[3].0);
     let still_out = them
@@ -246,7 +299,9 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     println!(
         "  {} job_title in Constant Contact: {}",
         live[0].1,
-        ctl.contact(live[0].0).map(|c| c["job_title"].to_string()).unwrap_or_default()
+        ctl.contact(live[0].0)
+            .map(|c| c["job_title"].to_string())
+            .unwrap_or_default()
     );
     let by_kind: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT origin, kind, count(*) FROM ccsync.changes WHERE account_id = $1 GROUP BY 1, 2 ORDER BY 1, 2",
@@ -254,10 +309,11 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     .bind(account)
     .fetch_all(&pool)
     .await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ccsync.contacts WHERE account_id = $1")
-        .bind(account)
-        .fetch_one(&pool)
-        .await?;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ccsync.contacts WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&pool)
+            .await?;
     println!("\n{stored} contacts stored for account {account:?}; changes log by origin and kind:");
     for (o, k, n) in by_kind {
         println!("  {o:<17} {k:<14} {n}");
@@ -268,16 +324,27 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     );
     sb.shutdown();
     pool.close().await;
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn report(reports: &[sync::RunReport]) -> bool {
     crate::status::print_reports(reports, false);
-    reports.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)))
+    reports
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed(_)))
 }
 
 /// `ccsync sandbox`.
-pub async fn sandbox(listen: SocketAddr, contacts: usize, seed: u64, rate: f64) -> anyhow::Result<ExitCode> {
+pub async fn sandbox(
+    listen: SocketAddr,
+    contacts: usize,
+    seed: u64,
+    rate: f64,
+) -> anyhow::Result<ExitCode> {
     let mut log = Settings::load_unvalidated(None)?.log;
     log.level = "info".into();
     telemetry::init(&log);

@@ -10,7 +10,11 @@ pub fn init(log: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new(format!("ccsync={},sqlx=warn,warn", log.level)));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
 }

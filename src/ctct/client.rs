@@ -323,8 +323,8 @@ impl AccountClient {
                 }
                 _ => {}
             }
-            let may_retry = err.is_retryable()
-                && (idempotent || matches!(err, Error::Throttled { .. }));
+            let may_retry =
+                err.is_retryable() && (idempotent || matches!(err, Error::Throttled { .. }));
             if !may_retry {
                 return Err(err);
             }

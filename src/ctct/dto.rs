@@ -214,6 +214,9 @@ mod tests {
         let p: ContactsPage =
             serde_json::from_str(r#"{"_links":{"next":{"href":"/v3/contacts?cursor=x"}}}"#)
                 .unwrap();
-        assert_eq!(PagingLinks::next_href(&p.links), Some("/v3/contacts?cursor=x"));
+        assert_eq!(
+            PagingLinks::next_href(&p.links),
+            Some("/v3/contacts?cursor=x")
+        );
     }
 }

@@ -127,6 +127,10 @@ mod tests {
             p.ready().await;
         }
         // Burst 1: the 2nd and 3rd wait a period each (a bursty bucket would pass all 3 now).
-        assert!(start.elapsed() >= Duration::from_millis(90), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

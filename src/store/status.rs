@@ -48,17 +48,19 @@ pub async fn jobs(conn: &mut PgConnection) -> Result<Vec<JobStatus>, sqlx::Error
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(account_id, job, watermark, last_success_at, s, f, o, e, st)| JobStatus {
-            account_id,
-            job,
-            watermark,
-            last_success_at,
-            last_run_started_at: s,
-            last_run_finished_at: f,
-            last_outcome: o,
-            last_error: e,
-            last_stats: st,
-        })
+        .map(
+            |(account_id, job, watermark, last_success_at, s, f, o, e, st)| JobStatus {
+                account_id,
+                job,
+                watermark,
+                last_success_at,
+                last_run_started_at: s,
+                last_run_finished_at: f,
+                last_outcome: o,
+                last_error: e,
+                last_stats: st,
+            },
+        )
         .collect())
 }
 

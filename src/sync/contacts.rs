@@ -69,8 +69,19 @@ pub async fn run_once(
     let first = client
         .contacts_url(&query)
         .context("building the contacts URL")?;
-    let filter: Option<HashSet<Uuid>> = account.lists.ids().map(|ids| ids.iter().copied().collect());
-    pull(ctx, &client, JOB, first, before, filter.as_ref(), run_id, updated_at_mark).await
+    let filter: Option<HashSet<Uuid>> =
+        account.lists.ids().map(|ids| ids.iter().copied().collect());
+    pull(
+        ctx,
+        &client,
+        JOB,
+        first,
+        before,
+        filter.as_ref(),
+        run_id,
+        updated_at_mark,
+    )
+    .await
 }
 
 /// Which timestamp of an incoming contact a sweep's watermark follows: the one its
@@ -114,7 +125,12 @@ pub async fn pull(
         let page: ContactsPage = in_flight
             .await
             .context("page fetch task ended abnormally")?
-            .with_context(|| format!("fetching page {} of contacts for account {account}", stats.pages + 1))?;
+            .with_context(|| {
+                format!(
+                    "fetching page {} of contacts for account {account}",
+                    stats.pages + 1
+                )
+            })?;
         if stats.pages == 0 {
             stats.contacts_count = page.contacts_count;
         }
@@ -125,9 +141,24 @@ pub async fn pull(
         };
         let is_last = next.is_none();
         let apply_started = Instant::now();
-        let page_stats = apply_page(ctx, &account, job, &page, lists_filter, run_id, is_last, &mut max_seen, watermark_of)
-            .await
-            .with_context(|| format!("applying page {} of contacts for account {account}", stats.pages + 1))?;
+        let page_stats = apply_page(
+            ctx,
+            &account,
+            job,
+            &page,
+            lists_filter,
+            run_id,
+            is_last,
+            &mut max_seen,
+            watermark_of,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "applying page {} of contacts for account {account}",
+                stats.pages + 1
+            )
+        })?;
         stats.apply_ms += apply_started.elapsed().as_millis() as u64;
         stats.pages += 1;
         stats.contacts += page_stats.stats;
@@ -200,9 +231,14 @@ pub(crate) async fn apply_page(
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
     store::contacts::remove_memberships(&mut tx, account, &plan.remove_memberships).await?;
     store::contacts::add_memberships(&mut tx, account, &plan.add_memberships).await?;
-    let written =
-        store::changes::append(&mut tx, account, Some(run_id), "constant_contact", &plan.changes)
-            .await?;
+    let written = store::changes::append(
+        &mut tx,
+        account,
+        Some(run_id),
+        "constant_contact",
+        &plan.changes,
+    )
+    .await?;
     let refusals = super::optouts::newly_unsubscribed(&incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;

@@ -250,10 +250,11 @@ pub fn plan_page(
         plan.stats.seen += 1;
         let new = &inc.row;
         plan.max_updated_at = plan.max_updated_at.max(Some(new.updated_at));
-        let filtered: Option<BTreeSet<Uuid>> = inc.memberships.as_ref().map(|m| match lists_filter {
-            Some(f) => m.iter().filter(|l| f.contains(l)).copied().collect(),
-            None => m.clone(),
-        });
+        let filtered: Option<BTreeSet<Uuid>> =
+            inc.memberships.as_ref().map(|m| match lists_filter {
+                Some(f) => m.iter().filter(|l| f.contains(l)).copied().collect(),
+                None => m.clone(),
+            });
         let Some(old) = stored.get(&new.contact_id) else {
             plan.stats.created += 1;
             let kind = if new.deleted_at.is_some() {
@@ -310,14 +311,16 @@ pub fn plan_page(
             for l in m.difference(&old.memberships) {
                 changed = true;
                 plan.add_memberships.push((new.contact_id, *l));
-                plan.changes.push(membership_change(new, ChangeKind::ListAdded, *l));
+                plan.changes
+                    .push(membership_change(new, ChangeKind::ListAdded, *l));
             }
             // Lists outside the filter are not synced: their memberships are left alone.
             let in_scope = |l: &&Uuid| lists_filter.is_none_or(|f| f.contains(*l));
             for l in old.memberships.difference(m).filter(in_scope) {
                 changed = true;
                 plan.remove_memberships.push((new.contact_id, *l));
-                plan.changes.push(membership_change(new, ChangeKind::ListRemoved, *l));
+                plan.changes
+                    .push(membership_change(new, ChangeKind::ListRemoved, *l));
             }
         }
         let bookkeeping_moved = old.row.updated_at != new.updated_at
@@ -441,8 +444,14 @@ mod tests {
         let filter: HashSet<Uuid> = [Uuid::from_u128(8), Uuid::from_u128(9)].into();
         let plan = plan_page(&[inc(base.clone(), &[7, 9])], &s, Some(&filter));
         // 7 is outside the filter: untouched. 8 removed, 9 added.
-        assert_eq!(plan.add_memberships, vec![(base.contact_id, Uuid::from_u128(9))]);
-        assert_eq!(plan.remove_memberships, vec![(base.contact_id, Uuid::from_u128(8))]);
+        assert_eq!(
+            plan.add_memberships,
+            vec![(base.contact_id, Uuid::from_u128(9))]
+        );
+        assert_eq!(
+            plan.remove_memberships,
+            vec![(base.contact_id, Uuid::from_u128(8))]
+        );
     }
 
     #[test]
@@ -452,7 +461,14 @@ mod tests {
         s.insert(base.contact_id, stored(&base, &[7]));
         let mut del = row(1, 25);
         del.deleted_at = NaiveDate::from_ymd_opt(2026, 11, 26);
-        let plan = plan_page(&[Incoming { row: del, memberships: Some(BTreeSet::new()) }], &s, None);
+        let plan = plan_page(
+            &[Incoming {
+                row: del,
+                memberships: Some(BTreeSet::new()),
+            }],
+            &s,
+            None,
+        );
         assert!(plan.changes.iter().any(|c| c.kind == ChangeKind::Deleted));
         assert_eq!(plan.remove_memberships.len(), 1);
     }

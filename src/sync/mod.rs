@@ -53,12 +53,25 @@ impl Job {
     /// The per-account cycle order of DESIGN.md §2 (`sync --job all`). The weekly
     /// reconcile is scheduled on its own.
     pub fn cycle() -> &'static [Job] {
-        &[Job::Contacts, Job::Unsubscribes, Job::Deletes, Job::Lists, Job::Push]
+        &[
+            Job::Contacts,
+            Job::Unsubscribes,
+            Job::Deletes,
+            Job::Lists,
+            Job::Push,
+        ]
     }
 
     /// Every job, in the order a cycle would run them.
     pub fn all() -> &'static [Job] {
-        &[Job::Contacts, Job::Unsubscribes, Job::Deletes, Job::Lists, Job::Reconcile, Job::Push]
+        &[
+            Job::Contacts,
+            Job::Unsubscribes,
+            Job::Deletes,
+            Job::Lists,
+            Job::Reconcile,
+            Job::Push,
+        ]
     }
 }
 
@@ -165,7 +178,10 @@ async fn run_locked(
             .await
             .context("closing runs interrupted by a dead process")?;
         if orphans > 0 {
-            tracing::warn!(orphans, "closed runs left unfinished by a process that died");
+            tracing::warn!(
+                orphans,
+                "closed runs left unfinished by a process that died"
+            );
         }
         store::runs::start(&mut lock_conn, run_id, &account.id, job.as_str())
             .await
@@ -186,8 +202,16 @@ async fn run_locked(
         }
         Err(e) => {
             error!(error.message = %e, error.cause_chain = ?e, "run failed");
-            let outcome = if ctx.cancel.is_cancelled() { "cancelled" } else { "failed" };
-            (outcome, json!({ "duration_ms": elapsed_ms }), Some(format!("{e:#}")))
+            let outcome = if ctx.cancel.is_cancelled() {
+                "cancelled"
+            } else {
+                "failed"
+            };
+            (
+                outcome,
+                json!({ "duration_ms": elapsed_ms }),
+                Some(format!("{e:#}")),
+            )
         }
     };
     if !ctx.dry_run {
@@ -301,7 +325,10 @@ pub fn context(
         tokens,
         seeds,
     ));
-    let budget = Arc::new(store::usage::PgBudget::new(pool.clone(), c.daily_request_limit));
+    let budget = Arc::new(store::usage::PgBudget::new(
+        pool.clone(),
+        c.daily_request_limit,
+    ));
     let api = Arc::new(
         Api::new(
             http,

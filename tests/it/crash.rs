@@ -31,9 +31,12 @@ fn config(sb: &Sandbox, db_url: &str, refresh_token: &str) -> String {
 #[tokio::test]
 async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig { contacts: 3_000, ..SandboxConfig::default() })
-        .await
-        .unwrap();
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 3_000,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
     let ctl = sb.default_account();
     let dir = std::env::temp_dir().join(format!("ccsync-crash-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -51,7 +54,13 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     let mut killed = 0;
     for round in 0..8 {
         let mut child = tokio::process::Command::new(BIN)
-            .args(["sync", "--job", "contacts", "--config", path.to_str().unwrap()])
+            .args([
+                "sync",
+                "--job",
+                "contacts",
+                "--config",
+                path.to_str().unwrap(),
+            ])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -61,7 +70,9 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
         // Subscribers act while the pull runs.
         for _ in 0..5 {
             let id = ids[rng.random_range(0..ids.len())];
-            ctl.update_contact(id, |c| c["first_name"] = serde_json::json!(format!("round{round}")));
+            ctl.update_contact(id, |c| {
+                c["first_name"] = serde_json::json!(format!("round{round}"))
+            });
         }
         let id = ids[rng.random_range(0..ids.len())];
         ctl.delete_contact(id);
@@ -74,10 +85,19 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
             }
         }
     }
-    assert!(killed >= 2, "the test should kill runs mid-flight (killed {killed})");
+    assert!(
+        killed >= 2,
+        "the test should kill runs mid-flight (killed {killed})"
+    );
     sb.clear_faults();
     let o = tokio::process::Command::new(BIN)
-        .args(["sync", "--job", "contacts", "--config", path.to_str().unwrap()])
+        .args([
+            "sync",
+            "--job",
+            "contacts",
+            "--config",
+            path.to_str().unwrap(),
+        ])
         .env("RUST_LOG", "error")
         .output()
         .await
@@ -85,7 +105,13 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The store equals the sandbox's truth, contact by contact.
-    type Row = (Uuid, Option<String>, Option<String>, chrono::DateTime<chrono::Utc>, Option<chrono::NaiveDate>);
+    type Row = (
+        Uuid,
+        Option<String>,
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::NaiveDate>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT contact_id, email, first_name, updated_at, deleted_at FROM ccsync.contacts",
     )
@@ -95,19 +121,27 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     assert_eq!(rows.len(), ids.len());
     for (id, email, first, updated, deleted) in rows {
         let truth = ctl.contact(id).unwrap();
-        assert_eq!(email.as_deref(), truth["email_address"]["address"].as_str().map(str::to_lowercase).as_deref());
+        assert_eq!(
+            email.as_deref(),
+            truth["email_address"]["address"]
+                .as_str()
+                .map(str::to_lowercase)
+                .as_deref()
+        );
         assert_eq!(first.as_deref(), truth["first_name"].as_str(), "{id}");
-        assert_eq!(Some(updated), truth["updated_at"].as_str().and_then(parse_datetime));
+        assert_eq!(
+            Some(updated),
+            truth["updated_at"].as_str().and_then(parse_datetime)
+        );
         assert_eq!(deleted.is_some(), truth["deleted_at"].is_string(), "{id}");
-        let local: BTreeSet<Uuid> = sqlx::query_scalar(
-            "SELECT list_id FROM ccsync.list_memberships WHERE contact_id = $1",
-        )
-        .bind(id)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+        let local: BTreeSet<Uuid> =
+            sqlx::query_scalar("SELECT list_id FROM ccsync.list_memberships WHERE contact_id = $1")
+                .bind(id)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
         let remote: BTreeSet<Uuid> = ctl.memberships(id).into_iter().collect();
         assert_eq!(local, remote, "{id}");
     }
@@ -119,11 +153,16 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     .await
     .unwrap();
     // (a kill before the run took its lock leaves no row at all)
-    assert!(interrupted >= 1 && interrupted as usize <= killed, "{interrupted} of {killed}");
-    let running = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ccsync.sync_runs WHERE finished_at IS NULL")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert!(
+        interrupted >= 1 && interrupted as usize <= killed,
+        "{interrupted} of {killed}"
+    );
+    let running = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM ccsync.sync_runs WHERE finished_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(running, 0);
     sb.shutdown();
     let _ = std::fs::remove_dir_all(&dir);

@@ -6,11 +6,11 @@
 mod cli;
 mod contacts_pull;
 mod crash;
+mod daemon;
 mod helpers;
+mod lists_reconcile;
+mod oauth;
+mod optouts;
+mod push;
 mod sandbox_api;
 mod schema;
-mod oauth;
-mod push;
-mod daemon;
-mod optouts;
-mod lists_reconcile;
