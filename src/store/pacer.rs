@@ -79,10 +79,27 @@ pub async fn claim_slot(
 impl SharedPacer for PgPacer {
     fn wait_turn<'a>(&'a self) -> BoxFuture<'a, Result<(), BudgetError>> {
         Box::pin(async move {
-            let wait = self.claim().await?;
-            metrics::histogram!("ccsync_pacer_wait_seconds").record(wait.as_secs_f64());
-            if !wait.is_zero() {
+            // A slot we reach late is forfeited and a new one claimed: leaving late would put
+            // this request right behind the next slot's owner, and two requests closer than
+            // the interval are what the API answers with `throttled`. Bounded: after a few
+            // late wake-ups (a starved process) the request goes anyway.
+            let slack = self.interval / 4;
+            for attempt in 0..4 {
+                let asked = tokio::time::Instant::now();
+                let wait = self.claim().await?;
+                metrics::histogram!("ccsync_pacer_wait_seconds").record(wait.as_secs_f64());
+                // The slot lies between `asked + wait` and `answered + wait` (the database
+                // measured `wait` during the round trip): sleep to the later bound, never
+                // leave early; judge lateness from the earlier one.
                 tokio::time::sleep(wait).await;
+                let late = tokio::time::Instant::now().saturating_duration_since(asked + wait);
+                if late <= slack || attempt == 3 {
+                    break;
+                }
+                tracing::debug!(
+                    late_ms = late.as_millis() as u64,
+                    "request slot missed; claiming another"
+                );
             }
             Ok(())
         })
