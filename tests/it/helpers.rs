@@ -62,7 +62,9 @@ impl TestDb {
     }
 
     pub async fn cleanup(self) {
-        self.pool.close().await;
+        // A connection still checked out (a listener, a leaked guard) would make `close`
+        // wait forever; the forced DROP below ends such sessions anyway.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.pool.close()).await;
         if let Ok(mut conn) = PgConnection::connect_with(&self.admin).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",

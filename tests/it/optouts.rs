@@ -235,6 +235,8 @@ async fn an_application_listening_on_ccsync_changes_hears_a_swept_unsubscribe() 
         first <= change_id && change_id <= last,
         "{payload} covers {change_id}"
     );
+    // The listener holds a pooled connection: release it before the pool closes.
+    drop(listener);
     h.finish().await;
 }
 
