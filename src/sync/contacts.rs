@@ -50,36 +50,17 @@ pub async fn run_once(
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<PullStats> {
-    let client = ctx.api.account(&account.id);
-    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-    let before = store::sync_state::watermark(&mut conn, &account.id, JOB)
-        .await
-        .context("reading the contacts watermark")?;
-    drop(conn);
-    let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
-    let query = ContactsQuery {
-        // `all` so that deleted contacts are seen too.
-        status: Some("all".into()),
-        updated_after: before.filter(|_| !ctx.full).map(|w| w - lookback),
-        include: Some(CONTACT_INCLUDE.into()),
-        include_count: true,
-        limit: ctx.settings.sync.page_size,
-        ..Default::default()
-    };
-    let first = client
-        .contacts_url(&query)
-        .context("building the contacts URL")?;
-    let filter: Option<HashSet<Uuid>> =
-        account.lists.ids().map(|ids| ids.iter().copied().collect());
-    pull(
+    sweep(
         ctx,
-        &client,
-        JOB,
-        first,
-        before,
-        filter.as_ref(),
+        account,
         run_id,
-        updated_at_mark,
+        &Sweep {
+            job: JOB,
+            // `all` so that deleted contacts are seen too.
+            status: "all",
+            since: Since::UpdatedAfter,
+            watermark_of: updated_at_mark,
+        },
     )
     .await
 }
@@ -87,6 +68,65 @@ pub async fn run_once(
 /// Which timestamp of an incoming contact a sweep's watermark follows: the one its
 /// server-side filter compares (`updated_after` → `updated_at`, `optout_after` → the
 /// opt-out date).
+/// Which server-side filter a sweep's watermark feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    UpdatedAfter,
+    OptoutAfter,
+}
+
+/// A job that reads `GET /contacts?status=..` incrementally from its own watermark.
+pub struct Sweep {
+    pub job: &'static str,
+    pub status: &'static str,
+    pub since: Since,
+    pub watermark_of: WatermarkOf,
+}
+
+/// Runs `spec` for `account`: reads the job's watermark, asks for what changed since
+/// `watermark − lookback` (everything without a watermark or with `--full`), and pulls.
+pub async fn sweep(
+    ctx: &JobContext,
+    account: &AccountSettings,
+    run_id: Uuid,
+    spec: &Sweep,
+) -> anyhow::Result<PullStats> {
+    let client = ctx.api.account(&account.id);
+    let before = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::sync_state::watermark(&mut conn, &account.id, spec.job)
+            .await
+            .with_context(|| format!("reading the {} watermark", spec.job))?
+    };
+    let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
+    let since = before.filter(|_| !ctx.full).map(|w| w - lookback);
+    let query = ContactsQuery {
+        status: Some(spec.status.into()),
+        updated_after: since.filter(|_| spec.since == Since::UpdatedAfter),
+        optout_after: since.filter(|_| spec.since == Since::OptoutAfter),
+        include: Some(CONTACT_INCLUDE.into()),
+        include_count: true,
+        limit: ctx.settings.sync.page_size,
+        ..Default::default()
+    };
+    let first = client
+        .contacts_url(&query)
+        .with_context(|| format!("building the {} URL", spec.job))?;
+    let filter: Option<HashSet<Uuid>> =
+        account.lists.ids().map(|ids| ids.iter().copied().collect());
+    pull(
+        ctx,
+        &client,
+        spec.job,
+        first,
+        before,
+        filter.as_ref(),
+        run_id,
+        spec.watermark_of,
+    )
+    .await
+}
+
 pub type WatermarkOf = fn(&merge::ContactRow) -> Option<DateTime<Utc>>;
 
 /// The contacts pull's watermark: the contact's `updated_at`.

@@ -9,14 +9,11 @@
 //! back in the contacts pull (`status=all`) without `deleted_at`, which the merge logs as
 //! `restored`.
 
-use anyhow::Context;
 use uuid::Uuid;
 
 use super::contacts;
 use super::JobContext;
 use crate::config::AccountSettings;
-use crate::ctct::{ContactsQuery, CONTACT_INCLUDE};
-use crate::store;
 
 pub const JOB: &str = "deletes";
 
@@ -26,35 +23,16 @@ pub async fn run_once(
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<serde_json::Value> {
-    let client = ctx.api.account(&account.id);
-    let before = {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::sync_state::watermark(&mut conn, &account.id, JOB)
-            .await
-            .context("reading the deletes watermark")?
-    };
-    let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
-    let query = ContactsQuery {
-        status: Some("deleted".into()),
-        updated_after: before.filter(|_| !ctx.full).map(|w| w - lookback),
-        include: Some(CONTACT_INCLUDE.into()),
-        include_count: true,
-        limit: ctx.settings.sync.page_size,
-        ..Default::default()
-    };
-    let first = client
-        .contacts_url(&query)
-        .context("building the deletes URL")?;
-    let filter = super::lists::lists_filter(account);
-    let stats = contacts::pull(
+    let stats = contacts::sweep(
         ctx,
-        &client,
-        JOB,
-        first,
-        before,
-        filter.as_ref(),
+        account,
         run_id,
-        contacts::updated_at_mark,
+        &contacts::Sweep {
+            job: JOB,
+            status: "deleted",
+            since: contacts::Since::UpdatedAfter,
+            watermark_of: contacts::updated_at_mark,
+        },
     )
     .await?;
     Ok(serde_json::to_value(stats)?)

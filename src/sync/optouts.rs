@@ -16,7 +16,6 @@
 //! and otherwise by the weekly reconcile, which compares the whole unsubscribed set with
 //! the local one and re-reads the contacts that left it.
 
-use anyhow::Context;
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -26,8 +25,6 @@ use super::contacts;
 use super::merge::{is_stale, ChangeKind, ContactRow, Incoming, PagePlan};
 use super::JobContext;
 use crate::config::AccountSettings;
-use crate::ctct::{ContactsQuery, CONTACT_INCLUDE};
-use crate::store;
 use crate::store::optouts::Refusal;
 
 pub const JOB: &str = "unsubscribes";
@@ -93,36 +90,17 @@ pub async fn run_once(
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<serde_json::Value> {
-    let client = ctx.api.account(&account.id);
-    let before = {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::sync_state::watermark(&mut conn, &account.id, JOB)
-            .await
-            .context("reading the unsubscribes watermark")?
-    };
-    let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
-    let query = ContactsQuery {
-        status: Some("unsubscribed".into()),
-        // No watermark yet (or `--full`): every unsubscribed contact.
-        optout_after: before.filter(|_| !ctx.full).map(|w| w - lookback),
-        include: Some(CONTACT_INCLUDE.into()),
-        include_count: true,
-        limit: ctx.settings.sync.page_size,
-        ..Default::default()
-    };
-    let first = client
-        .contacts_url(&query)
-        .context("building the opt-out sweep URL")?;
-    let filter = super::lists::lists_filter(account);
-    let stats = contacts::pull(
+    // No watermark yet (or `--full`): every unsubscribed contact.
+    let stats = contacts::sweep(
         ctx,
-        &client,
-        JOB,
-        first,
-        before,
-        filter.as_ref(),
+        account,
         run_id,
-        optout_mark,
+        &contacts::Sweep {
+            job: JOB,
+            status: "unsubscribed",
+            since: contacts::Since::OptoutAfter,
+            watermark_of: optout_mark,
+        },
     )
     .await?;
     Ok(serde_json::to_value(stats)?)
