@@ -114,6 +114,7 @@ async fn with_settings(settings: Arc<Settings>, command: Command) -> anyhow::Res
             cancel_on_ctrl_c(cancel.clone());
             let mut ctx = sync::context(settings.clone(), pool.clone(), cancel, dry_run)?;
             ctx.full = full;
+            ctx.progress = !json;
             let reports = sync::run_cycle(&ctx, &accounts, &jobs).await;
             crate::status::print_reports(&reports, json);
             pool.close().await;

@@ -137,12 +137,13 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     settings.sync.poll_initial = std::time::Duration::from_millis(100);
     settings.sync.poll_max = std::time::Duration::from_millis(800);
     let settings = Arc::new(settings);
-    let ctx = sync::context(
+    let mut ctx = sync::context(
         settings.clone(),
         pool.clone(),
         CancellationToken::new(),
         false,
     )?;
+    ctx.progress = true;
     let accounts = settings.accounts.clone();
     let lists = ctl.list_ids();
     let (list_a, list_b) = match lists.as_slice() {

@@ -9,6 +9,7 @@
 //! them free of effects.
 
 use std::collections::HashSet;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -68,6 +69,20 @@ pub async fn run_once(
 /// Which timestamp of an incoming contact a sweep's watermark follows: the one its
 /// server-side filter compares (`updated_after` → `updated_at`, `optout_after` → the
 /// opt-out date).
+fn progress_bar(job: &str, account: &str, total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} contacts ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{account} {job}"));
+    bar
+}
+
 /// Which server-side filter a sweep's watermark feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
@@ -161,6 +176,8 @@ pub async fn pull(
     };
     let mut in_flight = fetch(first);
     let mut last_progress = Instant::now();
+    // A bar on a terminal (`sync`, `demo`); logs every 10 s otherwise (the daemon).
+    let mut bar: Option<indicatif::ProgressBar> = None;
     loop {
         let page: ContactsPage = in_flight
             .await
@@ -173,6 +190,9 @@ pub async fn pull(
             })?;
         if stats.pages == 0 {
             stats.contacts_count = page.contacts_count;
+            if ctx.progress && std::io::stderr().is_terminal() {
+                bar = Some(progress_bar(job, &account, page.contacts_count));
+            }
         }
         // Read ahead: at most one page is fetched while this one is applied.
         let next = match PagingLinks::next_href(&page.links) {
@@ -204,7 +224,9 @@ pub async fn pull(
         stats.contacts += page_stats.stats;
         stats.changes_written += page_stats.changes_written;
         stats.outbound_skipped += page_stats.outbound_skipped;
-        if last_progress.elapsed() >= Duration::from_secs(10) {
+        if let Some(b) = &bar {
+            b.inc(page_stats.stats.seen);
+        } else if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
             info!(
                 pages = stats.pages,
@@ -224,6 +246,9 @@ pub async fn pull(
                 in_flight = n;
             }
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     stats.api_requests = client.requests_sent();
     stats.watermark_after = match (before, max_seen) {

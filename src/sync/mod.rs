@@ -94,6 +94,8 @@ pub struct JobContext {
     pub dry_run: bool,
     /// Ignore watermarks: read everything again (`sync --full`).
     pub full: bool,
+    /// Show a progress bar on a terminal (`sync`, `demo`); never in the daemon.
+    pub progress: bool,
 }
 
 /// How a run ended.
@@ -357,5 +359,6 @@ pub fn context(
         cancel,
         dry_run,
         full: false,
+        progress: false,
     })
 }
