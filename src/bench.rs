@@ -107,7 +107,7 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
         seen as f64 / elapsed.as_secs_f64()
     );
     println!(
-        "  local apply     {:>10.0} contacts/s ({} ms applying)",
+        "  apply per page  {:>10.0} contacts/s ({} ms summed over pages; 2 apply at once)",
         seen as f64 * 1000.0 / apply_ms as f64,
         apply_ms
     );

@@ -10,6 +10,8 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -38,7 +40,7 @@ pub struct PullStats {
     pub outbound_skipped: u64,
     pub api_requests: u64,
     pub contacts_count: Option<u64>,
-    /// Time spent applying pages to PostgreSQL (the rest is waiting for the API).
+    /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
     pub apply_ms: u64,
     pub watermark_before: Option<DateTime<Utc>>,
     pub watermark_after: Option<DateTime<Utc>>,
@@ -142,6 +144,9 @@ pub async fn sweep(
     .await
 }
 
+/// Pages applied at once (each in its own transaction).
+const APPLY_CONCURRENCY: usize = 2;
+
 pub type WatermarkOf = fn(&merge::ContactRow) -> Option<DateTime<Utc>>;
 
 /// The contacts pull's watermark: the contact's `updated_at`.
@@ -150,7 +155,7 @@ pub fn updated_at_mark(row: &merge::ContactRow) -> Option<DateTime<Utc>> {
 }
 
 /// Pages through `first` and its next links, applying each page; the watermark of `job`
-/// (the largest `watermark_of` seen) is advanced with the last page. Shared by the jobs
+/// (the largest `watermark_of` seen) is advanced once every page is committed. Shared by the jobs
 /// that read `GET /contacts`.
 #[allow(clippy::too_many_arguments)]
 pub async fn pull(
@@ -178,6 +183,10 @@ pub async fn pull(
     let mut last_progress = Instant::now();
     // A bar on a terminal (`sync`, `demo`); logs every 10 s otherwise (the daemon).
     let mut bar: Option<indicatif::ProgressBar> = None;
+    // Pages being applied, each in its own transaction on its own connection, oldest first.
+    let mut applying = FuturesOrdered::new();
+    let account_ref = &account;
+    let mut fetched = 0u64;
     loop {
         let page: ContactsPage = in_flight
             .await
@@ -185,63 +194,77 @@ pub async fn pull(
             .with_context(|| {
                 format!(
                     "fetching page {} of contacts for account {account}",
-                    stats.pages + 1
+                    fetched + 1
                 )
             })?;
-        if stats.pages == 0 {
+        fetched += 1;
+        if fetched == 1 {
             stats.contacts_count = page.contacts_count;
             if ctx.progress && std::io::stderr().is_terminal() {
                 bar = Some(progress_bar(job, &account, page.contacts_count));
             }
         }
-        // Read ahead: at most one page is fetched while this one is applied.
+        // Read ahead: one page is fetched while earlier ones are applied.
         let next = match PagingLinks::next_href(&page.links) {
             Some(href) => Some(fetch(client.next_url(href)?)),
             None => None,
         };
-        let is_last = next.is_none();
-        let apply_started = Instant::now();
-        let page_stats = apply_page(
-            ctx,
-            &account,
-            job,
-            &page,
-            lists_filter,
-            run_id,
-            is_last,
-            &mut max_seen,
-            watermark_of,
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "applying page {} of contacts for account {account}",
-                stats.pages + 1
+        let page_no = fetched;
+        applying.push_back(async move {
+            let started = Instant::now();
+            let mut page_max = None;
+            let applied = apply_page(
+                ctx,
+                account_ref,
+                job,
+                &page,
+                lists_filter,
+                run_id,
+                false,
+                &mut page_max,
+                watermark_of,
             )
-        })?;
-        stats.apply_ms += apply_started.elapsed().as_millis() as u64;
-        stats.pages += 1;
-        stats.contacts += page_stats.stats;
-        stats.changes_written += page_stats.changes_written;
-        stats.outbound_skipped += page_stats.outbound_skipped;
-        if let Some(b) = &bar {
-            b.inc(page_stats.stats.seen);
-        } else if last_progress.elapsed() >= Duration::from_secs(10) {
-            last_progress = Instant::now();
-            info!(
-                pages = stats.pages,
-                seen = stats.contacts.seen,
-                total = stats.contacts_count,
-                "pull progress"
-            );
+            .await
+            .with_context(|| {
+                format!("applying page {page_no} of contacts for account {account_ref}")
+            })?;
+            anyhow::Ok((applied, page_max, started.elapsed()))
+        });
+        // Two pages in flight keep both PostgreSQL backends busy; more would only hold
+        // more pages in memory.
+        while applying.len() >= APPLY_CONCURRENCY || (next.is_none() && !applying.is_empty()) {
+            let Some(done) = applying.next().await else {
+                break;
+            };
+            let (applied, page_max, took) = done?;
+            max_seen = max_seen.max(page_max);
+            stats.apply_ms += took.as_millis() as u64;
+            stats.pages += 1;
+            stats.contacts += applied.stats;
+            stats.changes_written += applied.changes_written;
+            stats.outbound_skipped += applied.outbound_skipped;
+            if let Some(b) = &bar {
+                b.inc(applied.stats.seen);
+            } else if last_progress.elapsed() >= Duration::from_secs(10) {
+                last_progress = Instant::now();
+                info!(
+                    pages = stats.pages,
+                    seen = stats.contacts.seen,
+                    total = stats.contacts_count,
+                    "pull progress"
+                );
+            }
         }
         match next {
             None => break,
             Some(n) => {
                 if ctx.cancel.is_cancelled() {
-                    // The pages so far are committed; the watermark is not advanced, so the
+                    // Let the pages in hand commit; the watermark is not advanced, so the
                     // next run re-reads them (a no-op) and goes on.
-                    anyhow::bail!("cancelled after {} pages; watermark unchanged", stats.pages);
+                    while let Some(done) = applying.next().await {
+                        done?;
+                    }
+                    anyhow::bail!("cancelled after {} pages; watermark unchanged", fetched);
                 }
                 in_flight = n;
             }
@@ -249,6 +272,13 @@ pub async fn pull(
     }
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    // Every page is committed: only now may the watermark cover them.
+    if !ctx.dry_run {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::sync_state::advance_watermark(&mut conn, &account, job, max_seen)
+            .await
+            .with_context(|| format!("advancing the {job} watermark"))?;
     }
     stats.api_requests = client.requests_sent();
     stats.watermark_after = match (before, max_seen) {
