@@ -188,15 +188,23 @@ pub async fn pull(
     let account_ref = &account;
     let mut fetched = 0u64;
     loop {
-        let page: ContactsPage = in_flight
-            .await
-            .context("page fetch task ended abnormally")?
-            .with_context(|| {
+        let page: anyhow::Result<ContactsPage> = match in_flight.await {
+            Ok(r) => r.with_context(|| {
                 format!(
                     "fetching page {} of contacts for account {account}",
                     fetched + 1
                 )
-            })?;
+            }),
+            Err(e) => Err(anyhow::Error::new(e).context("page fetch task ended abnormally")),
+        };
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                // The pages in hand still commit: nothing already read is thrown away.
+                while applying.next().await.is_some() {}
+                return Err(e);
+            }
+        };
         fetched += 1;
         if fetched == 1 {
             stats.contacts_count = page.contacts_count;
