@@ -19,15 +19,39 @@ pub async fn append(
     origin: &str,
     changes: &[Change],
 ) -> Result<u64, sqlx::Error> {
-    if changes.is_empty() {
+    let cols = Columns {
+        contact_id: changes.iter().map(|c| Some(c.contact_id)).collect(),
+        email: changes.iter().map(|c| c.email.as_deref()).collect(),
+        kind: changes.iter().map(|c| c.kind.as_str()).collect(),
+        field: changes.iter().map(|c| c.field).collect(),
+        old_value: changes.iter().map(|c| c.old_value.clone()).collect(),
+        new_value: changes.iter().map(|c| c.new_value.clone()).collect(),
+    };
+    append_columns(conn, account, run_id, origin, cols).await
+}
+
+/// A batch of `changes` rows as column vectors (all of the same length).
+pub struct Columns<'a> {
+    pub contact_id: Vec<Option<Uuid>>,
+    pub email: Vec<Option<&'a str>>,
+    pub kind: Vec<&'a str>,
+    pub field: Vec<Option<&'a str>>,
+    pub old_value: Vec<Option<Value>>,
+    pub new_value: Vec<Option<Value>>,
+}
+
+/// Appends a batch in one statement and queues the `NOTIFY` (delivered at commit). Every
+/// writer of the log (the pulls and the push) goes through here.
+pub async fn append_columns(
+    conn: &mut PgConnection,
+    account: &str,
+    run_id: Option<Uuid>,
+    origin: &str,
+    cols: Columns<'_>,
+) -> Result<u64, sqlx::Error> {
+    if cols.kind.is_empty() {
         return Ok(0);
     }
-    let contact: Vec<Uuid> = changes.iter().map(|c| c.contact_id).collect();
-    let email: Vec<Option<String>> = changes.iter().map(|c| c.email.clone()).collect();
-    let kind: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
-    let field: Vec<Option<&str>> = changes.iter().map(|c| c.field).collect();
-    let old: Vec<Option<Value>> = changes.iter().map(|c| c.old_value.clone()).collect();
-    let new: Vec<Option<Value>> = changes.iter().map(|c| c.new_value.clone()).collect();
     let (first, last, n): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
         "WITH ins AS (
             INSERT INTO ccsync.changes (account_id, run_id, origin, contact_id, email, kind,
@@ -40,12 +64,12 @@ pub async fn append(
     .bind(account)
     .bind(run_id)
     .bind(origin)
-    .bind(contact)
-    .bind(email)
-    .bind(kind)
-    .bind(field)
-    .bind(old)
-    .bind(new)
+    .bind(cols.contact_id)
+    .bind(cols.email)
+    .bind(cols.kind)
+    .bind(cols.field)
+    .bind(cols.old_value)
+    .bind(cols.new_value)
     .fetch_one(&mut *conn)
     .await?;
     if let (Some(first), Some(last)) = (first, last) {

@@ -342,38 +342,15 @@ pub async fn append_changes(
     run_id: uuid::Uuid,
     changes: &[LocalChange],
 ) -> Result<u64, sqlx::Error> {
-    if changes.is_empty() {
-        return Ok(0);
-    }
-    let contact: Vec<Option<Uuid>> = changes.iter().map(|c| c.contact_id).collect();
-    let email: Vec<&str> = changes.iter().map(|c| c.email.as_str()).collect();
-    let kind: Vec<&str> = changes.iter().map(|c| c.kind).collect();
-    let field: Vec<Option<&str>> = changes.iter().map(|c| c.field.as_deref()).collect();
-    let old: Vec<Option<Value>> = changes.iter().map(|c| c.old_value.clone()).collect();
-    let new: Vec<Option<Value>> = changes.iter().map(|c| c.new_value.clone()).collect();
-    let (first, last, n): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
-        "WITH ins AS (
-            INSERT INTO ccsync.changes (account_id, run_id, origin, contact_id, email, kind,
-                                        field, old_value, new_value)
-            SELECT $1, $2, 'local', u.* FROM UNNEST($3::uuid[], $4::text[], $5::text[],
-                                               $6::text[], $7::jsonb[], $8::jsonb[]) AS u
-            RETURNING id)
-         SELECT min(id), max(id), count(*) FROM ins",
-    )
-    .bind(account)
-    .bind(run_id)
-    .bind(contact)
-    .bind(email)
-    .bind(kind)
-    .bind(field)
-    .bind(old)
-    .bind(new)
-    .fetch_one(&mut *conn)
-    .await?;
-    if let (Some(first), Some(last)) = (first, last) {
-        super::changes::notify(conn, account, first, last).await?;
-    }
-    Ok(n as u64)
+    let cols = super::changes::Columns {
+        contact_id: changes.iter().map(|c| c.contact_id).collect(),
+        email: changes.iter().map(|c| Some(c.email.as_str())).collect(),
+        kind: changes.iter().map(|c| c.kind).collect(),
+        field: changes.iter().map(|c| c.field.as_deref()).collect(),
+        old_value: changes.iter().map(|c| c.old_value.clone()).collect(),
+        new_value: changes.iter().map(|c| c.new_value.clone()).collect(),
+    };
+    super::changes::append_columns(conn, account, Some(run_id), "local", cols).await
 }
 
 /// Rows by state for one account (tests, demo summary).

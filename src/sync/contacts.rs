@@ -129,8 +129,7 @@ pub async fn sweep(
     let first = client
         .contacts_url(&query)
         .with_context(|| format!("building the {} URL", spec.job))?;
-    let filter: Option<HashSet<Uuid>> =
-        account.lists.ids().map(|ids| ids.iter().copied().collect());
+    let filter = super::lists::lists_filter(account);
     pull(
         ctx,
         &client,
