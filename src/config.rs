@@ -534,20 +534,7 @@ impl ScheduleSettings {
     }
 }
 
-/// Parses a six-field (seconds first) cron expression.
-pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    if expr.split_whitespace().count() != 6 {
-        return Err(format!(
-            "{expr:?} must have six fields (seconds first), e.g. \"0 */15 * * * *\""
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
-        .map_err(|e| format!("{expr:?}: {e}"))
-}
+pub use crate::core::cycle::parse_cron;
 
 /// Masks the password of a URL.
 pub fn redact_url(raw: &str) -> String {

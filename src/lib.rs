@@ -4,21 +4,17 @@
 //! `ctct` knows no SQL; the pure cores in `sync` import neither; nothing in production
 //! depends on `sandbox`, an independent fake of the API (only `demo` and `bench` start it).
 
-pub mod app;
-pub mod auth_cmd;
-pub mod bench;
 pub mod cli;
+pub mod cmd;
 pub mod config;
+pub mod core;
 pub mod crypto;
 pub mod ctct;
-pub mod daemon;
-pub mod demo;
 pub mod ops;
 pub mod sandbox;
 pub mod scheduler;
 pub mod shutdown;
 pub mod startup;
-pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -16,5 +16,5 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(ccsync::app::main(cli))
+    runtime.block_on(ccsync::cmd::main(cli))
 }

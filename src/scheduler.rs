@@ -18,12 +18,9 @@
 //!
 //! Times are UTC; expressions have six fields (seconds first).
 
-pub mod plan;
-
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -37,39 +34,11 @@ use tracing::{error, info, info_span, warn, Instrument};
 use uuid::Uuid;
 
 use crate::config::{AccountSettings, Settings};
+use crate::core::cycle::{self as plan, Schedule};
+use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics;
 use crate::store;
-use crate::sync::{self, Job, JobContext, Outcome};
-use plan::{Decision, Ended, Schedule};
-
-/// When the scheduler loop last ticked (a one-second entry beats it); the systemd
-/// watchdog is fed only while it is fresh.
-pub struct Heartbeat {
-    origin: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Heartbeat {
-            origin: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Heartbeat {
-    pub fn beat(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the last beat (since creation when it never beat).
-    pub fn age(&self) -> Duration {
-        let now = self.origin.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
+use crate::sync::{self, Job, JobContext};
 
 /// What firings read: swapped as a whole on SIGHUP, so that a cycle keeps the context it
 /// started with.
@@ -84,7 +53,7 @@ impl Plan {
     pub fn new(ctx: JobContext) -> anyhow::Result<Plan> {
         let settings: &Settings = &ctx.settings;
         let schedule =
-            Schedule::from_settings(&settings.schedule).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Schedule::parse(settings.schedule.entries()).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Plan {
             accounts: settings.accounts.clone(),
             max_concurrent: settings.server.max_concurrent_accounts,
@@ -321,7 +290,7 @@ impl Scheduler {
     /// drains the tracker (tokio-cron-scheduler's shutdown only flips a flag).
     pub async fn stop(&mut self) {
         if let Err(e) = self.sched.shutdown().await {
-            warn!(error = %e, "scheduler shutdown reported an error");
+            warn!(error = %crate::telemetry::Chain(&e), "scheduler shutdown reported an error");
         }
     }
 }
@@ -356,7 +325,7 @@ async fn cycle(
         return;
     }
     if let Err(e) = claim_and_run(&shared, &plan, &account, tick, &due).await {
-        error!(error.message = %e, error.cause_chain = ?e, "scheduled cycle failed");
+        error!(error.message = %format!("{e:#}"), error.cause_chain = ?e, "scheduled cycle failed");
     }
     drop(permit);
 }
@@ -391,7 +360,7 @@ async fn claim_and_run(
         if store::schedule::finish(&mut conn, &account.id, tick, "skipped").await? {
             for job in &jobs {
                 let reason = "the previous cycle of this account is still running";
-                store::runs::skipped(&mut conn, &account.id, job.as_str(), reason)
+                store::runs::skipped(&mut conn, &account.id, *job, reason)
                     .await
                     .context("recording a skipped run")?;
                 metrics::record_run(&account.id, job.as_str(), "skipped", Duration::ZERO, None);
@@ -404,10 +373,25 @@ async fn claim_and_run(
     }
     let result = run_locked(ctx, &mut conn, account, tick, due).await;
     if let Err(e) = store::schedule::cycle_unlock(&mut conn, &account.id).await {
-        warn!(error = %e, "cannot release the cycle lock (it goes with the connection)");
+        warn!(error = %crate::telemetry::Chain(&e), "cannot release the cycle lock (it goes with the connection)");
     }
     let _ = conn.close().await;
     result
+}
+
+/// Records each ended job in the tick's claim, so that a replica taking over an abandoned
+/// cycle runs only what is left.
+struct ClaimLog<'a> {
+    conn: &'a mut PgConnection,
+    account: &'a str,
+    tick: DateTime<Utc>,
+}
+
+impl sync::runner::CycleLog for ClaimLog<'_> {
+    async fn job_done(&mut self, job: Job, run_id: Uuid) -> anyhow::Result<()> {
+        store::schedule::job_done(self.conn, self.account, self.tick, job.as_str(), run_id).await?;
+        Ok(())
+    }
 }
 
 /// The cycle proper, holding the account's cycle lock on `conn`.
@@ -436,49 +420,17 @@ async fn run_locked(
             .increment(open.len() as u64);
         warn!(abandoned = open.len(), jobs = ?unfinished, "taking over cycles left unfinished by a stopped replica");
     }
-    let mut so_far: Vec<(Job, Ended)> = Vec::new();
-    for job in jobs {
-        if ctx.cancel.is_cancelled() {
-            // The claim stays open: the next cycle (or the next start) runs what is left.
-            return Ok(());
-        }
-        match plan::decide(job, &so_far) {
-            Decision::Stop => break,
-            Decision::SkipPush => {
-                let reason = "the pulls this push needs did not all succeed in this cycle";
-                info!(job = %job, "{reason}: not pushing");
-                store::runs::skipped(conn, &account.id, job.as_str(), reason).await?;
-                store::schedule::job_done(conn, &account.id, tick, job.as_str(), Uuid::nil())
-                    .await?;
-                metrics::record_run(&account.id, job.as_str(), "skipped", Duration::ZERO, None);
-                continue;
-            }
-            Decision::Run => {}
-        }
-        let (started, started_at) = (Instant::now(), Utc::now());
-        let report = sync::run_guarded(ctx, account, job).await;
-        let elapsed = started.elapsed();
-        let cancelled = ctx.cancel.is_cancelled();
-        let (ended, outcome, stats) = match &report.outcome {
-            Outcome::Succeeded(s) => (Ended::Succeeded, "succeeded", Some(s)),
-            Outcome::Skipped => (Ended::Skipped, "skipped", None),
-            Outcome::Failed(_) if cancelled => (Ended::Failed, "cancelled", None),
-            Outcome::Failed(_) => (Ended::Failed, "failed", None),
-        };
-        metrics::record_run(&account.id, job.as_str(), outcome, elapsed, stats);
-        if job == Job::Push {
-            metrics::record_activities(&ctx.pool, &account.id, started_at).await;
-        }
-        if outcome == "cancelled" {
-            // Stopped at a page boundary by the shutdown: left for the next cycle.
-            return Ok(());
-        }
-        store::schedule::job_done(conn, &account.id, tick, job.as_str(), report.run_id)
-            .await
-            .context("recording the job in the cycle's claim")?;
-        so_far.push((job, ended));
+    let mut log = ClaimLog {
+        conn: &mut *conn,
+        account: &account.id,
+        tick,
+    };
+    let end = sync::runner::run_account_cycle(ctx, account, &jobs, &mut log).await?;
+    if !end.finished {
+        // The claim stays open: the next cycle (or the next start) runs what is left.
+        return Ok(());
     }
-    let failed = so_far.iter().any(|(_, e)| *e == Ended::Failed);
+    let failed = end.failed;
     store::schedule::finish(
         conn,
         &account.id,

@@ -22,9 +22,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
+use crate::ctct::{Api, ApiOptions, Auth, OAuthClient};
+use crate::ops::heartbeat::Heartbeat;
 use crate::ops::{self, health::OpsState};
-use crate::scheduler::{Heartbeat, Plan, Scheduler};
-use crate::{store, sync};
+use crate::scheduler::{Plan, Scheduler};
+use crate::store;
+use crate::sync::JobContext;
 
 /// A built, not yet running, daemon.
 pub struct Application {
@@ -50,7 +53,7 @@ impl Reloader {
 impl Application {
     /// Connects, migrates (unless `migrate` is false) and binds `server.listen`.
     pub async fn build(settings: Arc<Settings>, migrate: bool) -> anyhow::Result<Application> {
-        let pool = crate::app::connect(&settings).await?;
+        let pool = connect(&settings).await?;
         if migrate {
             store::migrate(&pool).await.context("running migrations")?;
         }
@@ -92,7 +95,7 @@ impl Application {
         } = self;
         drop(reload_tx);
         let (settings_tx, settings_rx) = watch::channel(settings.clone());
-        let ctx = sync::context(settings.clone(), pool.clone(), cancel.clone(), false)?;
+        let ctx = job_context(settings.clone(), pool.clone(), cancel.clone(), false)?;
         let tracker = TaskTracker::new();
         let heartbeat = Arc::new(Heartbeat::default());
         let mut scheduler = Scheduler::start(
@@ -124,7 +127,7 @@ impl Application {
                 let serve = axum::serve(listener, ops::health::router(state))
                     .with_graceful_shutdown(aux.cancelled_owned());
                 if let Err(e) = serve.await {
-                    error!(error = %e, "the health/metrics listener failed");
+                    error!(error = %crate::telemetry::Chain(&e), "the health/metrics listener failed");
                 }
             })
         };
@@ -152,7 +155,7 @@ impl Application {
                 accounts = n,
                 "finishing cycles left unfinished by a previous run"
             ),
-            Err(e) => warn!(error = %e, "cannot look for unfinished cycles"),
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot look for unfinished cycles"),
         }
 
         let mut current = settings;
@@ -169,7 +172,7 @@ impl Application {
                         }
                         Err(e) => {
                             ::metrics::counter!("ccsync_config_reloads_total", "outcome" => "rejected").increment(1);
-                            error!(error.message = %e, error.cause_chain = ?e, "configuration reload rejected; keeping the running configuration");
+                            error!(error.message = %format!("{e:#}"), error.cause_chain = ?e, "configuration reload rejected; keeping the running configuration");
                         }
                     }
                 }
@@ -220,9 +223,11 @@ async fn prune_loop(pool: PgPool, cancel: CancellationToken) {
             Ok(mut conn) => match store::schedule::prune(&mut conn, KEEP_CLAIMS).await {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "pruned old schedule claims"),
-                Err(e) => warn!(error = %e, "cannot prune schedule claims"),
+                Err(e) => {
+                    warn!(error = %crate::telemetry::Chain(&e), "cannot prune schedule claims")
+                }
             },
-            Err(e) => warn!(error = %e, "cannot prune schedule claims"),
+            Err(e) => warn!(error = %crate::telemetry::Chain(&e), "cannot prune schedule claims"),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
@@ -251,7 +256,7 @@ async fn apply_reload(
             );
         }
     }
-    let ctx = sync::context(new.clone(), pool.clone(), cancel.clone(), false)?;
+    let ctx = job_context(new.clone(), pool.clone(), cancel.clone(), false)?;
     scheduler.replace(Plan::new(ctx)?).await?;
     info!(accounts = new.accounts.len(), "configuration reloaded");
     Ok(())
@@ -272,4 +277,84 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> [(&'static str, bool)
         ("log.format", old.log.format != new.log.format),
         ("log.level", old.log.level != new.log.level),
     ]
+}
+
+/// Connects (eagerly) and names the setting to fix when that fails.
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    store::connect(&settings.database).await.with_context(|| {
+        format!(
+            "cannot connect to the database {} (set database.url or CCSYNC__DATABASE__URL)",
+            settings.database_url_redacted()
+        )
+    })
+}
+
+/// Wires settings and a pool into a job context: the HTTP client, the token store (sealed
+/// when `[security]` has a key), OAuth, the shared daily budget and request pacer, and the
+/// Constant Contact client over them. Every command that runs jobs builds its context here.
+pub fn job_context(
+    settings: Arc<Settings>,
+    pool: PgPool,
+    cancel: CancellationToken,
+    dry_run: bool,
+) -> anyhow::Result<JobContext> {
+    let connect = store::connect_options(&settings.database)?;
+    let c = &settings.constant_contact;
+    let http = crate::ctct::client::http_client(c.connect_timeout, c.request_timeout)
+        .context("building the HTTP client")?;
+    let cipher = crate::crypto::TokenCipher::from_settings(&settings.security)
+        .context("loading the token key ([security])")?
+        .map(|(c, _)| Arc::new(c));
+    let tokens = Arc::new(
+        store::tokens::PgTokenStore::new(pool.clone(), connect.clone()).with_cipher(cipher),
+    );
+    let seeds = settings
+        .accounts
+        .iter()
+        .filter_map(|a| a.refresh_token.clone().map(|t| (a.id.clone(), t)))
+        .collect();
+    let auth = Arc::new(Auth::new(
+        http.clone(),
+        OAuthClient {
+            token_url: c.token_url.clone(),
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+        },
+        tokens,
+        seeds,
+    ));
+    let budget = Arc::new(store::usage::PgBudget::new(
+        pool.clone(),
+        c.daily_request_limit,
+    ));
+    let api = Arc::new(
+        Api::new(
+            http,
+            ApiOptions {
+                api_base: c.api_base.clone(),
+                requests_per_second: c.requests_per_second,
+                max_retries: c.max_retries,
+                min_delay: c.retry_initial,
+                max_delay: c.retry_max,
+            },
+            auth,
+            budget,
+            cancel.clone(),
+        )
+        .context("constant_contact.api_base")?
+        .with_shared_pacer(
+            store::pacer::PgPacer::new(pool.clone(), &c.client_id, c.requests_per_second)
+                .map(|p| Arc::new(p) as Arc<dyn crate::ctct::limiter::SharedPacer>),
+        ),
+    );
+    Ok(JobContext {
+        pool,
+        connect,
+        api,
+        settings,
+        cancel,
+        dry_run,
+        full: false,
+        progress: false,
+    })
 }

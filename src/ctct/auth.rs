@@ -288,7 +288,7 @@ impl Auth {
                 warn!(%reason, "refresh token rejected: the account needs re-authorisation");
                 // Best effort: the error itself already stops the account's jobs.
                 if let Err(e) = self.store.mark_reauth(account, reason).await {
-                    warn!(error = %e, "cannot record that the account needs re-authorisation");
+                    warn!(error = %crate::telemetry::Chain(&e), "cannot record that the account needs re-authorisation");
                 }
             }
             Err(_) => {}

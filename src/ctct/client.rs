@@ -317,7 +317,7 @@ impl AccountClient {
                 }
                 Error::QuotaExceeded { .. } => {
                     if let Err(e) = api.budget.exhausted().await {
-                        warn!(error = %e, "cannot record quota exhaustion");
+                        warn!(error = %crate::telemetry::Chain(&*e), "cannot record quota exhaustion");
                     }
                     return Err(err);
                 }
@@ -337,7 +337,7 @@ impl AccountClient {
             {
                 delay = delay.max(*ra);
             }
-            warn!(endpoint, error = %err, delay_ms = delay.as_millis() as u64, "retrying");
+            warn!(endpoint, error = %crate::telemetry::Chain(&err), delay_ms = delay.as_millis() as u64, "retrying");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = api.cancel.cancelled() => return Err(Error::Cancelled),

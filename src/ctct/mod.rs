@@ -4,6 +4,7 @@
 pub mod activities;
 pub mod auth;
 pub mod client;
+pub mod convert;
 pub mod dto;
 pub mod error;
 pub mod limiter;

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::scheduler::plan::Schedule;
+use crate::core::cycle::Schedule;
 use crate::store;
 use crate::sync::Job;
 
@@ -101,12 +101,12 @@ pub async fn readiness_problems(s: &OpsState) -> Vec<String> {
             })
             .unzip();
         let failing = store::ops::failing_since(&mut conn, &accounts, &jobs).await?;
-        let schedule = Schedule::from_settings(&settings.schedule).ok();
+        let schedule = Schedule::parse(settings.schedule.entries()).ok();
         let now = Utc::now();
         for (account, job, since) in failing {
             let period = schedule
                 .as_ref()
-                .zip(crate::scheduler::plan::job_named(&job))
+                .zip(crate::core::cycle::job_named(&job))
                 .and_then(|(sch, j)| sch.period(j, now));
             let limit = threshold(settings.server.ready_failing_after, period);
             let for_how_long = (now - since).to_std().unwrap_or_default();

@@ -210,7 +210,9 @@ pub async fn record_activities(pool: &PgPool, account: &str, since: chrono::Date
                     .record(secs.max(0.0));
             }
         }
-        Err(e) => tracing::debug!(error = %e, "cannot read finished import activities"),
+        Err(e) => {
+            tracing::debug!(error = %crate::telemetry::Chain(&e), "cannot read finished import activities")
+        }
     }
 }
 
@@ -266,7 +268,7 @@ pub async fn upkeep_loop(
     handle: PrometheusHandle,
     pool: PgPool,
     settings: tokio::sync::watch::Receiver<std::sync::Arc<Settings>>,
-    heartbeat: std::sync::Arc<crate::scheduler::Heartbeat>,
+    heartbeat: std::sync::Arc<crate::ops::heartbeat::Heartbeat>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -274,7 +276,7 @@ pub async fn upkeep_loop(
         gauge!("ccsync_scheduler_heartbeat_age_seconds").set(heartbeat.age().as_secs_f64());
         let current = settings.borrow().clone();
         if let Err(e) = refresh_gauges(&pool, &current).await {
-            tracing::warn!(error = %e, "cannot refresh the metrics gauges");
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "cannot refresh the metrics gauges");
         }
         tokio::select! {
             _ = tokio::time::sleep(current.server.metrics_interval) => {}

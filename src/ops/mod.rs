@@ -2,5 +2,6 @@
 //! metrics, and systemd notifications.
 
 pub mod health;
+pub mod heartbeat;
 pub mod metrics;
 pub mod notify;

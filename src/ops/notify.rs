@@ -11,7 +11,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::Heartbeat;
+use crate::ops::heartbeat::Heartbeat;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {

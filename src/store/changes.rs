@@ -4,7 +4,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::sync::merge::Change;
+use crate::core::change::Change;
 
 /// The channel applications `LISTEN` on.
 pub const CHANNEL: &str = "ccsync_changes";

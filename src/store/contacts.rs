@@ -1,4 +1,5 @@
-//! `contacts` and `list_memberships`: batched reads and writes for one page at a time.
+//! `contacts`: batched reads and writes for one page at a time (a page's memberships are
+//! read here with its contacts; they are written by `memberships`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -7,7 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::sync::merge::{ContactRow, Stored};
+use crate::core::contact::{ContactRow, Stored};
 
 const COLUMNS: &str = "contact_id, email, first_name, last_name, job_title, company_name, \
     birthday_month, birthday_day, anniversary, permission_to_send, opt_in_source, opt_in_date, \
@@ -207,66 +208,4 @@ pub async fn upsert(
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
-}
-
-/// Adds memberships (contact, list) in one statement.
-pub async fn add_memberships(
-    conn: &mut PgConnection,
-    account: &str,
-    pairs: &[(Uuid, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    if pairs.is_empty() {
-        return Ok(0);
-    }
-    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
-    let done = sqlx::query(
-        "INSERT INTO ccsync.list_memberships (account_id, contact_id, list_id)
-         SELECT $1, c, l FROM UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(account)
-    .bind(c)
-    .bind(l)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Removes memberships (contact, list) in one statement.
-pub async fn remove_memberships(
-    conn: &mut PgConnection,
-    account: &str,
-    pairs: &[(Uuid, Uuid)],
-) -> Result<u64, sqlx::Error> {
-    if pairs.is_empty() {
-        return Ok(0);
-    }
-    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
-    let done = sqlx::query(
-        "DELETE FROM ccsync.list_memberships m
-         USING UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
-         WHERE m.account_id = $1 AND m.contact_id = u.c AND m.list_id = u.l",
-    )
-    .bind(account)
-    .bind(c)
-    .bind(l)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Memberships of one contact (tests, reconcile).
-pub async fn memberships_of(
-    conn: &mut PgConnection,
-    account: &str,
-    contact: Uuid,
-) -> Result<BTreeSet<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT list_id FROM ccsync.list_memberships WHERE account_id = $1 AND contact_id = $2",
-    )
-    .bind(account)
-    .bind(contact)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(ids.into_iter().collect())
 }

@@ -1,11 +1,14 @@
-//! `list_memberships` beyond one contact page: memberships of deleted lists, pending
+//! `list_memberships`: batched adds and removals, and beyond one contact page: memberships of deleted lists, pending
 //! outbound adds that protect a membership, and the reconcile's staging of the contacts
 //! Constant Contact returned (a temporary table, so memory does not grow with list size).
+
+use std::collections::BTreeSet;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::changes;
+use crate::core::states::OutboundState;
 
 /// Removes every membership of `account` in a list that is deleted locally (`deleted_at`
 /// set) and logs each as `list_removed`, all in SQL (no rows pass through memory), with one
@@ -55,11 +58,12 @@ pub async fn pending_adds(
     }
     sqlx::query_as(
         "SELECT DISTINCT lower(email), unnest(list_ids) FROM ccsync.outbound
-         WHERE account_id = $1 AND state = 'pending' AND lower(email) = ANY($2)
+         WHERE account_id = $1 AND state = $3 AND lower(email) = ANY($2)
            AND cardinality(list_ids) > 0",
     )
     .bind(account)
     .bind(emails)
+    .bind(OutboundState::Pending.as_str())
     .fetch_all(&mut *conn)
     .await
 }
@@ -156,4 +160,66 @@ pub async fn unsubscribed_unseen(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await
+}
+
+/// Adds memberships (contact, list) in one statement.
+pub async fn add(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "INSERT INTO ccsync.list_memberships (account_id, contact_id, list_id)
+         SELECT $1, c, l FROM UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(account)
+    .bind(c)
+    .bind(l)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Removes memberships (contact, list) in one statement.
+pub async fn remove(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "DELETE FROM ccsync.list_memberships m
+         USING UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
+         WHERE m.account_id = $1 AND m.contact_id = u.c AND m.list_id = u.l",
+    )
+    .bind(account)
+    .bind(c)
+    .bind(l)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Memberships of one contact (tests, reconcile).
+pub async fn of(
+    conn: &mut PgConnection,
+    account: &str,
+    contact: Uuid,
+) -> Result<BTreeSet<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT list_id FROM ccsync.list_memberships WHERE account_id = $1 AND contact_id = $2",
+    )
+    .bind(account)
+    .bind(contact)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ids.into_iter().collect())
 }

@@ -4,6 +4,7 @@
 pub mod activities;
 pub mod changes;
 pub mod contacts;
+pub mod demo;
 pub mod lists;
 pub mod memberships;
 pub mod ops;
@@ -78,7 +79,7 @@ pub async fn connect(db: &DatabaseSettings) -> Result<PgPool, StoreError> {
                 break;
             }
             Err(e) if is_transient_connect_error(&e) && tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tracing::warn!(error = %crate::telemetry::Chain(&e), "database not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::core::states::RunOutcome;
+
 /// The database answers.
 pub async fn ping(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(&mut *conn).await?;
@@ -30,17 +32,19 @@ pub async fn failing_since(
          FROM unnest($1::text[], $2::text[]) AS k(account_id, job)
          LEFT JOIN LATERAL (
             SELECT started_at FROM ccsync.sync_runs r
-            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = 'succeeded'
+            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = $3
             ORDER BY started_at DESC LIMIT 1) s ON true
          JOIN LATERAL (
             SELECT started_at FROM ccsync.sync_runs r
-            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = 'failed'
+            WHERE r.account_id = k.account_id AND r.job = k.job AND r.outcome = $4
               AND r.started_at > coalesce(s.started_at, '-infinity')
             ORDER BY started_at LIMIT 1) f ON true
          ORDER BY 1, 2",
     )
     .bind(accounts)
     .bind(jobs)
+    .bind(RunOutcome::Succeeded.as_str())
+    .bind(RunOutcome::Failed.as_str())
     .fetch_all(&mut *conn)
     .await
 }

@@ -2,13 +2,8 @@
 
 use sqlx::PgConnection;
 
-/// One address to refuse list adds for, and the reason written on its rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Lower-case.
-    pub email: String,
-    pub reason: String,
-}
+use crate::core::optouts::Refusal;
+use crate::core::states::OutboundState;
 
 /// Marks `skipped` (with the refusal's reason) every `pending` outbound row of `account`
 /// whose email equals a refused one (case-insensitively) and that would add the contact to
@@ -25,15 +20,17 @@ pub async fn skip_pending_list_adds(
     let reasons: Vec<&str> = refusals.iter().map(|r| r.reason.as_str()).collect();
     let done = sqlx::query(
         "UPDATE ccsync.outbound o
-         SET state = 'skipped', reason = u.reason, updated_at = now()
+         SET state = $4, reason = u.reason, updated_at = now()
          FROM (SELECT DISTINCT ON (email) email, reason
                FROM UNNEST($2::text[], $3::text[]) AS x(email, reason)) AS u
-         WHERE o.account_id = $1 AND o.state = 'pending'
+         WHERE o.account_id = $1 AND o.state = $5
            AND lower(o.email) = u.email AND cardinality(o.list_ids) > 0",
     )
     .bind(account)
     .bind(emails)
     .bind(reasons)
+    .bind(OutboundState::Skipped.as_str())
+    .bind(OutboundState::Pending.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::sync::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
+use crate::core::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
+use crate::core::states::OutboundState::{self, Completed, Failed, Pending, Submitted};
 
 /// Up to `limit` rows that are `pending` and due, with `id > after`, ascending, locked
 /// (`SKIP LOCKED`) for the caller's transaction. A row waits while an older row of the same
@@ -24,11 +25,11 @@ pub async fn pending_chunk(
     let rows: Vec<R> = sqlx::query_as(
         "WITH waiting AS (
             SELECT lower(email) AS e, min(id) AS first_id FROM ccsync.outbound
-            WHERE account_id = $1 AND state = 'pending' AND next_attempt_at > now()
+            WHERE account_id = $1 AND state = $4 AND next_attempt_at > now()
             GROUP BY 1)
          SELECT o.id, o.email, o.fields, o.list_ids, o.created_at
          FROM ccsync.outbound o LEFT JOIN waiting w ON w.e = lower(o.email)
-         WHERE o.account_id = $1 AND o.state = 'pending' AND o.id > $2
+         WHERE o.account_id = $1 AND o.state = $4 AND o.id > $2
            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
            AND (w.first_id IS NULL OR o.id < w.first_id)
          ORDER BY o.id LIMIT $3
@@ -37,6 +38,7 @@ pub async fn pending_chunk(
     .bind(account)
     .bind(after)
     .bind(limit)
+    .bind(Pending.as_str())
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
@@ -191,21 +193,23 @@ pub async fn guard_input(
     }
     let flying: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT lower(email) FROM ccsync.outbound
-         WHERE account_id = $1 AND state = 'submitted' AND lower(email) = ANY($2)",
+         WHERE account_id = $1 AND state = $3 AND lower(email) = ANY($2)",
     )
     .bind(account)
     .bind(&emails)
+    .bind(Submitted.as_str())
     .fetch_all(&mut *conn)
     .await?;
     input.in_flight = flying.into_iter().collect();
     let pushed: Vec<(String, Value)> = sqlx::query_as(
         "SELECT lower(email), fields FROM ccsync.outbound
-         WHERE account_id = $1 AND state = 'completed' AND lower(email) = ANY($2)
+         WHERE account_id = $1 AND state = $4 AND lower(email) = ANY($2)
            AND updated_at > $3",
     )
     .bind(account)
     .bind(&emails)
     .bind(since)
+    .bind(Completed.as_str())
     .fetch_all(&mut *conn)
     .await?;
     for (email, fields) in pushed {
@@ -221,9 +225,9 @@ pub async fn guard_input(
 /// number of rows changed.
 pub async fn set_state(
     conn: &mut PgConnection,
-    from: &str,
+    from: OutboundState,
     ids: &[i64],
-    state: &str,
+    state: OutboundState,
     reasons: &[Option<String>],
 ) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
@@ -236,8 +240,8 @@ pub async fn set_state(
          FROM UNNEST($3::bigint[], $4::text[]) AS u(id, reason)
          WHERE o.id = u.id AND o.state = $1",
     )
-    .bind(from)
-    .bind(state)
+    .bind(from.as_str())
+    .bind(state.as_str())
     .bind(ids)
     .bind(reasons)
     .execute(&mut *conn)
@@ -256,14 +260,16 @@ pub async fn mark_submitted(
         return Ok(0);
     }
     let r = sqlx::query(
-        "UPDATE ccsync.outbound o SET state = 'submitted', activity_id = $1,
+        "UPDATE ccsync.outbound o SET state = $4, activity_id = $1,
                 reason = u.reason, updated_at = now(), next_attempt_at = NULL
          FROM UNNEST($2::bigint[], $3::text[]) AS u(id, reason)
-         WHERE o.id = u.id AND o.state = 'pending'",
+         WHERE o.id = u.id AND o.state = $5",
     )
     .bind(activity_id)
     .bind(ids)
     .bind(reasons)
+    .bind(Submitted.as_str())
+    .bind(Pending.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(r.rows_affected())
@@ -275,7 +281,7 @@ pub async fn mark_submitted(
 /// Returns (back to pending, failed for good).
 pub async fn failed_attempt(
     conn: &mut PgConnection,
-    from: &str,
+    from: OutboundState,
     ids: &[i64],
     reason: &str,
     max_attempts: i32,
@@ -288,7 +294,7 @@ pub async fn failed_attempt(
     let rows: Vec<(String,)> = sqlx::query_as(
         "UPDATE ccsync.outbound SET
             attempts = attempts + 1,
-            state = CASE WHEN attempts + 1 >= $3 THEN 'failed' ELSE 'pending' END,
+            state = CASE WHEN attempts + 1 >= $3 THEN $7 ELSE $8 END,
             reason = CASE WHEN attempts + 1 >= $3
                      THEN format('failed after %s attempts: %s', attempts + 1, $4::text)
                      ELSE format('attempt %s failed, will retry: %s', attempts + 1, $4::text) END,
@@ -298,15 +304,17 @@ pub async fn failed_attempt(
          WHERE id = ANY($2) AND state = $1
          RETURNING state",
     )
-    .bind(from)
+    .bind(from.as_str())
     .bind(ids)
     .bind(max_attempts)
     .bind(reason)
     .bind(base.as_millis() as f64)
     .bind(cap.as_millis() as f64)
+    .bind(Failed.as_str())
+    .bind(Pending.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    let failed = rows.iter().filter(|(s,)| s == "failed").count() as u64;
+    let failed = rows.iter().filter(|(s,)| s == Failed.as_str()).count() as u64;
     Ok((rows.len() as u64 - failed, failed))
 }
 
@@ -317,9 +325,10 @@ pub async fn rows_of_activity(
 ) -> Result<Vec<(i64, String)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, lower(trim(email)) FROM ccsync.outbound
-         WHERE activity_id = $1 AND state = 'submitted' ORDER BY id",
+         WHERE activity_id = $1 AND state = $2 ORDER BY id",
     )
     .bind(activity_id)
+    .bind(Submitted.as_str())
     .fetch_all(&mut *conn)
     .await
 }
@@ -365,26 +374,4 @@ pub async fn counts(
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(|(s, n)| (s, Value::from(n))).collect())
-}
-
-/// The latest run (not `skipped`) of each job of `account`, other than `exclude` (the
-/// caller's own run): job → (outcome, started_at).
-pub async fn latest_runs(
-    conn: &mut PgConnection,
-    account: &str,
-    exclude: Uuid,
-) -> Result<HashMap<String, (String, DateTime<Utc>)>, sqlx::Error> {
-    let rows: Vec<(String, Option<String>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT DISTINCT ON (job) job, outcome, started_at FROM ccsync.sync_runs
-         WHERE account_id = $1 AND id <> $2 AND outcome IS DISTINCT FROM 'skipped'
-         ORDER BY job, started_at DESC",
-    )
-    .bind(account)
-    .bind(exclude)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(job, outcome, started)| (job, (outcome.unwrap_or_default(), started)))
-        .collect())
 }

@@ -10,24 +10,27 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
-
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use tokio_util::task::AbortOnDropHandle;
-use tracing::info;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tracing::{info, instrument};
 use uuid::Uuid;
 
-use super::merge::{self, PageStats};
-use super::JobContext;
+use super::context::JobContext;
+use super::lists::lists_filter;
+use super::pager::Pager;
+use super::watermark;
 use crate::config::AccountSettings;
-use crate::ctct::dto::{ContactsPage, PagingLinks};
+use crate::core::contact::{ContactRow, Incoming};
+use crate::core::job::Job;
+use crate::core::merge::{self, PageStats};
+use crate::core::optouts::newly_unsubscribed;
+use crate::ctct::convert::to_incoming;
+use crate::ctct::dto::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
 use crate::store;
-
-pub const JOB: &str = "contacts";
 
 /// Stats of one pull run (stored in `sync_runs.stats`).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -58,7 +61,7 @@ pub async fn run_once(
         account,
         run_id,
         &Sweep {
-            job: JOB,
+            job: Job::Contacts,
             // `all` so that deleted contacts are seen too.
             status: "all",
             since: Since::UpdatedAfter,
@@ -94,7 +97,7 @@ pub enum Since {
 
 /// A job that reads `GET /contacts?status=..` incrementally from its own watermark.
 pub struct Sweep {
-    pub job: &'static str,
+    pub job: Job,
     pub status: &'static str,
     pub since: Since,
     pub watermark_of: WatermarkOf,
@@ -109,12 +112,7 @@ pub async fn sweep(
     spec: &Sweep,
 ) -> anyhow::Result<PullStats> {
     let client = ctx.api.account(&account.id);
-    let before = {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::sync_state::watermark(&mut conn, &account.id, spec.job)
-            .await
-            .with_context(|| format!("reading the {} watermark", spec.job))?
-    };
+    let before = watermark::read(ctx, &account.id, spec.job).await?;
     let lookback = chrono::Duration::from_std(ctx.settings.sync.lookback).unwrap_or_default();
     let since = before.filter(|_| !ctx.full).map(|w| w - lookback);
     let query = ContactsQuery {
@@ -129,122 +127,102 @@ pub async fn sweep(
     let first = client
         .contacts_url(&query)
         .with_context(|| format!("building the {} URL", spec.job))?;
-    let filter = super::lists::lists_filter(account);
-    pull(
-        ctx,
-        &client,
-        spec.job,
-        first,
-        before,
-        filter.as_ref(),
+    let filter = lists_filter(account);
+    let page_spec = PageSpec {
+        account: &account.id,
+        lists_filter: filter.as_ref(),
         run_id,
-        spec.watermark_of,
-    )
-    .await
+        watermark_of: spec.watermark_of,
+    };
+    pull(ctx, &client, spec.job, first, before, &page_spec).await
 }
 
 /// Pages applied at once (each in its own transaction).
 const APPLY_CONCURRENCY: usize = 2;
 
-pub type WatermarkOf = fn(&merge::ContactRow) -> Option<DateTime<Utc>>;
+/// Which timestamp of an incoming contact a sweep's watermark follows.
+pub type WatermarkOf = fn(&ContactRow) -> Option<DateTime<Utc>>;
 
 /// The contacts pull's watermark: the contact's `updated_at`.
-pub fn updated_at_mark(row: &merge::ContactRow) -> Option<DateTime<Utc>> {
+pub fn updated_at_mark(row: &ContactRow) -> Option<DateTime<Utc>> {
     Some(row.updated_at)
 }
 
+/// How the pages of one walk are applied.
+#[derive(Clone, Copy)]
+pub struct PageSpec<'a> {
+    pub account: &'a str,
+    /// Lists whose memberships are synced (`None` = all).
+    pub lists_filter: Option<&'a HashSet<Uuid>>,
+    pub run_id: Uuid,
+    /// The timestamp each page's maximum is taken of.
+    pub watermark_of: WatermarkOf,
+}
+
 /// Pages through `first` and its next links, applying each page; the watermark of `job`
-/// (the largest `watermark_of` seen) is advanced once every page is committed. Shared by the jobs
-/// that read `GET /contacts`.
-#[allow(clippy::too_many_arguments)]
+/// (the largest `watermark_of` seen) is advanced once every page is committed. Shared by the
+/// jobs that read `GET /contacts` incrementally.
+#[instrument(skip_all, fields(job = %job))]
 pub async fn pull(
     ctx: &JobContext,
     client: &AccountClient,
-    job: &str,
+    job: Job,
     first: url::Url,
     before: Option<DateTime<Utc>>,
-    lists_filter: Option<&HashSet<Uuid>>,
-    run_id: Uuid,
-    watermark_of: WatermarkOf,
+    spec: &PageSpec<'_>,
 ) -> anyhow::Result<PullStats> {
-    let account = client.account().to_string();
+    let account = spec.account;
     let mut stats = PullStats {
         watermark_before: before,
         dry_run: ctx.dry_run,
         ..Default::default()
     };
     let mut max_seen: Option<DateTime<Utc>> = None;
-    let fetch = |url: url::Url| {
-        let c = client.clone();
-        AbortOnDropHandle::new(tokio::spawn(async move { c.contacts_page(url).await }))
-    };
-    let mut in_flight = fetch(first);
+    let mut pages = Pager::new(client, first);
     let mut last_progress = Instant::now();
     // A bar on a terminal (`sync`, `demo`); logs every 10 s otherwise (the daemon).
     let mut bar: Option<indicatif::ProgressBar> = None;
     // Pages being applied, each in its own transaction on its own connection, oldest first.
     let mut applying = FuturesOrdered::new();
-    let account_ref = &account;
-    let mut fetched = 0u64;
     loop {
-        let page: anyhow::Result<ContactsPage> = match in_flight.await {
-            Ok(r) => r.with_context(|| {
-                format!(
-                    "fetching page {} of contacts for account {account}",
-                    fetched + 1
-                )
-            }),
-            Err(e) => Err(anyhow::Error::new(e).context("page fetch task ended abnormally")),
-        };
-        let page = match page {
-            Ok(p) => p,
+        let page = match pages.next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
             Err(e) => {
                 // The pages in hand still commit: nothing already read is thrown away.
                 while applying.next().await.is_some() {}
                 return Err(e);
             }
         };
-        fetched += 1;
-        if fetched == 1 {
-            stats.contacts_count = page.contacts_count;
+        if page.number == 1 {
+            stats.contacts_count = page.page.contacts_count;
             if ctx.progress && std::io::stderr().is_terminal() {
-                bar = Some(progress_bar(job, &account, page.contacts_count));
+                bar = Some(progress_bar(
+                    job.as_str(),
+                    account,
+                    page.page.contacts_count,
+                ));
             }
         }
-        // Read ahead: one page is fetched while earlier ones are applied.
-        let next = match PagingLinks::next_href(&page.links) {
-            Some(href) => Some(fetch(client.next_url(href)?)),
-            None => None,
-        };
-        let page_no = fetched;
+        let last = page.last;
         applying.push_back(async move {
             let started = Instant::now();
-            let mut page_max = None;
-            let applied = apply_page(
-                ctx,
-                account_ref,
-                job,
-                &page,
-                lists_filter,
-                run_id,
-                false,
-                &mut page_max,
-                watermark_of,
-            )
-            .await
-            .with_context(|| {
-                format!("applying page {page_no} of contacts for account {account_ref}")
+            let applied = apply_page(ctx, spec, &page.page).await.with_context(|| {
+                format!(
+                    "applying page {} of contacts for account {account}",
+                    page.number
+                )
             })?;
-            anyhow::Ok((applied, page_max, started.elapsed()))
+            anyhow::Ok((applied, started.elapsed()))
         });
         // Two pages in flight keep both PostgreSQL backends busy; more would only hold
         // more pages in memory.
-        while applying.len() >= APPLY_CONCURRENCY || (next.is_none() && !applying.is_empty()) {
+        while applying.len() >= APPLY_CONCURRENCY || (last && !applying.is_empty()) {
             let Some(done) = applying.next().await else {
                 break;
             };
-            let (applied, page_max, took) = done?;
-            max_seen = max_seen.max(page_max);
+            let (applied, took) = done?;
+            max_seen = max_seen.max(applied.max_seen);
             stats.apply_ms += took.as_millis() as u64;
             stats.pages += 1;
             stats.contacts += applied.stats;
@@ -262,31 +240,23 @@ pub async fn pull(
                 );
             }
         }
-        match next {
-            None => break,
-            Some(n) => {
-                if ctx.cancel.is_cancelled() {
-                    // Let the pages in hand commit; the watermark is not advanced, so the
-                    // next run re-reads them (a no-op) and goes on.
-                    while let Some(done) = applying.next().await {
-                        done?;
-                    }
-                    anyhow::bail!("cancelled after {} pages; watermark unchanged", fetched);
-                }
-                in_flight = n;
+        if !last && ctx.cancel.is_cancelled() {
+            // Let the pages in hand commit; the watermark is not advanced, so the next run
+            // re-reads them (a no-op) and goes on.
+            while let Some(done) = applying.next().await {
+                done?;
             }
+            anyhow::bail!(
+                "cancelled after {} pages; watermark unchanged",
+                pages.fetched()
+            );
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     // Every page is committed: only now may the watermark cover them.
-    if !ctx.dry_run {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::sync_state::advance_watermark(&mut conn, &account, job, max_seen)
-            .await
-            .with_context(|| format!("advancing the {job} watermark"))?;
-    }
+    watermark::advance(ctx, account, job, max_seen).await?;
     stats.api_requests = client.requests_sent();
     stats.watermark_after = match (before, max_seen) {
         (Some(b), Some(m)) => Some(b.max(m)),
@@ -301,52 +271,46 @@ pub struct PageApplied {
     pub stats: PageStats,
     pub changes_written: u64,
     pub outbound_skipped: u64,
+    /// The page's largest `watermark_of` (what the walk's watermark may advance to once
+    /// every page up to here is committed).
+    pub max_seen: Option<DateTime<Utc>>,
 }
 
-/// Applies one page in one transaction (and the watermark, with the last page). Pending
-/// outbound rows that would add a newly unsubscribed contact to a list become `skipped` in
-/// the same transaction (law 2: ccsync never re-subscribes).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn apply_page(
+/// Applies one page in one transaction. Pending outbound rows that would add a newly
+/// unsubscribed contact to a list become `skipped` in the same transaction (law 2: ccsync
+/// never re-subscribes). The watermark is not touched here ([`watermark::advance`]).
+pub async fn apply_page(
     ctx: &JobContext,
-    account: &str,
-    job: &str,
+    spec: &PageSpec<'_>,
     page: &ContactsPage,
-    lists_filter: Option<&HashSet<Uuid>>,
-    run_id: Uuid,
-    is_last: bool,
-    max_seen: &mut Option<DateTime<Utc>>,
-    watermark_of: WatermarkOf,
 ) -> anyhow::Result<PageApplied> {
-    let incoming: Vec<merge::Incoming> = page.contacts.iter().map(merge::to_incoming).collect();
+    let account = spec.account;
+    let incoming: Vec<Incoming> = page.contacts.iter().map(to_incoming).collect();
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
     let mut tx = ctx.pool.begin().await?;
     store::relax_commit_durability(&mut tx).await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
-    let mut plan = merge::plan_page(&incoming, &stored, lists_filter);
-    *max_seen = incoming
+    let mut plan = merge::plan_page(&incoming, &stored, spec.lists_filter);
+    let max_seen = incoming
         .iter()
-        .filter_map(|i| watermark_of(&i.row))
-        .fold(*max_seen, |m, t| m.max(Some(t)));
+        .filter_map(|i| (spec.watermark_of)(&i.row))
+        .max();
     plan.upserts.sort_unstable_by_key(|r| r.contact_id);
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
-    store::contacts::remove_memberships(&mut tx, account, &plan.remove_memberships).await?;
-    store::contacts::add_memberships(&mut tx, account, &plan.add_memberships).await?;
+    store::memberships::remove(&mut tx, account, &plan.remove_memberships).await?;
+    store::memberships::add(&mut tx, account, &plan.add_memberships).await?;
     let written = store::changes::append(
         &mut tx,
         account,
-        Some(run_id),
+        Some(spec.run_id),
         "constant_contact",
         &plan.changes,
     )
     .await?;
-    let refusals = super::optouts::newly_unsubscribed(&incoming, &plan);
+    let refusals = newly_unsubscribed(&incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
-    if is_last {
-        store::sync_state::advance_watermark(&mut tx, account, job, *max_seen).await?;
-    }
     if ctx.dry_run {
         tx.rollback().await?;
     } else {
@@ -356,5 +320,6 @@ pub(crate) async fn apply_page(
         stats: plan.stats,
         changes_written: written,
         outbound_skipped,
+        max_seen,
     })
 }

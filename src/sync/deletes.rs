@@ -12,10 +12,9 @@
 use uuid::Uuid;
 
 use super::contacts;
-use super::JobContext;
+use super::context::JobContext;
 use crate::config::AccountSettings;
-
-pub const JOB: &str = "deletes";
+use crate::core::job::Job;
 
 /// One run for `account`; returns the run's stats.
 pub async fn run_once(
@@ -28,7 +27,7 @@ pub async fn run_once(
         account,
         run_id,
         &contacts::Sweep {
-            job: JOB,
+            job: Job::Deletes,
             status: "deleted",
             since: contacts::Since::UpdatedAfter,
             watermark_of: contacts::updated_at_mark,

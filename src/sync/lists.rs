@@ -12,14 +12,14 @@ use std::collections::HashSet;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::JobContext;
+use super::context::JobContext;
+use super::watermark;
 use crate::config::AccountSettings;
+use crate::core::job::Job;
 use crate::ctct::dto::{ContactList, ContactListsPage, PagingLinks};
 use crate::ctct::AccountClient;
 use crate::store;
 use crate::store::lists::ListRow;
-
-pub const JOB: &str = "lists";
 
 /// The lists whose memberships `account` syncs: `None` = every list.
 pub fn lists_filter(account: &AccountSettings) -> Option<HashSet<Uuid>> {
@@ -84,17 +84,15 @@ pub async fn run_once(
         }
         out["configured_lists_missing"] = serde_json::json!(missing);
     }
-    if !ctx.dry_run {
-        // No watermark (the catalogue has no date filter): records the success for status.
-        store::sync_state::advance_watermark(&mut conn, &account.id, JOB, None)
-            .await
-            .context("recording the lists sync")?;
-    }
+    drop(conn);
+    // No watermark (the catalogue has no date filter): records the success for status.
+    watermark::advance(ctx, &account.id, Job::Lists, None).await?;
     Ok(out)
 }
 
 /// Reads the whole catalogue and applies it (also used by the reconcile, so that it works
 /// on a fresh list set).
+#[tracing::instrument(skip_all)]
 pub async fn sync_catalogue(
     ctx: &JobContext,
     client: &AccountClient,

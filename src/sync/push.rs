@@ -21,24 +21,25 @@
 //! runs the account's pull jobs first, and `run_once` refuses to run when the latest
 //! contacts pull (and opt-out sweep) of the account did not succeed after the previous push.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
-use super::batch::{self, Batch};
-use super::guard::{self, Terminal};
-use super::JobContext;
+use super::context::JobContext;
 use crate::config::AccountSettings;
+use crate::core::activity::map_completion;
+use crate::core::batch::{self, Batch};
+use crate::core::cycle::push_is_fresh;
+use crate::core::guard::{self, Terminal};
+use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
+use crate::ctct::convert::activity_counters;
 use crate::ctct::{AccountClient, Error as ApiError};
 use crate::store::{self, outbound::LocalChange};
-
-pub const JOB: &str = "push";
 
 /// A dry run's pulls roll back, so its push plans on the store as the last real pull left
 /// it; the real run pulls first and may refuse or trim more.
@@ -133,36 +134,24 @@ pub async fn run_once(
     Ok(serde_json::to_value(stats)?)
 }
 
-/// Refuses to push on a store older than the primary: the latest contacts pull (and the
-/// latest opt-out sweep, once that job has run at all) must have succeeded after the
-/// previous push started.
+/// Refuses to push on a store older than the primary: the pulls a push needs
+/// ([`PUSH_NEEDS`](crate::core::cycle::PUSH_NEEDS)) must have succeeded after the previous
+/// push started.
 async fn check_fresh(ctx: &JobContext, account: &str, run_id: Uuid) -> anyhow::Result<()> {
     let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-    let latest = store::outbound::latest_runs(&mut conn, account, run_id)
+    let latest = store::runs::latest_runs(&mut conn, account, run_id)
         .await
         .context("reading the latest pull runs")?;
-    let push_started = latest.get(JOB).map(|(_, started)| *started);
-    for job in [super::contacts::JOB, "unsubscribes"] {
-        let required = job == super::contacts::JOB;
-        match latest.get(job) {
-            None if !required => {}
-            None => anyhow::bail!(
-                "push refused for account {account}: no {job} pull has run yet; run `ccsync sync --job push`, which pulls first"
-            ),
-            Some((outcome, started)) => {
-                if outcome != "succeeded" || push_started.is_some_and(|p| *started < p) {
-                    anyhow::bail!(
-                        "push refused for account {account}: the {job} pull did not succeed since the last push \
-                         (a push never runs on a store older than Constant Contact); run `ccsync sync --job push`, which pulls first"
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
+    push_is_fresh(&latest).map_err(|why| {
+        anyhow::anyhow!(
+            "push refused for account {account}: {why} (a push never runs on a store older than \
+             Constant Contact); run `ccsync sync --job push`, which pulls first"
+        )
+    })
 }
 
 /// Plans every due pending row, chunk by chunk, and submits the batches.
+#[instrument(skip_all)]
 async fn submit(
     ctx: &JobContext,
     client: &AccountClient,
@@ -281,18 +270,17 @@ async fn submit(
             continue;
         }
         let (ids, reasons) = split(&plan.skipped);
-        store::outbound::set_state(&mut tx, "pending", &ids, "skipped", &reasons)
+        store::outbound::set_state(&mut tx, Pending, &ids, Skipped, &reasons)
             .await
             .context("marking rows skipped")?;
         let (ids, reasons) = split(&failed);
-        store::outbound::set_state(&mut tx, "pending", &ids, "failed", &reasons)
+        store::outbound::set_state(&mut tx, Pending, &ids, Failed, &reasons)
             .await
             .context("marking invalid rows failed")?;
         let (ids, reasons) = split(&plan.already);
-        stats.completed +=
-            store::outbound::set_state(&mut tx, "pending", &ids, "completed", &reasons)
-                .await
-                .context("marking rows already in Constant Contact completed")?;
+        stats.completed += store::outbound::set_state(&mut tx, Pending, &ids, Completed, &reasons)
+            .await
+            .context("marking rows already in Constant Contact completed")?;
         store::outbound::append_changes(&mut tx, &account, run_id, &log)
             .await
             .context("logging conflicts and skipped rows")?;
@@ -325,6 +313,7 @@ fn retry_backoff(ctx: &JobContext) -> (Duration, Duration) {
 }
 
 /// POSTs one batch and records the outcome.
+#[instrument(skip_all, fields(lists = b.list_ids.len(), rows = b.items.len()))]
 async fn send_batch(
     ctx: &JobContext,
     client: &AccountClient,
@@ -393,7 +382,7 @@ async fn send_batch(
         ) => {
             // Nothing was done: the rows stay pending, untouched, for the next run.
             tx.rollback().await.ok();
-            warn!(error = %e, "import not submitted; rows stay pending");
+            warn!(error = %crate::telemetry::Chain(&e), "import not submitted; rows stay pending");
             stats.stopped = Some(e.to_string());
         }
         Err(e @ ApiError::Auth(_)) => {
@@ -407,7 +396,7 @@ async fn send_batch(
             let (base, cap) = retry_backoff(ctx);
             let (retry, dead) = store::outbound::failed_attempt(
                 &mut tx,
-                "pending",
+                Pending,
                 &ids,
                 &format!("{e}"),
                 ctx.settings.sync.max_push_attempts as i32,
@@ -417,7 +406,7 @@ async fn send_batch(
             .await
             .context("recording a failed submit")?;
             tx.commit().await.context("committing a failed submit")?;
-            warn!(error = %e, retry, dead, "import submit failed");
+            warn!(error = %crate::telemetry::Chain(&e), retry, dead, "import submit failed");
             stats.retrying += retry;
             stats.failed += dead;
         }
@@ -426,6 +415,7 @@ async fn send_batch(
 }
 
 /// Polls every activity in flight for the account until none is left.
+#[instrument(skip_all)]
 async fn poll(
     ctx: &JobContext,
     client: &AccountClient,
@@ -494,7 +484,7 @@ async fn poll(
                     anyhow::bail!("cancelled while polling; activities in flight are polled again by the next run")
                 }
                 Err(e) if e.is_retryable() => {
-                    warn!(activity_id = %id, error = %e, "poll failed; polled again later");
+                    warn!(activity_id = %id, error = %crate::telemetry::Chain(&e), "poll failed; polled again later");
                     left += 1;
                 }
                 Err(e) => {
@@ -532,7 +522,7 @@ async fn finish_abandoned(
     let (base, cap) = retry_backoff(ctx);
     let (retry, dead) = store::outbound::failed_attempt(
         &mut tx,
-        "submitted",
+        Submitted,
         &ids,
         reason,
         ctx.settings.sync.max_push_attempts as i32,
@@ -554,6 +544,7 @@ async fn finish_abandoned(
 }
 
 /// Maps a terminal activity back to its rows, in one transaction.
+#[instrument(skip_all, fields(activity_id = %a.activity_id, state = %a.state))]
 async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow::Result<()> {
     let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
     let rows = store::outbound::rows_of_activity(&mut tx, &a.activity_id)
@@ -562,20 +553,20 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
     let messages = a.error_messages();
     let errors_json = a.activity_errors.as_ref().map(|e| json!(e));
     if a.state == "completed" {
-        let outcome = map_completion(&rows, &messages, a);
+        let outcome = map_completion(&rows, &messages, &activity_counters(a));
         let failed_ids: Vec<i64> = outcome.failed.iter().map(|(i, _)| *i).collect();
         let failed_reasons: Vec<Option<String>> = outcome
             .failed
             .iter()
             .map(|(_, r)| Some(r.clone()))
             .collect();
-        store::outbound::set_state(&mut tx, "submitted", &failed_ids, "failed", &failed_reasons)
+        store::outbound::set_state(&mut tx, Submitted, &failed_ids, Failed, &failed_reasons)
             .await
             .context("marking rows the import rejected failed")?;
         let (base, cap) = retry_backoff(ctx);
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
-            "submitted",
+            Submitted,
             &outcome.unprocessed,
             "not processed by the import (its body may have been cut short)",
             ctx.settings.sync.max_push_attempts as i32,
@@ -590,7 +581,7 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
             .filter(|i| !failed_ids.contains(i) && !outcome.unprocessed.contains(i))
             .collect();
         let none = vec![None; done_ids.len()];
-        let done = store::outbound::set_state(&mut tx, "submitted", &done_ids, "completed", &none)
+        let done = store::outbound::set_state(&mut tx, Submitted, &done_ids, Completed, &none)
             .await
             .context("marking rows completed")?;
         let cannot = a.counter("cannot_add_to_list_count").unwrap_or(0);
@@ -619,7 +610,7 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
         let (base, cap) = retry_backoff(ctx);
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
-            "submitted",
+            Submitted,
             &ids,
             &msg,
             ctx.settings.sync.max_push_attempts as i32,
@@ -649,137 +640,4 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
     stats.activities_finished += 1;
     info!(activity_id = %a.activity_id, state = %a.state, "import activity finished");
     Ok(())
-}
-
-/// Rows of a completed activity that failed (an error names their address or row number)
-/// and rows that were never processed (counters short of the items sent).
-#[derive(Debug, Default, PartialEq)]
-struct Completion {
-    failed: Vec<(i64, String)>,
-    unprocessed: Vec<i64>,
-}
-
-/// `rows` are (id, email) ascending; the import's items are their distinct addresses in
-/// order of first appearance (the order the batcher wrote them).
-fn map_completion(rows: &[(i64, String)], messages: &[String], a: &Activity) -> Completion {
-    let mut items: Vec<&str> = Vec::new();
-    let mut by_email: HashMap<&str, Vec<i64>> = HashMap::new();
-    for (id, email) in rows {
-        let e = email.as_str();
-        if !by_email.contains_key(e) {
-            items.push(e);
-        }
-        by_email.entry(e).or_default().push(*id);
-    }
-    let mut failed: HashMap<i64, String> = HashMap::new();
-    for m in messages {
-        let lower = m.to_lowercase();
-        let mut named: Vec<&str> = items
-            .iter()
-            .copied()
-            .filter(|e| lower.contains(e))
-            .collect();
-        if named.is_empty() {
-            if let Some(n) = row_number(&lower) {
-                if let Some(e) = n.checked_sub(1).and_then(|i| items.get(i)) {
-                    named.push(e);
-                }
-            }
-        }
-        for e in named {
-            for id in by_email.get(e).into_iter().flatten() {
-                failed
-                    .entry(*id)
-                    .or_insert_with(|| format!("Constant Contact rejected the contact: {m}"));
-            }
-        }
-    }
-    let processed = match (
-        a.counter("person_count"),
-        a.counter("error_count").unwrap_or(0),
-        a.counter("correctable_count").unwrap_or(0),
-    ) {
-        (Some(p), e, c) => Some((p + e + c) as usize),
-        _ => None,
-    };
-    let mut unprocessed = Vec::new();
-    if let Some(p) = processed.filter(|p| *p < items.len()) {
-        for e in &items[p..] {
-            for id in by_email.get(e).into_iter().flatten() {
-                if !failed.contains_key(id) {
-                    unprocessed.push(*id);
-                }
-            }
-        }
-    }
-    let mut failed: Vec<(i64, String)> = failed.into_iter().collect();
-    failed.sort_unstable();
-    Completion {
-        failed,
-        unprocessed,
-    }
-}
-
-/// `row 12` / `row 12:` in an error message.
-fn row_number(lower: &str) -> Option<usize> {
-    let at = lower.find("row ")?;
-    let digits: String = lower[at + 4..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn act(status: Value) -> Activity {
-        serde_json::from_value(json!({"activity_id": "a", "state": "completed", "status": status}))
-            .unwrap()
-    }
-
-    #[test]
-    fn errors_map_back_by_address_or_row_number() {
-        let rows = vec![
-            (1, "a@x.io".to_string()),
-            (2, "b@x.io".to_string()),
-            (3, "a@x.io".to_string()),
-            (4, "c@x.io".to_string()),
-        ];
-        let msgs = vec![
-            "Row 2: invalid something".to_string(),
-            "Contact C@X.IO is on 50 lists".to_string(),
-            "something unrelated".to_string(),
-        ];
-        let c = map_completion(&rows, &msgs, &act(json!({"person_count": 3})));
-        let ids: Vec<i64> = c.failed.iter().map(|(i, _)| *i).collect();
-        assert_eq!(ids, vec![2, 4]);
-        assert!(c.failed[0].1.contains("Row 2"));
-        assert!(c.unprocessed.is_empty());
-    }
-
-    #[test]
-    fn items_beyond_the_counters_are_unprocessed() {
-        let rows = vec![
-            (1, "a@x.io".to_string()),
-            (2, "b@x.io".to_string()),
-            (3, "c@x.io".to_string()),
-        ];
-        let c = map_completion(
-            &rows,
-            &[],
-            &act(json!({"person_count": 1, "correctable_count": 0})),
-        );
-        assert_eq!(c.unprocessed, vec![2, 3]);
-        let c = map_completion(&rows, &[], &act(json!({})));
-        assert!(c.unprocessed.is_empty(), "no counters: nothing inferred");
-    }
-
-    #[test]
-    fn row_numbers_parse() {
-        assert_eq!(row_number("row 12: bad"), Some(12));
-        assert_eq!(row_number("no number"), None);
-        assert_eq!(row_number("row x"), None);
-    }
 }

@@ -25,23 +25,27 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use serde_json::json;
+
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
-use tokio_util::task::AbortOnDropHandle;
-use url::Url;
 use uuid::Uuid;
 
-use super::contacts::{self, PullStats};
-use super::membership::{self, MembershipDiff, Pair};
-use super::merge::{self, Change, ChangeKind, Incoming, PageStats};
-use super::{deletes, lists, optouts, JobContext};
+use super::contacts::{self, PageSpec, PullStats};
+use super::context::JobContext;
+use super::lists;
+use super::pager::Pager;
+use super::watermark;
 use crate::config::AccountSettings;
-use crate::ctct::dto::{ContactsPage, PagingLinks};
+use crate::core::change::{membership_change, Change, ChangeKind};
+use crate::core::contact::Incoming;
+use crate::core::job::Job;
+use crate::core::membership::{self, MembershipDiff, Pair};
+use crate::core::merge::{self, PageStats};
+use crate::core::optouts::{newly_unsubscribed, optout_mark};
+use crate::ctct::convert::to_incoming;
+use crate::ctct::dto::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
 use crate::store;
-
-pub const JOB: &str = "reconcile";
 
 /// The API accepts at most 25 list ids in `lists=`.
 pub const MAX_LISTS_PER_QUERY: usize = 25;
@@ -98,12 +102,9 @@ pub async fn run_once(
     // Best effort: a connection returned with the table keeps it, and the next run empties
     // it anyway.
     let _ = store::memberships::drop_seen(&mut conn).await;
+    drop(conn);
     result?;
-    if !ctx.dry_run {
-        store::sync_state::advance_watermark(&mut conn, &account.id, JOB, None)
-            .await
-            .context("recording the reconcile")?;
-    }
+    watermark::advance(ctx, &account.id, Job::Reconcile, None).await?;
     stats.api_requests = client.requests_sent() + stats.deleted_sweep.api_requests;
     Ok(serde_json::to_value(stats)?)
 }
@@ -140,16 +141,14 @@ async fn reconcile_with(
 }
 
 /// Every deleted contact (no date filter), applied like the deletes job.
+#[tracing::instrument(skip_all)]
 async fn deleted_sweep(
     ctx: &JobContext,
     client: &AccountClient,
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<PullStats> {
-    let before = {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::sync_state::watermark(&mut conn, &account.id, deletes::JOB).await?
-    };
+    let before = watermark::read(ctx, &account.id, Job::Deletes).await?;
     let first = client.contacts_url(&ContactsQuery {
         status: Some("deleted".into()),
         include: Some(CONTACT_INCLUDE.into()),
@@ -159,78 +158,15 @@ async fn deleted_sweep(
     let filter = lists::lists_filter(account);
     // A client of its own, so that the sweep's request count is its own.
     let sub = client.api().account(client.account());
-    contacts::pull(
-        ctx,
-        &sub,
-        deletes::JOB,
-        first,
-        before,
-        filter.as_ref(),
+    let spec = PageSpec {
+        account: &account.id,
+        lists_filter: filter.as_ref(),
         run_id,
-        contacts::updated_at_mark,
-    )
-    .await
-    .context("reading every deleted contact")
-}
-
-/// Pages of `GET /contacts` with one page read ahead.
-struct Pages {
-    client: AccountClient,
-    in_flight: Option<AbortOnDropHandle<Result<ContactsPage, crate::ctct::Error>>>,
-    fetched: u64,
-}
-
-impl Pages {
-    fn new(client: &AccountClient, first: Url) -> Pages {
-        let mut p = Pages {
-            client: client.clone(),
-            in_flight: None,
-            fetched: 0,
-        };
-        p.fetch(first);
-        p
-    }
-
-    fn fetch(&mut self, url: Url) {
-        let c = self.client.clone();
-        self.in_flight = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            c.contacts_page(url).await
-        })));
-    }
-
-    /// The next page and whether it is the last one.
-    async fn next(&mut self) -> anyhow::Result<Option<(ContactsPage, bool)>> {
-        let Some(h) = self.in_flight.take() else {
-            return Ok(None);
-        };
-        let page = h
-            .await
-            .context("page fetch task ended abnormally")?
-            .with_context(|| format!("fetching page {} of contacts", self.fetched + 1))?;
-        self.fetched += 1;
-        if let Some(href) = PagingLinks::next_href(&page.links) {
-            let next = self.client.next_url(href)?;
-            self.fetch(next);
-        }
-        let last = self.in_flight.is_none();
-        Ok(Some((page, last)))
-    }
-}
-
-fn membership_change(
-    contact: Uuid,
-    email: Option<&String>,
-    kind: ChangeKind,
-    list: Uuid,
-) -> Change {
-    Change {
-        contact_id: contact,
-        email: email.cloned(),
-        kind,
-        field: Some("list_memberships"),
-        old_value: (kind == ChangeKind::ListRemoved).then(|| json!(list)),
-        new_value: (kind == ChangeKind::ListAdded).then(|| json!(list)),
-    }
+        watermark_of: contacts::updated_at_mark,
+    };
+    contacts::pull(ctx, &sub, Job::Deletes, first, before, &spec)
+        .await
+        .context("reading every deleted contact")
 }
 
 fn diff_changes(d: &MembershipDiff, emails: &HashMap<Uuid, String>) -> Vec<Change> {
@@ -259,6 +195,7 @@ async fn finish(ctx: &JobContext, tx: sqlx::Transaction<'_, Postgres>) -> anyhow
 /// The snapshot is not atomic: a membership that changes in Constant Contact while the group
 /// is paged may be compared against a slightly older answer; the next pull or reconcile
 /// settles it, and both sides are applied idempotently.
+#[tracing::instrument(skip_all)]
 async fn reconcile_group(
     ctx: &JobContext,
     client: &AccountClient,
@@ -278,8 +215,9 @@ async fn reconcile_group(
         ..Default::default()
     })?;
     stats.list_queries += 1;
-    let mut pages = Pages::new(client, first);
-    while let Some((page, last)) = pages.next().await? {
+    let mut pages = Pager::new(client, first);
+    while let Some(p) = pages.next().await? {
+        let (page, last) = (p.page, p.last);
         let ids: Vec<Uuid> = page.contacts.iter().map(|c| c.contact_id).collect();
         // Staged outside the page's transaction, so a dry run still compares correctly.
         store::memberships::stage_seen(conn, &ids).await?;
@@ -311,7 +249,7 @@ async fn reconcile_group(
         let pending = store::memberships::pending_adds(&mut tx, account, &wanted).await?;
         let protected = membership::protected_pairs(&pending, &emails);
         let d = membership::diff(&local, &BTreeSet::new(), &protected);
-        store::contacts::remove_memberships(&mut tx, account, &d.remove).await?;
+        store::memberships::remove(&mut tx, account, &d.remove).await?;
         stats.changes_written += store::changes::append(
             &mut tx,
             account,
@@ -341,7 +279,7 @@ async fn apply_group_page(
     run_id: Uuid,
     stats: &mut ReconcileStats,
 ) -> anyhow::Result<()> {
-    let incoming: Vec<Incoming> = page.contacts.iter().map(merge::to_incoming).collect();
+    let incoming: Vec<Incoming> = page.contacts.iter().map(to_incoming).collect();
     let mut remote: BTreeSet<Pair> = BTreeSet::new();
     let mut emails: HashMap<Uuid, String> = HashMap::new();
     for inc in &incoming {
@@ -387,12 +325,12 @@ async fn apply_group_page(
     let mut changes = plan.changes.clone();
     changes.extend(diff_changes(&d, &emails));
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
-    store::contacts::remove_memberships(&mut tx, account, &d.remove).await?;
-    store::contacts::add_memberships(&mut tx, account, &d.add).await?;
+    store::memberships::remove(&mut tx, account, &d.remove).await?;
+    store::memberships::add(&mut tx, account, &d.add).await?;
     stats.changes_written +=
         store::changes::append(&mut tx, account, Some(run_id), "constant_contact", &changes)
             .await?;
-    let refusals = optouts::newly_unsubscribed(&incoming, &plan);
+    let refusals = newly_unsubscribed(&incoming, &plan);
     stats.outbound_skipped +=
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     finish(ctx, tx).await?;
@@ -406,6 +344,7 @@ async fn apply_group_page(
 /// Every unsubscribed contact, applied like the sweep, with their ids staged; then the
 /// contacts unsubscribed locally that Constant Contact no longer lists as unsubscribed are
 /// re-read by email.
+#[tracing::instrument(skip_all)]
 async fn unsubscribed_sweep(
     ctx: &JobContext,
     client: &AccountClient,
@@ -422,23 +361,20 @@ async fn unsubscribed_sweep(
         limit: ctx.settings.sync.page_size,
         ..Default::default()
     })?;
+    let spec = PageSpec {
+        account: &account.id,
+        lists_filter: filter.as_ref(),
+        run_id,
+        watermark_of: optout_mark,
+    };
     let mut max_seen: Option<DateTime<Utc>> = None;
-    let mut pages = Pages::new(client, first);
-    while let Some((page, last)) = pages.next().await? {
+    let mut pages = Pager::new(client, first);
+    while let Some(p) = pages.next().await? {
+        let (page, last) = (p.page, p.last);
         let ids: Vec<Uuid> = page.contacts.iter().map(|c| c.contact_id).collect();
         store::memberships::stage_seen(conn, &ids).await?;
-        let applied = contacts::apply_page(
-            ctx,
-            &account.id,
-            optouts::JOB,
-            &page,
-            filter.as_ref(),
-            run_id,
-            last,
-            &mut max_seen,
-            optouts::optout_mark,
-        )
-        .await?;
+        let applied = contacts::apply_page(ctx, &spec, &page).await?;
+        max_seen = max_seen.max(applied.max_seen);
         stats.unsubscribed_pages += 1;
         stats.unsubscribed_seen += applied.stats.seen;
         stats.contacts += applied.stats;
@@ -451,6 +387,8 @@ async fn unsubscribed_sweep(
             );
         }
     }
+    // Every page is committed: the opt-out sweep's watermark may cover them.
+    watermark::advance(ctx, &account.id, Job::Unsubscribes, max_seen).await?;
     // Unsubscribed here, not there: re-read each by email (bounded per run).
     let candidates = store::memberships::unsubscribed_unseen(
         conn,
@@ -459,7 +397,6 @@ async fn unsubscribed_sweep(
         RESUBSCRIBE_LOOKUPS as i64 + 1,
     )
     .await?;
-    let mut dummy: Option<DateTime<Utc>> = None;
     for (i, (_, email)) in candidates.iter().enumerate() {
         if i >= RESUBSCRIBE_LOOKUPS {
             stats.resubscribe_capped = true;
@@ -480,19 +417,8 @@ async fn unsubscribed_sweep(
             format!("re-reading a contact that left the unsubscribed set ({email})")
         })?;
         stats.resubscribe_lookups += 1;
-        // Not the last page of any sweep: no watermark moves.
-        let applied = contacts::apply_page(
-            ctx,
-            &account.id,
-            contacts::JOB,
-            &page,
-            filter.as_ref(),
-            run_id,
-            false,
-            &mut dummy,
-            contacts::updated_at_mark,
-        )
-        .await?;
+        // Not a page of any sweep: no watermark moves.
+        let applied = contacts::apply_page(ctx, &spec, &page).await?;
         stats.contacts += applied.stats;
         stats.changes_written += applied.changes_written;
     }

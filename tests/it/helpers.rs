@@ -131,7 +131,7 @@ impl Harness {
         let mut settings = settings_for(&sb, &db.url, &[("default", ctl.seed_refresh_token())]);
         adjust(&mut settings);
         let settings = Arc::new(settings);
-        let ctx = sync::context(
+        let ctx = ccsync::startup::job_context(
             settings.clone(),
             db.pool.clone(),
             CancellationToken::new(),
@@ -166,7 +166,7 @@ impl Harness {
 
     /// A fresh context (e.g. to simulate a new process with the same database).
     pub fn new_context(&self) -> JobContext {
-        sync::context(
+        ccsync::startup::job_context(
             self.settings.clone(),
             self.db.pool.clone(),
             CancellationToken::new(),

@@ -431,7 +431,7 @@ async fn an_account_with_configured_lists_reconciles_only_those() {
     let unknown = Uuid::new_v4();
     settings.accounts[0].lists = ListsSetting::Ids(vec![synced, unknown]);
     let settings = Arc::new(settings);
-    let ctx = sync::context(
+    let ctx = ccsync::startup::job_context(
         settings.clone(),
         h.db.pool.clone(),
         CancellationToken::new(),

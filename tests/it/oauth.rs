@@ -29,7 +29,7 @@ const KEY_B: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdb
 // helpers
 
 fn context(settings: &Arc<Settings>, pool: &sqlx::PgPool) -> JobContext {
-    sync::context(
+    ccsync::startup::job_context(
         settings.clone(),
         pool.clone(),
         CancellationToken::new(),
@@ -611,7 +611,9 @@ async fn invalid_grant_pauses_that_account_and_the_others_go_on() {
     assert_eq!(n, 7);
 
     // `status` shows it...
-    let st = ccsync::status::collect(&db.pool, &settings).await.unwrap();
+    let st = ccsync::cmd::status::collect(&db.pool, &settings)
+        .await
+        .unwrap();
     let t = st["tokens"]
         .as_array()
         .unwrap()

@@ -356,7 +356,7 @@ async fn running_every_job_twice_with_no_change_writes_no_changes_rows() {
         );
     }
     // And `status` shows every job with its last run.
-    let status = ccsync::status::collect(&h.db.pool, &h.settings)
+    let status = ccsync::cmd::status::collect(&h.db.pool, &h.settings)
         .await
         .unwrap();
     for job in ["contacts", "unsubscribes", "deletes", "lists", "reconcile"] {

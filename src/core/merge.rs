@@ -6,99 +6,12 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::ctct::dto::Contact;
-
-/// A contact as the local store keeps it (the `contacts` columns).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContactRow {
-    pub contact_id: Uuid,
-    pub email: Option<String>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub job_title: Option<String>,
-    pub company_name: Option<String>,
-    pub birthday_month: Option<i16>,
-    pub birthday_day: Option<i16>,
-    pub anniversary: Option<String>,
-    pub permission_to_send: Option<String>,
-    pub opt_in_source: Option<String>,
-    pub opt_in_date: Option<DateTime<Utc>>,
-    pub opt_out_source: Option<String>,
-    pub opt_out_date: Option<DateTime<Utc>>,
-    pub opt_out_reason: Option<String>,
-    pub confirm_status: Option<String>,
-    pub email_updated_at: Option<DateTime<Utc>>,
-    pub custom_fields: Value,
-    pub phone_numbers: Value,
-    pub street_addresses: Value,
-    pub taggings: Value,
-    pub create_source: Option<String>,
-    pub update_source: Option<String>,
-    pub created_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<NaiveDate>,
-}
-
-/// An incoming contact and, when the page included them, its list memberships.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Incoming {
-    pub row: ContactRow,
-    pub memberships: Option<BTreeSet<Uuid>>,
-}
-
-/// What the store holds for one contact.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub row: ContactRow,
-    pub memberships: BTreeSet<Uuid>,
-}
-
-/// Kinds of the `changes` log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChangeKind {
-    Created,
-    Updated,
-    Unsubscribed,
-    Resubscribed,
-    Deleted,
-    Restored,
-    ListAdded,
-    ListRemoved,
-    Conflict,
-    Skipped,
-}
-
-impl ChangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeKind::Created => "created",
-            ChangeKind::Updated => "updated",
-            ChangeKind::Unsubscribed => "unsubscribed",
-            ChangeKind::Resubscribed => "resubscribed",
-            ChangeKind::Deleted => "deleted",
-            ChangeKind::Restored => "restored",
-            ChangeKind::ListAdded => "list_added",
-            ChangeKind::ListRemoved => "list_removed",
-            ChangeKind::Conflict => "conflict",
-            ChangeKind::Skipped => "skipped",
-        }
-    }
-}
-
-/// One `changes` row to write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    pub contact_id: Uuid,
-    pub email: Option<String>,
-    pub kind: ChangeKind,
-    pub field: Option<&'static str>,
-    pub old_value: Option<Value>,
-    pub new_value: Option<Value>,
-}
+use super::change::{membership_change, Change, ChangeKind};
+use super::contact::{ContactRow, Incoming, Stored};
 
 /// Counters of one page.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -135,60 +48,6 @@ pub struct PagePlan {
     pub stats: PageStats,
     /// Largest `updated_at` seen on the page (stale rows included: they were read).
     pub max_updated_at: Option<DateTime<Utc>>,
-}
-
-/// Converts the API's contact into the local row shape (email lower-cased).
-pub fn to_incoming(c: &Contact) -> Incoming {
-    let e = c.email_address.as_ref();
-    let arr = |v: &Option<Value>| match v {
-        Some(Value::Null) | None => json!([]),
-        Some(v) => v.clone(),
-    };
-    let deleted = c.deleted_at.is_some();
-    let row = ContactRow {
-        contact_id: c.contact_id,
-        email: e
-            .and_then(|e| e.address.as_deref())
-            .map(|a| a.trim().to_lowercase()),
-        first_name: c.first_name.clone(),
-        last_name: c.last_name.clone(),
-        job_title: c.job_title.clone(),
-        company_name: c.company_name.clone(),
-        birthday_month: c.birthday_month,
-        birthday_day: c.birthday_day,
-        anniversary: c.anniversary.clone(),
-        permission_to_send: e.and_then(|e| e.permission_to_send.clone()),
-        opt_in_source: e.and_then(|e| e.opt_in_source.clone()),
-        opt_in_date: e.and_then(|e| e.opt_in_date),
-        opt_out_source: e.and_then(|e| e.opt_out_source.clone()),
-        opt_out_date: e.and_then(|e| e.opt_out_date),
-        opt_out_reason: e.and_then(|e| e.opt_out_reason.clone()),
-        confirm_status: e.and_then(|e| e.confirm_status.clone()),
-        email_updated_at: e.and_then(|e| e.updated_at),
-        custom_fields: arr(&c.custom_fields),
-        phone_numbers: arr(&c.phone_numbers),
-        street_addresses: arr(&c.street_addresses),
-        taggings: arr(&c.taggings),
-        create_source: c.create_source.clone(),
-        update_source: c.update_source.clone(),
-        created_at: c.created_at,
-        // Defensive: a contact without updated_at falls back to created_at, then the epoch,
-        // never to the local clock.
-        updated_at: c
-            .updated_at
-            .or(c.created_at)
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
-        deleted_at: c.deleted_at,
-    };
-    // A deleted contact has no memberships, whatever the page says.
-    let memberships = if deleted {
-        Some(BTreeSet::new())
-    } else {
-        c.list_memberships
-            .as_ref()
-            .map(|m| m.iter().copied().collect())
-    };
-    Incoming { row, memberships }
 }
 
 /// True when `incoming` is older than what is stored (it must change nothing).
@@ -311,16 +170,24 @@ pub fn plan_page(
             for l in m.difference(&old.memberships) {
                 changed = true;
                 plan.add_memberships.push((new.contact_id, *l));
-                plan.changes
-                    .push(membership_change(new, ChangeKind::ListAdded, *l));
+                plan.changes.push(membership_change(
+                    new.contact_id,
+                    new.email.as_ref(),
+                    ChangeKind::ListAdded,
+                    *l,
+                ));
             }
             // Lists outside the filter are not synced: their memberships are left alone.
             let in_scope = |l: &&Uuid| lists_filter.is_none_or(|f| f.contains(*l));
             for l in old.memberships.difference(m).filter(in_scope) {
                 changed = true;
                 plan.remove_memberships.push((new.contact_id, *l));
-                plan.changes
-                    .push(membership_change(new, ChangeKind::ListRemoved, *l));
+                plan.changes.push(membership_change(
+                    new.contact_id,
+                    new.email.as_ref(),
+                    ChangeKind::ListRemoved,
+                    *l,
+                ));
             }
         }
         let bookkeeping_moved = old.row.updated_at != new.updated_at
@@ -339,20 +206,10 @@ pub fn plan_page(
     plan
 }
 
-fn membership_change(row: &ContactRow, kind: ChangeKind, list: Uuid) -> Change {
-    Change {
-        contact_id: row.contact_id,
-        email: row.email.clone(),
-        kind,
-        field: Some("list_memberships"),
-        old_value: (kind == ChangeKind::ListRemoved).then(|| json!(list)),
-        new_value: (kind == ChangeKind::ListAdded).then(|| json!(list)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::NaiveDate;
     use proptest::prelude::*;
 
     fn row(id: u128, updated: i64) -> ContactRow {

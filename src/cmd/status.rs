@@ -6,9 +6,9 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::Settings;
-use crate::scheduler::plan::{job_named, Schedule};
+use crate::core::cycle::{job_named, Schedule};
 use crate::store;
-use crate::sync::{Outcome, RunReport};
+use crate::sync::runner::{Outcome, RunReport};
 
 fn ts(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
@@ -31,7 +31,7 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
     let used: i64 = usage.iter().map(|(_, n)| n).sum();
     let limit = settings.constant_contact.daily_request_limit as i64;
     let now = Utc::now();
-    let schedule = Schedule::from_settings(&settings.schedule).ok();
+    let schedule = Schedule::parse(settings.schedule.entries()).ok();
     let next_run = |job: &str| {
         schedule
             .as_ref()
@@ -87,7 +87,7 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
         "ACCOUNT", "JOB", "WATERMARK", "LAG", "LAST RUN", "OUTCOME", "NEXT RUN"
     );
     let now = Utc::now();
-    let schedule = Schedule::from_settings(&settings.schedule).ok();
+    let schedule = Schedule::parse(settings.schedule.entries()).ok();
     for j in &jobs {
         let lag = j
             .watermark
@@ -278,4 +278,11 @@ fn print_push_plan(plan: &serde_json::Value) {
             text(&c, "local")
         );
     }
+}
+
+/// `ccsync status [--json]`.
+pub async fn run(settings: &Settings, as_json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let pool = crate::startup::connect(settings).await?;
+    print(&pool, settings, as_json).await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }

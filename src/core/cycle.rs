@@ -15,8 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use croner::Cron;
 
-use crate::config::{parse_cron, ScheduleSettings};
-use crate::sync::Job;
+use std::collections::HashMap;
+
+use super::job::Job;
+use super::states::RunOutcome;
 
 /// A firing later than this after its tick is dropped (the runtime stalled).
 pub const MAX_LATENESS: Duration = Duration::from_secs(60);
@@ -28,10 +30,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Parses every expression (six fields, seconds first, UTC).
-    pub fn from_settings(s: &ScheduleSettings) -> Result<Schedule, String> {
+    /// Parses every `(job name, expression)` of `[schedule]` (six fields, seconds first, UTC).
+    pub fn parse<'a>(
+        named: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Schedule, String> {
         let mut entries = Vec::new();
-        for (name, expr) in s.entries() {
+        for (name, expr) in named {
             let job = job_named(name).ok_or_else(|| format!("unknown job {name}"))?;
             let cron = parse_cron(expr).map_err(|e| format!("schedule.{name}: {e}"))?;
             entries.push((job, expr.to_string(), cron));
@@ -87,7 +91,23 @@ impl Schedule {
 
 /// `Job` from its name (`contacts`, `push`, ...).
 pub fn job_named(name: &str) -> Option<Job> {
-    Job::all().iter().copied().find(|j| j.as_str() == name)
+    name.parse().ok()
+}
+
+/// Parses a six-field (seconds first) cron expression; day-of-month and day-of-week are
+/// ANDed.
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(format!(
+            "{expr:?} must have six fields (seconds first), e.g. \"0 */15 * * * *\""
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| format!("{expr:?}: {e}"))
 }
 
 /// The tick a firing of `cron` at `now` belongs to: its latest occurrence at or before
@@ -98,8 +118,37 @@ pub fn tick_of(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     ((now - tick).to_std().ok()? <= MAX_LATENESS).then_some(tick)
 }
 
-/// What must succeed earlier in the same cycle for a push to run.
+/// What must succeed before a push, in the same cycle (law 2: the store is refreshed from
+/// the primary, opt-outs included, and the list catalogue its rows are checked against is
+/// current). The one statement of this rule: the cycle plan, `sync --job push` and the
+/// push's own freshness check all read it.
 pub const PUSH_NEEDS: [Job; 3] = [Job::Contacts, Job::Unsubscribes, Job::Lists];
+
+/// Whether a push may run, given the latest earlier run of each job (outcome, start): every
+/// job of [`PUSH_NEEDS`] succeeded after the previous push started. A contacts pull must
+/// have run at all; the others only once they have ever run (an account's first push right
+/// after its first pull). `Err` says which pull is missing.
+pub fn push_is_fresh(
+    latest: &HashMap<Job, (Option<RunOutcome>, DateTime<Utc>)>,
+) -> Result<(), String> {
+    let push_started = latest.get(&Job::Push).map(|(_, started)| *started);
+    for job in PUSH_NEEDS {
+        match latest.get(&job) {
+            None if job != Job::Contacts => {}
+            None => return Err(format!("no {job} pull has run yet")),
+            Some((outcome, started)) => {
+                if *outcome != Some(RunOutcome::Succeeded)
+                    || push_started.is_some_and(|p| *started < p)
+                {
+                    return Err(format!(
+                        "the {job} pull did not succeed since the last push"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The jobs of one cycle: those due, those left unfinished by an abandoned cycle, and the
 /// pulls a push needs, without duplicates, in cycle order.
@@ -158,15 +207,15 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
 
-    fn settings(contacts: &str, push: &str) -> ScheduleSettings {
-        ScheduleSettings {
-            contacts: contacts.into(),
-            unsubscribes: "0 */5 * * * *".into(),
-            deletes: "0 0 * * * *".into(),
-            lists: "0 30 * * * *".into(),
-            push: push.into(),
-            reconcile: "0 0 3 * * Sun".into(),
-        }
+    fn settings<'a>(contacts: &'a str, push: &'a str) -> [(&'a str, &'a str); 6] {
+        [
+            ("contacts", contacts),
+            ("unsubscribes", "0 */5 * * * *"),
+            ("deletes", "0 0 * * * *"),
+            ("lists", "0 30 * * * *"),
+            ("push", push),
+            ("reconcile", "0 0 3 * * Sun"),
+        ]
     }
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
@@ -176,7 +225,7 @@ mod tests {
 
     #[test]
     fn default_schedule_merges_coincident_ticks_into_one_ordered_cycle() {
-        let s = Schedule::from_settings(&settings("0 */15 * * * *", "0 */15 * * * *")).unwrap();
+        let s = Schedule::parse(settings("0 */15 * * * *", "0 */15 * * * *")).unwrap();
         assert_eq!(
             s.due_at(at(3, 0, 0)),
             vec![
@@ -199,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_push_on_its_own_schedule_pulls_first() {
-        let s = Schedule::from_settings(&settings("0 0 * * * *", "0 7,37 * * * *")).unwrap();
+        let s = Schedule::parse(settings("0 0 * * * *", "0 7,37 * * * *")).unwrap();
         let due = s.due_at(at(4, 7, 0));
         assert_eq!(due, vec![Job::Push]);
         assert_eq!(
@@ -267,7 +316,7 @@ mod tests {
 
     #[test]
     fn periods_and_next_runs() {
-        let s = Schedule::from_settings(&settings("0 */15 * * * *", "0 */15 * * * *")).unwrap();
+        let s = Schedule::parse(settings("0 */15 * * * *", "0 */15 * * * *")).unwrap();
         assert_eq!(
             s.period(Job::Contacts, at(4, 1, 0)),
             Some(Duration::from_secs(900))
@@ -342,11 +391,11 @@ mod tests {
 
         #[test]
         fn due_jobs_are_exactly_the_matching_expressions(secs in 0i64..14 * 86400) {
-            let s = Schedule::from_settings(&settings("0 */15 * * * *", "30 */10 * * * *")).unwrap();
+            let s = Schedule::parse(settings("0 */15 * * * *", "30 */10 * * * *")).unwrap();
             let t = at(0, 0, 0) + chrono::Duration::seconds(secs);
             let due = s.due_at(t);
             let st = settings("0 */15 * * * *", "30 */10 * * * *");
-            for (name, expr) in st.entries() {
+            for (name, expr) in st {
                 let j = job_named(name).unwrap();
                 prop_assert_eq!(due.contains(&j), parse_cron(expr).unwrap().is_time_matching(&t).unwrap());
             }

@@ -1,12 +1,8 @@
-//! `ccsync run` (the daemon) and `ccsync healthcheck` (Docker's HEALTHCHECK, which has no
-//! curl in a distroless image).
+//! `ccsync run`: the daemon.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
-
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -15,11 +11,14 @@ use crate::shutdown::{self, Signals};
 use crate::startup::Application;
 
 /// Signal handlers first, then build (connect, migrate, bind) and serve until stopped.
-pub async fn run(settings: Arc<Settings>, no_migrate: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    settings: Arc<Settings>,
+    config_path: Option<PathBuf>,
+    no_migrate: bool,
+) -> anyhow::Result<ExitCode> {
     settings.validate_for_sync()?;
     let signals = Signals::install()?;
     let cancel = CancellationToken::new();
-    let config_path = config_path();
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let signal_task = tokio::spawn(shutdown::signal_loop(signals, cancel.clone(), move || {
         let _ = reload_tx.send(());
@@ -47,7 +46,7 @@ pub async fn run(settings: Arc<Settings>, no_migrate: bool) -> anyhow::Result<Ex
                 Err(e) => {
                     ::metrics::counter!("ccsync_config_reloads_total", "outcome" => "rejected")
                         .increment(1);
-                    error!(error = %e, "configuration reload rejected; keeping the running configuration");
+                    error!(error = %crate::telemetry::Chain(&e), "configuration reload rejected; keeping the running configuration");
                 }
             }
         }
@@ -56,31 +55,4 @@ pub async fn run(settings: Arc<Settings>, no_migrate: bool) -> anyhow::Result<Ex
     reload_task.abort();
     signal_task.abort();
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `--config` path of this process (clap already accepted these arguments once; the
-/// dispatcher hands over only the loaded settings).
-fn config_path() -> Option<PathBuf> {
-    crate::cli::Cli::try_parse().ok().and_then(|c| c.config)
-}
-
-/// GETs `url` and exits 0 on a 2xx answer, 1 otherwise (with the body on stderr).
-pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    match client.get(url).send().await {
-        Ok(resp) if resp.status().is_success() => Ok(ExitCode::SUCCESS),
-        Ok(resp) => {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            eprintln!("ccsync healthcheck: {url} answered {status}: {body}");
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => {
-            eprintln!("ccsync healthcheck: {url}: {e}");
-            Ok(ExitCode::from(1))
-        }
-    }
 }

@@ -12,9 +12,9 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::demo::{demo_pool, forget_account, sandbox_settings};
 use crate::cli::BenchCommand;
 use crate::config::Settings;
-use crate::demo::{demo_pool, forget_account, sandbox_settings};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sync::{self, Job, Outcome};
 use crate::telemetry;
@@ -81,7 +81,7 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
     let settings = Arc::new(sandbox_settings(
         &api_base, &token_url, refresh, account, &db_url,
     )?);
-    let ctx = sync::context(
+    let ctx = crate::startup::job_context(
         settings.clone(),
         pool.clone(),
         CancellationToken::new(),
@@ -92,7 +92,7 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
     let reports = sync::run_cycle(&ctx, &settings.accounts, &[Job::Contacts]).await;
     let elapsed = started.elapsed();
     let Some(Outcome::Succeeded(stats)) = reports.first().map(|r| r.outcome.clone()) else {
-        crate::status::print_reports(&reports, false);
+        super::status::print_reports(&reports, false);
         anyhow::bail!("the pull did not succeed");
     };
     let seen = stats["seen"].as_u64().unwrap_or(0);

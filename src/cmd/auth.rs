@@ -86,7 +86,7 @@ async fn token_store(settings: &Settings) -> anyhow::Result<(PgTokenStore, sqlx:
             "in plain text (set [security] token_key_file to encrypt them)".to_string(),
         ),
     };
-    let pool = crate::app::connect(settings).await?;
+    let pool = crate::startup::connect(settings).await?;
     store::migrate(&pool).await.context("running migrations")?;
     let connect = store::connect_options(&settings.database)?;
     Ok((
@@ -249,7 +249,7 @@ async fn import(settings: &Settings, account: &str) -> anyhow::Result<ExitCode> 
 }
 
 async fn status(settings: &Settings, as_json: bool) -> anyhow::Result<ExitCode> {
-    let pool = crate::app::connect(settings).await?;
+    let pool = crate::startup::connect(settings).await?;
     store::migrate(&pool).await.context("running migrations")?;
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
     let rows = store::tokens::info(&mut conn)

@@ -1,7 +1,6 @@
 //! `ccsync demo` and `ccsync sandbox`: the loop against an in-process sandbox, with no
 //! configuration file needed.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -84,24 +83,10 @@ pub async fn demo_pool(db_name: &str) -> anyhow::Result<(String, sqlx::PgPool)> 
 
 /// Removes everything stored for `account` (the demo and bench start clean).
 pub async fn forget_account(pool: &sqlx::PgPool, account: &str) -> anyhow::Result<()> {
-    for table in [
-        "contacts",
-        "contact_lists",
-        "list_memberships",
-        "outbound",
-        "changes",
-        "sync_state",
-        "sync_runs",
-        "import_activities",
-        "oauth_tokens",
-    ] {
-        sqlx::query(&format!("DELETE FROM ccsync.{table} WHERE account_id = $1"))
-            .bind(account)
-            .execute(pool)
-            .await
-            .with_context(|| format!("clearing ccsync.{table}"))?;
-    }
-    Ok(())
+    let mut conn = pool.acquire().await.context("acquiring a connection")?;
+    store::demo::forget_account(&mut conn, account)
+        .await
+        .with_context(|| format!("clearing the store of account {account}"))
 }
 
 /// `ccsync demo`.
@@ -137,7 +122,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     settings.sync.poll_initial = std::time::Duration::from_millis(100);
     settings.sync.poll_max = std::time::Duration::from_millis(800);
     let settings = Arc::new(settings);
-    let mut ctx = sync::context(
+    let mut ctx = crate::startup::job_context(
         settings.clone(),
         pool.clone(),
         CancellationToken::new(),
@@ -229,12 +214,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         ));
     }
     for (email, fields, lists) in &rows {
-        sqlx::query("INSERT INTO ccsync.outbound (account_id, email, fields, list_ids) VALUES ($1, $2, $3, $4)")
-            .bind(account)
-            .bind(email)
-            .bind(fields)
-            .bind(lists)
-            .execute(&pool)
+        store::demo::queue_outbound(&mut *pool.acquire().await?, account, email, fields, lists)
             .await
             .context("queueing an outbound row")?;
     }
@@ -253,7 +233,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     println!(
         "\n4. `ccsync sync --job push --dry-run`: the plan, nothing written, no write request"
     );
-    let dry = sync::context(
+    let dry = crate::startup::job_context(
         settings.clone(),
         pool.clone(),
         CancellationToken::new(),
@@ -267,12 +247,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     println!("\n6. again: the pushed contacts come back with the pull, nothing is pushed twice");
     failed |= report(&sync::run_cycle(&ctx, &accounts, Job::cycle()).await);
 
-    let outcome: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, email, state, reason FROM ccsync.outbound WHERE account_id = $1 ORDER BY id",
-    )
-    .bind(account)
-    .fetch_all(&pool)
-    .await?;
+    let outcome = store::demo::outbound_rows(&mut *pool.acquire().await?, account).await?;
     println!("\nsummary: every queued row ended in a terminal state");
     for (id, email, state, reason) in outcome {
         println!(
@@ -304,17 +279,10 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
             .map(|c| c["job_title"].to_string())
             .unwrap_or_default()
     );
-    let by_kind: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT origin, kind, count(*) FROM ccsync.changes WHERE account_id = $1 GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .bind(account)
-    .fetch_all(&pool)
-    .await?;
-    let stored: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ccsync.contacts WHERE account_id = $1")
-            .bind(account)
-            .fetch_one(&pool)
-            .await?;
+    let mut conn = pool.acquire().await?;
+    let by_kind = store::demo::changes_by_kind(&mut conn, account).await?;
+    let stored = store::demo::contacts_count(&mut conn, account).await?;
+    drop(conn);
     println!("\n{stored} contacts stored for account {account:?}; changes log by origin and kind:");
     for (o, k, n) in by_kind {
         println!("  {o:<17} {k:<14} {n}");
@@ -333,35 +301,8 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
 }
 
 fn report(reports: &[sync::RunReport]) -> bool {
-    crate::status::print_reports(reports, false);
+    super::status::print_reports(reports, false);
     reports
         .iter()
         .any(|r| matches!(r.outcome, Outcome::Failed(_)))
-}
-
-/// `ccsync sandbox`.
-pub async fn sandbox(
-    listen: SocketAddr,
-    contacts: usize,
-    seed: u64,
-    rate: f64,
-) -> anyhow::Result<ExitCode> {
-    let mut log = Settings::load_unvalidated(None)?.log;
-    log.level = "info".into();
-    telemetry::init(&log);
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            c.cancel();
-        }
-    });
-    let cfg = SandboxConfig {
-        contacts,
-        seed,
-        requests_per_second: (rate > 0.0).then_some(rate),
-        ..SandboxConfig::default()
-    };
-    crate::sandbox::run_standalone(cfg, listen, cancel).await?;
-    Ok(ExitCode::SUCCESS)
 }

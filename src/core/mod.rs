@@ -1,0 +1,25 @@
+//! The pure core: the rules of ccsync and the types they speak, with no I/O. Nothing here
+//! imports `store`, `ctct`, `sync` or any other layer above it, so every rule can be tested
+//! exhaustively (unit and property tests next to each module).
+//!
+//! - `contact`, `change`: the shapes of a contact and of a `changes` row;
+//! - `merge`: primary wins (stale guard, field diffs, membership changes of a page);
+//! - `optouts`: which contacts a page newly unsubscribes, and the refusal it writes;
+//! - `guard`: what a push may send (never re-subscribe, primary wins per field, validation);
+//! - `batch`: cutting a push into imports under the API's limits;
+//! - `membership`: the reconcile's membership diff;
+//! - `activity`: mapping an ended import activity back to its rows;
+//! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
+//! - `job`, `states`: the named jobs, outbound states and run outcomes.
+
+pub mod activity;
+pub mod batch;
+pub mod change;
+pub mod contact;
+pub mod cycle;
+pub mod guard;
+pub mod job;
+pub mod membership;
+pub mod merge;
+pub mod optouts;
+pub mod states;

@@ -1,0 +1,27 @@
+//! What every job needs, built once by `startup::job_context`.
+
+use std::sync::Arc;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::ctct::Api;
+
+/// What every job needs.
+#[derive(Clone)]
+pub struct JobContext {
+    pub pool: PgPool,
+    /// For the dedicated connection that holds a run's advisory lock.
+    pub connect: PgConnectOptions,
+    pub api: Arc<Api>,
+    pub settings: Arc<Settings>,
+    pub cancel: CancellationToken,
+    /// Plan and report, write nothing.
+    pub dry_run: bool,
+    /// Ignore watermarks: read everything again (`sync --full`).
+    pub full: bool,
+    /// Show a progress bar on a terminal (`sync`, `demo`); never in the daemon.
+    pub progress: bool,
+}
