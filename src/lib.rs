@@ -1,8 +1,10 @@
 //! ccsync: keeps a local PostgreSQL store in sync with Constant Contact (V3 API).
 //!
-//! Dependencies point one way: `sync` uses `store` and `ctct`; `store` knows no HTTP;
-//! `ctct` knows no SQL; the pure cores in `sync` import neither; nothing in production
-//! depends on `sandbox`, an independent fake of the API (only `demo` and `bench` start it).
+//! Dependencies point one way: `cmd` → `startup` → `scheduler` → `sync` (the jobs) →
+//! `store` (SQL) and `ctct` (HTTP) → `core` (the rules, no I/O). `core` imports no other
+//! layer; `store` never reaches up into the jobs; nothing in production depends on
+//! `sandbox`, an independent fake of the API (only `demo`, `sandbox` and `bench` start it).
+//! `tests/it/architecture.rs` checks all three.
 
 pub mod cli;
 pub mod cmd;
