@@ -1,11 +1,11 @@
 //! The pure core of the membership reconcile: no I/O.
 //!
-//! Constant Contact's memberships win, with one exception: a membership that a `pending`
-//! outbound row is adding is not removed locally (the push is about to create it in
-//! Constant Contact; removing it now and re-adding it after the push would only churn the
-//! change feed).
+//! Constant Contact's memberships win, always: a membership only the local store has is
+//! removed locally (`list_removed`) whatever the outbound queue holds. A pending row that
+//! names that list is then refused it by the push guard (the contact left the list after
+//! the row was queued), so a stale membership can never justify re-adding the contact.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use uuid::Uuid;
 
@@ -19,8 +19,6 @@ pub struct MembershipDiff {
     pub add: Vec<Pair>,
     /// Only the local store has them: remove locally (`list_removed`).
     pub remove: Vec<Pair>,
-    /// Only the local store has them, but a pending outbound row adds them: kept.
-    pub protected: Vec<Pair>,
 }
 
 impl MembershipDiff {
@@ -31,23 +29,11 @@ impl MembershipDiff {
 
 /// Compares the local memberships with Constant Contact's over the same scope (the same
 /// contacts and lists). Outputs are sorted.
-pub fn diff(
-    local: &BTreeSet<Pair>,
-    remote: &BTreeSet<Pair>,
-    protected: &HashSet<Pair>,
-) -> MembershipDiff {
-    let mut out = MembershipDiff {
+pub fn diff(local: &BTreeSet<Pair>, remote: &BTreeSet<Pair>) -> MembershipDiff {
+    MembershipDiff {
         add: remote.difference(local).copied().collect(),
-        ..Default::default()
-    };
-    for p in local.difference(remote) {
-        if protected.contains(p) {
-            out.protected.push(*p);
-        } else {
-            out.remove.push(*p);
-        }
+        remove: local.difference(remote).copied().collect(),
     }
-    out
 }
 
 /// Applies `d` to `local` the way the store does (removals, then additions).
@@ -73,25 +59,6 @@ pub fn pairs_in_scope<'a>(
         .collect()
 }
 
-/// Protected pairs: pending adds by (lower-case email, list), mapped to contacts through
-/// their emails.
-pub fn protected_pairs(
-    pending: &[(String, Uuid)],
-    emails: &HashMap<Uuid, String>,
-) -> HashSet<Pair> {
-    let mut by_email: HashMap<&str, Vec<Uuid>> = HashMap::new();
-    for (email, list) in pending {
-        by_email.entry(email.as_str()).or_default().push(*list);
-    }
-    let mut out = HashSet::new();
-    for (contact, email) in emails {
-        if let Some(lists) = by_email.get(email.to_lowercase().as_str()) {
-            out.extend(lists.iter().map(|l| (*contact, *l)));
-        }
-    }
-    out
-}
-
 /// Splits the synced lists into groups of at most `max` for `GET /contacts?lists=` (the API
 /// accepts up to 25 ids; a contact on several lists of one group comes back once).
 pub fn batches(lists: &[Uuid], max: usize) -> Vec<Vec<Uuid>> {
@@ -114,29 +81,10 @@ mod tests {
     fn drift_in_both_directions_is_repaired() {
         let local: BTreeSet<Pair> = [p(1, 1), p(2, 1)].into();
         let remote: BTreeSet<Pair> = [p(1, 1), p(3, 1)].into();
-        let d = diff(&local, &remote, &HashSet::new());
+        let d = diff(&local, &remote);
         assert_eq!(d.add, vec![p(3, 1)]);
         assert_eq!(d.remove, vec![p(2, 1)]);
         assert_eq!(apply(&local, &d), remote);
-    }
-
-    #[test]
-    fn a_pending_add_protects_a_membership_but_never_adds_one() {
-        let local: BTreeSet<Pair> = [p(2, 1)].into();
-        let remote = BTreeSet::new();
-        let protected: HashSet<Pair> = [p(2, 1), p(4, 1)].into();
-        let d = diff(&local, &remote, &protected);
-        assert!(d.is_empty());
-        assert_eq!(d.protected, vec![p(2, 1)]);
-        assert_eq!(apply(&local, &d), local);
-    }
-
-    #[test]
-    fn protection_matches_emails_case_insensitively() {
-        let pending = vec![("ann@example.com".to_string(), Uuid::from_u128(9))];
-        let emails: HashMap<Uuid, String> =
-            [(Uuid::from_u128(1), "Ann@Example.com".to_string())].into();
-        assert_eq!(protected_pairs(&pending, &emails), [p(1, 9)].into());
     }
 
     #[test]
@@ -160,35 +108,21 @@ mod tests {
     }
 
     proptest! {
-        /// Applying the diff yields Constant Contact's set, plus the local memberships that
-        /// pending outbound rows protect — nothing else.
+        /// Applying the diff yields Constant Contact's set — nothing else, whatever the
+        /// queue holds.
         #[test]
-        fn applying_the_diff_yields_the_remote_set_except_protected(
-            local in pairs(), remote in pairs(), protected in pairs()
-        ) {
-            let protected: HashSet<Pair> = protected.into_iter().collect();
-            let d = diff(&local, &remote, &protected);
-            let got = apply(&local, &d);
-            let kept: BTreeSet<Pair> = local
-                .iter()
-                .filter(|x| protected.contains(x))
-                .copied()
-                .collect();
-            let expected: BTreeSet<Pair> = remote.union(&kept).copied().collect();
-            prop_assert_eq!(&got, &expected);
-            // Every remote membership is present; a removal is never protected; additions
-            // are only what the local store lacked.
-            prop_assert!(remote.is_subset(&got));
-            prop_assert!(d.remove.iter().all(|x| !protected.contains(x) && !remote.contains(x)));
+        fn applying_the_diff_yields_the_remote_set(local in pairs(), remote in pairs()) {
+            let d = diff(&local, &remote);
+            prop_assert_eq!(apply(&local, &d), remote.clone());
+            prop_assert!(d.remove.iter().all(|x| local.contains(x) && !remote.contains(x)));
             prop_assert!(d.add.iter().all(|x| !local.contains(x)));
         }
 
         /// A second diff after applying the first changes nothing (idempotent).
         #[test]
-        fn the_diff_is_idempotent(local in pairs(), remote in pairs(), protected in pairs()) {
-            let protected: HashSet<Pair> = protected.into_iter().collect();
-            let once = apply(&local, &diff(&local, &remote, &protected));
-            prop_assert!(diff(&once, &remote, &protected).is_empty());
+        fn the_diff_is_idempotent(local in pairs(), remote in pairs()) {
+            let once = apply(&local, &diff(&local, &remote));
+            prop_assert!(diff(&once, &remote).is_empty());
         }
     }
 }

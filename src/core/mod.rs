@@ -9,6 +9,7 @@
 //! - `batch`: cutting a push into imports under the API's limits;
 //! - `membership`: the reconcile's membership diff;
 //! - `activity`: mapping an ended import activity back to its rows;
+//! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
 
@@ -22,4 +23,5 @@ pub mod job;
 pub mod membership;
 pub mod merge;
 pub mod optouts;
+pub mod reads;
 pub mod states;

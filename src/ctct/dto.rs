@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
 /// `GET /contacts` page (`Contacts`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ContactsPage {
     #[serde(default)]
     pub contacts: Vec<Contact>,

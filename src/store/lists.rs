@@ -95,3 +95,30 @@ pub async fn active_ids(conn: &mut PgConnection, account: &str) -> Result<Vec<Uu
     .fetch_all(&mut *conn)
     .await
 }
+
+/// `membership_count` of each of `lists` (in order; `None` when unknown or not stored).
+pub async fn sizes(
+    conn: &mut PgConnection,
+    account: &str,
+    lists: &[Uuid],
+) -> Result<Vec<Option<u64>>, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<i32>)> = sqlx::query_as(
+        "SELECT list_id, membership_count FROM ccsync.contact_lists
+         WHERE account_id = $1 AND list_id = ANY($2)",
+    )
+    .bind(account)
+    .bind(lists)
+    .fetch_all(&mut *conn)
+    .await?;
+    let by_id: std::collections::HashMap<Uuid, Option<i32>> = rows.into_iter().collect();
+    Ok(lists
+        .iter()
+        .map(|l| {
+            by_id
+                .get(l)
+                .copied()
+                .flatten()
+                .map(|n| u64::try_from(n).unwrap_or(0))
+        })
+        .collect())
+}

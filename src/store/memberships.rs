@@ -8,7 +8,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::changes;
-use crate::core::states::OutboundState;
 
 /// Removes every membership of `account` in a list that is deleted locally (`deleted_at`
 /// set) and logs each as `list_removed`, all in SQL (no rows pass through memory), with one
@@ -44,28 +43,6 @@ pub async fn remove_for_deleted_lists(
         changes::notify(conn, account, first, last).await?;
     }
     Ok(n as u64)
-}
-
-/// (lower-case email, list) pairs that `pending` outbound rows of `account` add, for the
-/// given lower-case emails.
-pub async fn pending_adds(
-    conn: &mut PgConnection,
-    account: &str,
-    emails: &[String],
-) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
-    if emails.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as(
-        "SELECT DISTINCT lower(email), unnest(list_ids) FROM ccsync.outbound
-         WHERE account_id = $1 AND state = $3 AND lower(email) = ANY($2)
-           AND cardinality(list_ids) > 0",
-    )
-    .bind(account)
-    .bind(emails)
-    .bind(OutboundState::Pending.as_str())
-    .fetch_all(&mut *conn)
-    .await
 }
 
 /// Creates (if needed) and empties the session's staging table of seen contact ids. It

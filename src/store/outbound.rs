@@ -375,3 +375,53 @@ pub async fn counts(
     .await?;
     Ok(rows.into_iter().map(|(s, n)| (s, Value::from(n))).collect())
 }
+
+/// A contact the store knows (not deleted) that due `pending` rows would add to lists:
+/// what the push must read from Constant Contact before it writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadTarget {
+    pub contact_id: Uuid,
+    /// Lower-case.
+    pub email: String,
+    /// Every list the rows name, and which of them the store has the contact on.
+    pub lists: Vec<Uuid>,
+    pub on_lists_in_store: Vec<Uuid>,
+}
+
+/// The contacts (by address) that due `pending` rows of `account` would add to a list.
+pub async fn read_targets(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<Vec<ReadTarget>, sqlx::Error> {
+    type R = (Uuid, String, Vec<Uuid>, Vec<Uuid>);
+    let rows: Vec<R> = sqlx::query_as(
+        "WITH wanted AS (
+            SELECT lower(trim(o.email)) AS email, array_agg(DISTINCT l) AS lists
+            FROM ccsync.outbound o, unnest(o.list_ids) AS l
+            WHERE o.account_id = $1 AND o.state = $2
+              AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+            GROUP BY 1)
+         SELECT c.contact_id, w.email, w.lists,
+                coalesce(array_agg(m.list_id) FILTER (WHERE m.list_id IS NOT NULL), '{}')
+         FROM wanted w
+         JOIN ccsync.contacts c ON c.account_id = $1 AND c.email = w.email
+         LEFT JOIN ccsync.list_memberships m
+                ON m.account_id = $1 AND m.contact_id = c.contact_id
+         WHERE c.deleted_at IS NULL
+         GROUP BY c.contact_id, w.email, w.lists
+         ORDER BY w.email",
+    )
+    .bind(account)
+    .bind(Pending.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(contact_id, email, lists, on)| ReadTarget {
+            contact_id,
+            email,
+            lists,
+            on_lists_in_store: on,
+        })
+        .collect())
+}

@@ -271,6 +271,8 @@ pub struct PageApplied {
     pub stats: PageStats,
     pub changes_written: u64,
     pub outbound_skipped: u64,
+    /// Memberships the page removed (the contact is no longer on the list).
+    pub memberships_removed: u64,
     /// The page's largest `watermark_of` (what the walk's watermark may advance to once
     /// every page up to here is committed).
     pub max_seen: Option<DateTime<Utc>>,
@@ -320,6 +322,7 @@ pub async fn apply_page(
         stats: plan.stats,
         changes_written: written,
         outbound_skipped,
+        memberships_removed: plan.remove_memberships.len() as u64,
         max_seen,
     })
 }

@@ -16,6 +16,7 @@ pub mod lists;
 pub mod optouts;
 pub mod pager;
 pub mod push;
+pub mod reads;
 pub mod reconcile;
 pub mod runner;
 pub mod watermark;

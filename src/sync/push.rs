@@ -30,6 +30,7 @@ use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use super::context::JobContext;
+use super::reads::{read_before_write, ReadStats};
 use crate::config::AccountSettings;
 use crate::core::activity::map_completion;
 use crate::core::batch::{self, Batch};
@@ -53,6 +54,9 @@ const PLAN_SAMPLE: usize = 200;
 /// Stats of one push run (stored in `sync_runs.stats`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PushStats {
+    /// What was read from Constant Contact before writing (not in a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_before_write: Option<ReadStats>,
     pub rows_considered: u64,
     pub batches_submitted: u64,
     pub rows_submitted: u64,
@@ -112,7 +116,22 @@ pub async fn run_once(
         check_fresh(ctx, &account.id, run_id).await?;
     }
     let client = ctx.api.account(&account.id);
+    let reads = if ctx.dry_run {
+        None
+    } else {
+        // Read before write: what Constant Contact holds now for every existing contact the
+        // rows would add to a list, applied to the store before the guard plans.
+        let targets = {
+            let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+            store::outbound::read_targets(&mut conn, &account.id)
+                .await
+                .context("reading the contacts the push would add to lists")?
+        };
+        let filter = super::lists::lists_filter(account);
+        Some(read_before_write(ctx, &client, run_id, filter.as_ref(), &targets).await?)
+    };
     let mut stats = PushStats {
+        read_before_write: reads,
         dry_run: ctx.dry_run,
         plan: ctx.dry_run.then(|| DryPlan {
             note: DRY_RUN_NOTE.into(),

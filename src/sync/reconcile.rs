@@ -10,8 +10,8 @@
 //!    contact on several lists of a group comes back once, so this costs fewer requests than
 //!    one query per list; memberships are attributed from each contact's
 //!    `list_memberships`, not from the query. Local members of the group's lists that
-//!    Constant Contact did not return at all are removed afterwards. Memberships a pending
-//!    outbound row adds are kept.
+//!    Constant Contact did not return at all are removed afterwards, whatever the outbound
+//!    queue holds (the guard then refuses those lists to rows queued before the leave).
 //! 4. Every unsubscribed contact is read (`status=unsubscribed`, no date filter): opt-outs
 //!    the sweep missed are applied, and contacts unsubscribed locally that are no longer in
 //!    Constant Contact's unsubscribed set (re-subscribed by their own action, which no
@@ -70,7 +70,6 @@ pub struct ReconcileStats {
     pub contacts: PageStats,
     pub memberships_added: u64,
     pub memberships_removed: u64,
-    pub memberships_protected: u64,
     pub unsubscribed_pages: u64,
     pub unsubscribed_seen: u64,
     pub resubscribe_lookups: u64,
@@ -107,6 +106,32 @@ pub async fn run_once(
     watermark::advance(ctx, &account.id, Job::Reconcile, None).await?;
     stats.api_requests = client.requests_sent() + stats.deleted_sweep.api_requests;
     Ok(serde_json::to_value(stats)?)
+}
+
+/// The members of `lists` as Constant Contact has them now, applied like a reconcile of
+/// those lists alone (the push's read before write, per list).
+pub async fn refresh_lists(
+    ctx: &JobContext,
+    client: &AccountClient,
+    account: &str,
+    lists: &[Uuid],
+    run_id: Uuid,
+) -> anyhow::Result<ReconcileStats> {
+    let mut stats = ReconcileStats {
+        dry_run: ctx.dry_run,
+        ..Default::default()
+    };
+    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+    let mut result = Ok(());
+    for group in membership::batches(lists, MAX_LISTS_PER_QUERY) {
+        result = reconcile_group(ctx, client, &mut conn, account, &group, run_id, &mut stats).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    let _ = store::memberships::drop_seen(&mut conn).await;
+    result?;
+    Ok(stats)
 }
 
 async fn reconcile_with(
@@ -240,15 +265,9 @@ async fn reconcile_group(
             .filter_map(|m| m.email.clone().map(|e| (m.contact_id, e)))
             .collect();
         let mut tx = conn.begin().await?;
-        let wanted: Vec<String> = emails
-            .values()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let pending = store::memberships::pending_adds(&mut tx, account, &wanted).await?;
-        let protected = membership::protected_pairs(&pending, &emails);
-        let d = membership::diff(&local, &BTreeSet::new(), &protected);
+        // Whatever the queue holds: a pending row that names the list is refused it by the
+        // guard once this leave is logged, never kept on a list the contact left.
+        let d = membership::diff(&local, &BTreeSet::new());
         store::memberships::remove(&mut tx, account, &d.remove).await?;
         stats.changes_written += store::changes::append(
             &mut tx,
@@ -260,7 +279,6 @@ async fn reconcile_group(
         .await?;
         finish(ctx, tx).await?;
         stats.memberships_removed += d.remove.len() as u64;
-        stats.memberships_protected += d.protected.len() as u64;
         if (unseen.len() as i64) < UNSEEN_CHUNK {
             break;
         }
@@ -313,15 +331,7 @@ async fn apply_group_page(
     }
     let mut plan = merge::plan_page(&for_merge, &stored, None);
     plan.upserts.sort_unstable_by_key(|r| r.contact_id);
-    let wanted: Vec<String> = emails
-        .values()
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let pending = store::memberships::pending_adds(&mut tx, account, &wanted).await?;
-    let protected = membership::protected_pairs(&pending, &emails);
-    let d = membership::diff(&local, &remote, &protected);
+    let d = membership::diff(&local, &remote);
     let mut changes = plan.changes.clone();
     changes.extend(diff_changes(&d, &emails));
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
@@ -337,7 +347,6 @@ async fn apply_group_page(
     stats.contacts += plan.stats;
     stats.memberships_added += d.add.len() as u64;
     stats.memberships_removed += d.remove.len() as u64;
-    stats.memberships_protected += d.protected.len() as u64;
     Ok(())
 }
 

@@ -13,5 +13,6 @@ mod lists_reconcile;
 mod oauth;
 mod optouts;
 mod push;
+mod push_reads;
 mod sandbox_api;
 mod schema;

@@ -1,0 +1,141 @@
+//! Read before write: before the push adds an existing contact to a list, what Constant
+//! Contact holds for that contact now (memberships and permission) is read and applied to
+//! the store through the ordinary merge — not trusted from the store. A list the store had
+//! the contact on and Constant Contact no longer has is a *leave*: it is logged as
+//! `list_removed` (and removed locally) before the guard runs, so the guard strips that
+//! list from every row queued before the leave was recorded. Leaving a list may not move
+//! the contact's `updated_at` (unconfirmed; assumed not), so the incremental pull cannot be
+//! relied on to have seen it.
+//!
+//! Per contact (`GET /contacts?email=…&status=all`, one request each) or per list (the
+//! reconcile's reader over the lists the rows name), whichever costs fewer requests
+//! (`core::reads::choose`); the choice and its cost go into the push's stats.
+
+use std::collections::{BTreeSet, HashSet};
+
+use anyhow::Context;
+use serde::Serialize;
+use tracing::{info, instrument};
+use uuid::Uuid;
+
+use super::contacts::{apply_page, updated_at_mark, PageSpec};
+use super::context::JobContext;
+use super::reconcile;
+use crate::core::reads::{self, ReadPlan, Reader};
+use crate::ctct::dto::ContactsPage;
+use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
+use crate::store;
+use crate::store::outbound::ReadTarget;
+
+/// What the read before a push did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ReadPlan>,
+    pub contacts: u64,
+    pub requests: u64,
+    /// Memberships Constant Contact no longer has (leaves), now logged and removed.
+    pub leaves_found: u64,
+    pub changes_written: u64,
+}
+
+/// Reads the contacts `targets` names from Constant Contact and applies them to the store.
+#[instrument(skip_all, fields(contacts = targets.len()))]
+pub async fn read_before_write(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    lists_filter: Option<&HashSet<Uuid>>,
+    targets: &[ReadTarget],
+) -> anyhow::Result<ReadStats> {
+    let mut stats = ReadStats {
+        contacts: targets.len() as u64,
+        ..Default::default()
+    };
+    if targets.is_empty() {
+        return Ok(stats);
+    }
+    let account = client.account().to_string();
+    let lists: Vec<Uuid> = targets
+        .iter()
+        .flat_map(|t| t.lists.iter().copied())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let sizes = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::lists::sizes(&mut conn, &account, &lists)
+            .await
+            .context("reading list sizes")?
+    };
+    let all_on_lists = targets
+        .iter()
+        .all(|t| t.on_lists_in_store.iter().any(|l| t.lists.contains(l)));
+    let plan = reads::choose(
+        targets.len() as u64,
+        &sizes,
+        u64::from(ctx.settings.sync.page_size),
+        all_on_lists,
+    );
+    stats.plan = Some(plan);
+    let sent_before = client.requests_sent();
+    match plan.reader {
+        Reader::PerList => {
+            let r = reconcile::refresh_lists(ctx, client, &account, &lists, run_id)
+                .await
+                .context("reading the members of the lists the push adds to")?;
+            stats.leaves_found = r.memberships_removed;
+            stats.changes_written = r.changes_written;
+        }
+        Reader::PerContact => {
+            let emails: Vec<&str> = targets.iter().map(|t| t.email.as_str()).collect();
+            let spec = PageSpec {
+                account: &account,
+                lists_filter,
+                run_id,
+                watermark_of: updated_at_mark,
+            };
+            let (leaves, written) = read_by_email(ctx, client, &spec, &emails).await?;
+            stats.leaves_found = leaves;
+            stats.changes_written = written;
+        }
+    }
+    stats.requests = client.requests_sent() - sent_before;
+    info!(reader = ?plan.reader, requests = stats.requests, leaves = stats.leaves_found, "read before write");
+    Ok(stats)
+}
+
+/// One `GET /contacts?email=…&status=all` per address, applied in pages of up to
+/// `page_size` contacts. Returns (memberships removed, changes written).
+pub async fn read_by_email(
+    ctx: &JobContext,
+    client: &AccountClient,
+    spec: &PageSpec<'_>,
+    emails: &[&str],
+) -> anyhow::Result<(u64, u64)> {
+    let (mut leaves, mut written) = (0u64, 0u64);
+    for chunk in emails.chunks(ctx.settings.sync.page_size.max(1) as usize) {
+        let mut page = ContactsPage::default();
+        for email in chunk {
+            if ctx.cancel.is_cancelled() {
+                anyhow::bail!("cancelled while reading contacts before a write");
+            }
+            let mut url = client.contacts_url(&ContactsQuery {
+                status: Some("all".into()),
+                include: Some(CONTACT_INCLUDE.into()),
+                limit: 1,
+                ..Default::default()
+            })?;
+            url.query_pairs_mut().append_pair("email", email);
+            let found = client
+                .contacts_page(url)
+                .await
+                .with_context(|| format!("reading {email} from Constant Contact"))?;
+            page.contacts.extend(found.contacts);
+        }
+        let applied = apply_page(ctx, spec, &page).await?;
+        leaves += applied.memberships_removed;
+        written += applied.changes_written;
+    }
+    Ok((leaves, written))
+}
