@@ -3,55 +3,17 @@
 //! Signals, health and metrics, configuration reloads, and several replicas sharing ticks
 //! and the API key's rate limit.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
 
-use crate::helpers::TestDb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ccsync");
+use crate::helpers::{
+    eventually, sandbox, sandbox_with, Ccsync, ChildProcess, ConfigFile, ConfigToml, TestDb,
+};
 
 /// Never fires during a test (1 January, midnight).
 const NEVER: &str = "0 0 0 1 1 *";
-
-/// A configuration file written for a test (chmod 600: it holds refresh tokens).
-struct Conf {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl Conf {
-    fn new(body: &str) -> Conf {
-        let dir =
-            std::env::temp_dir().join(format!("ccsync-daemon-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ccsync.toml");
-        let c = Conf { dir, path };
-        c.write(body);
-        c
-    }
-
-    fn write(&self, body: &str) {
-        // Write then rename, so that a reload never reads half a file.
-        let tmp = self.dir.join("next.toml");
-        std::fs::write(&tmp, body).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
-    }
-}
-
-impl Drop for Conf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// What a test varies in the configuration.
 struct Opts {
@@ -64,9 +26,8 @@ struct Opts {
     max_connections: u32,
     /// Schedule of the jobs other than contacts (default: never).
     others_cron: String,
-    /// Lines added to `[sync]`.
-    sync_extra: String,
-    extra: String,
+    /// Settings added to `[sync]`.
+    sync_extra: Vec<(&'static str, &'static str)>,
 }
 
 impl Opts {
@@ -80,179 +41,90 @@ impl Opts {
             max_concurrent_accounts: 4,
             max_connections: 4,
             others_cron: NEVER.into(),
-            sync_extra: String::new(),
-            extra: String::new(),
+            sync_extra: Vec::new(),
         }
     }
 }
 
+/// `ccsync run`'s configuration: fast schedules, JSON logs, an ops listener on port 0.
 fn config(sb: &Sandbox, db_url: &str, o: &Opts) -> String {
-    let d = SandboxConfig::default();
-    let mut s = format!(
-        "[database]\nurl = \"{db_url}\"\nmax_connections = {}\n\n\
-         [constant_contact]\napi_base = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\nrequests_per_second = {}\nretry_initial = \"20ms\"\n\
-         retry_max = \"200ms\"\nrequest_timeout = \"20s\"\n\n\
-         [sync]\npage_size = {}\n{}\n\n\
-         [schedule]\ncontacts = \"{}\"\nunsubscribes = \"{}\"\ndeletes = \"{}\"\n\
-         lists = \"{}\"\npush = \"{}\"\nreconcile = \"{NEVER}\"\n\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"{}\"\n\
-         max_concurrent_accounts = {}\nmetrics_interval = \"1s\"\n\n\
-         [log]\nformat = \"json\"\nlevel = \"info\"\n\n{}\n",
-        o.max_connections,
-        sb.api_base(),
-        sb.token_url(),
-        d.client_id,
-        d.client_secret,
-        o.requests_per_second,
-        o.page_size,
-        o.sync_extra,
-        o.contacts_cron,
-        o.others_cron,
-        o.others_cron,
-        o.others_cron,
-        o.others_cron,
-        o.shutdown_grace,
-        o.max_concurrent_accounts,
-        o.extra,
-    );
+    let mut c = ConfigToml::for_sandbox(sb, db_url)
+        .set("database", "max_connections", o.max_connections)
+        .set(
+            "constant_contact",
+            "requests_per_second",
+            o.requests_per_second,
+        )
+        .set("constant_contact", "retry_initial", "20ms")
+        .set("constant_contact", "retry_max", "200ms")
+        .set("constant_contact", "request_timeout", "20s")
+        .set("sync", "page_size", o.page_size);
+    for (k, v) in &o.sync_extra {
+        c = c.set("sync", k, *v);
+    }
+    c = c
+        .set("schedule", "contacts", o.contacts_cron.as_str())
+        .set("schedule", "unsubscribes", o.others_cron.as_str())
+        .set("schedule", "deletes", o.others_cron.as_str())
+        .set("schedule", "lists", o.others_cron.as_str())
+        .set("schedule", "push", o.others_cron.as_str())
+        .set("schedule", "reconcile", NEVER)
+        .set("server", "listen", "127.0.0.1:0")
+        .set("server", "shutdown_grace", o.shutdown_grace)
+        .set(
+            "server",
+            "max_concurrent_accounts",
+            o.max_concurrent_accounts,
+        )
+        .set("server", "metrics_interval", "1s")
+        .set("log", "format", "json")
+        .set("log", "level", "info");
     for (id, token) in &o.accounts {
-        s.push_str(&format!(
-            "[[accounts]]\nid = \"{id}\"\nrefresh_token = \"{token}\"\n\n"
-        ));
+        c = c.account(id, Some(token));
     }
-    s
+    c.render()
 }
 
-/// A `ccsync run` child process; its stderr (JSON log lines) is collected.
-struct Daemon {
-    child: Child,
-    pid: u32,
-    logs: Arc<Mutex<Vec<String>>>,
-    addr: watch::Receiver<Option<String>>,
+/// `ccsync run --config <conf>`, logging at info (JSON on stderr).
+fn spawn(conf: &ConfigFile) -> ChildProcess {
+    spawn_with(conf, &[])
 }
 
-impl Daemon {
-    fn spawn(conf: &Conf) -> Daemon {
-        Self::spawn_with(conf, &[])
+fn spawn_with(conf: &ConfigFile, env: &[(&str, &str)]) -> ChildProcess {
+    let mut cmd = Ccsync::with_args(["run"])
+        .config(&conf.path)
+        .log("ccsync=info,warn");
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
     }
-
-    fn spawn_with(conf: &Conf, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config", conf.path.to_str().unwrap()])
-            .env_remove("CCSYNC_CONFIG")
-            .env("RUST_LOG", "ccsync=info,warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CCSYNC__") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let pid = child.id().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, addr) = watch::channel(None);
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"message\":\"running:") {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        let listen = v["listen"].as_str().map(str::to_string);
-                        tx.send_replace(listen);
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon {
-            child,
-            pid,
-            logs,
-            addr,
-        }
-    }
-
-    /// Waits for the "running" log line (sent after migrations, listener and scheduler)
-    /// and returns the ops listener's base URL.
-    async fn ready(&mut self) -> String {
-        let mut addr = self.addr.clone();
-        let waited =
-            tokio::time::timeout(Duration::from_secs(60), addr.wait_for(|a| a.is_some())).await;
-        let found = match waited {
-            Ok(Ok(a)) => a.clone(),
-            _ => None,
-        };
-        match found {
-            Some(a) => format!("http://{a}"),
-            None => panic!("the daemon did not start; log:\n{}", self.log()),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {}", self.pid);
-    }
-
-    /// Waits for the exit and returns (code, time taken).
-    async fn exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
-        let t = Instant::now();
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(status) => (status.unwrap().code(), t.elapsed()),
-            Err(_) => panic!(
-                "the daemon did not exit within {within:?}; log:\n{}",
-                self.log()
-            ),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
+    cmd.spawn()
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A database, a sandbox with `contacts` in its default account, and that account's
+/// refresh token.
+async fn setup(contacts: usize) -> (TestDb, Sandbox, String) {
+    let db = TestDb::new().await;
+    let sb = sandbox(contacts).await;
+    let token = sb.default_account().seed_refresh_token();
+    (db, sb, token)
+}
+
+/// The same, with the daemon started on the default options for that account, ready;
+/// returns the ops listener's base URL too.
+async fn started(contacts: usize) -> (TestDb, Sandbox, ConfigFile, ChildProcess, String) {
+    let (db, sb, token) = setup(contacts).await;
+    let conf = ConfigFile::new(&config(
+        &sb,
+        &db.url,
+        &Opts::new(vec![("default".into(), token)]),
+    ));
+    let d = spawn(&conf);
+    let base = d.ready().await;
+    (db, sb, conf, d, base)
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    db.count(sql).await
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -262,21 +134,7 @@ async fn get(url: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 120,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let token = sb.default_account().seed_refresh_token();
-    let conf = Conf::new(&config(
-        &sb,
-        &db.url,
-        &Opts::new(vec![("default".into(), token)]),
-    ));
-    let mut d = Daemon::spawn(&conf);
-    let base = d.ready().await;
+    let (db, sb, conf, mut d, base) = started(120).await;
 
     let (status, body) = get(&format!("{base}/healthz")).await;
     assert_eq!(status, 200, "{body}");
@@ -322,12 +180,10 @@ async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
     }
 
     // `ccsync status` is the operator's one look: watermark, lag, next run, budget left.
-    let st = Command::new(BIN)
-        .args(["status", "--json", "--config", conf.path.to_str().unwrap()])
-        .env_remove("CCSYNC_CONFIG")
+    let st = Ccsync::with_args(["status", "--json"])
+        .config(&conf.path)
         .output()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         st.status.code(),
         Some(0),
@@ -380,17 +236,13 @@ async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
     );
     assert!(!body.contains("re-authorisation"), "{body}");
     // `ccsync healthcheck` (Docker's HEALTHCHECK) follows /readyz.
-    let hc = Command::new(BIN)
-        .args(["healthcheck", "--url", &format!("{base}/readyz")])
+    let hc = Ccsync::with_args(["healthcheck", "--url", &format!("{base}/readyz")])
         .output()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(hc.status.code(), Some(1));
-    let hc = Command::new(BIN)
-        .args(["healthcheck", "--url", &format!("{base}/healthz")])
+    let hc = Ccsync::with_args(["healthcheck", "--url", &format!("{base}/healthz")])
         .output()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(hc.status.code(), Some(0));
 
     d.signal("TERM");
@@ -406,14 +258,7 @@ async fn health_readiness_and_metrics_answer_and_sigterm_exits_0() {
 async fn sigterm_mid_pull_commits_whole_pages_and_a_restart_finishes_the_cycle() {
     const PAGE: i64 = 50;
     const TOTAL: i64 = 2_000;
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: TOTAL as usize,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let token = sb.default_account().seed_refresh_token();
+    let (db, sb, token) = setup(TOTAL as usize).await;
     // 40 pages of 50, each answered after 150 ms: a pull takes about 6 s.
     sb.inject(Fault::Latency {
         path_prefix: "/contacts".into(),
@@ -423,8 +268,8 @@ async fn sigterm_mid_pull_commits_whole_pages_and_a_restart_finishes_the_cycle()
     let mut opts = Opts::new(vec![("default".into(), token)]);
     opts.page_size = PAGE as u32;
     opts.shutdown_grace = "8s";
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
-    let mut d = Daemon::spawn(&conf);
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
+    let mut d = spawn(&conf);
     d.ready().await;
     eventually("a few committed pages", Duration::from_secs(60), || async {
         (count(&db, "SELECT count(*) FROM ccsync.contacts").await >= 3 * PAGE).then_some(())
@@ -474,7 +319,7 @@ async fn sigterm_mid_pull_commits_whole_pages_and_a_restart_finishes_the_cycle()
     sb.clear_faults();
     opts.contacts_cron = NEVER.into();
     conf.write(&config(&sb, &db.url, &opts));
-    let mut d = Daemon::spawn(&conf);
+    let mut d = spawn(&conf);
     d.ready().await;
     // Even with no tick due, the restart finishes the interrupted cycle at once.
     eventually("the interrupted cycle to be recovered", Duration::from_secs(60), || async {
@@ -494,14 +339,7 @@ async fn sigterm_mid_pull_commits_whole_pages_and_a_restart_finishes_the_cycle()
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 500,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let token = sb.default_account().seed_refresh_token();
+    let (db, sb, token) = setup(500).await;
     // Every page takes 5 s: once page 1 is committed, page 2 is in flight (read ahead), and
     // a graceful drain would wait for it.
     sb.inject(Fault::Latency {
@@ -512,8 +350,8 @@ async fn a_second_signal_exits_at_once() {
     let mut opts = Opts::new(vec![("default".into(), token)]);
     opts.page_size = 50;
     opts.shutdown_grace = "30s";
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
-    let mut d = Daemon::spawn(&conf);
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
+    let mut d = spawn(&conf);
     d.ready().await;
     eventually("page 1 committed", Duration::from_secs(60), || async {
         (count(&db, "SELECT count(*) FROM ccsync.contacts").await >= 50).then_some(())
@@ -539,20 +377,13 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test]
 async fn sighup_rejects_a_bad_configuration_and_applies_a_good_one() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 30,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let t1 = sb.default_account().seed_refresh_token();
+    let (db, sb, t1) = setup(30).await;
     let other = sb.account("other");
     other.generate(25, 2, 9);
     let t2 = other.seed_refresh_token();
     let opts = Opts::new(vec![("default".into(), t1.clone())]);
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
-    let mut d = Daemon::spawn(&conf);
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
+    let mut d = spawn(&conf);
     let base = d.ready().await;
     let runs_of = |account: &'static str| {
         let db = &db;
@@ -629,13 +460,12 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
     // 6/s for the three replicas together (unpaced, or paced per process, they collide).
     // The slots are 167 ms apart and the sandbox refuses under 15 ms: a request may leave
     // up to 150 ms late (a busy machine) without being throttled.
-    let sb = Sandbox::start(SandboxConfig {
+    let sb = sandbox_with(SandboxConfig {
         contacts: 0,
         requests_per_second: Some(60.0),
         ..SandboxConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut accounts = Vec::new();
     for i in 0..ACCOUNTS {
         let name = format!("acct{i:02}");
@@ -657,12 +487,8 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
     opts.requests_per_second = 6.0;
     opts.max_concurrent_accounts = 3;
     opts.max_connections = 3;
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
-    let mut replicas = vec![
-        Daemon::spawn(&conf),
-        Daemon::spawn(&conf),
-        Daemon::spawn(&conf),
-    ];
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
+    let mut replicas = vec![spawn(&conf), spawn(&conf), spawn(&conf)];
     for r in &mut replicas {
         r.ready().await;
     }
@@ -688,12 +514,9 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
     .await;
 
     // Kill one replica mid-flight; subscribers keep changing data.
-    replicas[0].child.start_kill().unwrap();
+    replicas[0].kill();
     replicas[0].exit(Duration::from_secs(5)).await;
-    let killed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let killed_at = db.now().await;
     for (name, _) in &accounts {
         sb.account(name)
             .create_contact(&format!("after-kill@{name}.example"), Some("New"), &[]);
@@ -733,10 +556,7 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
     .await;
     // Every cycle claimed before now ends: none the killed replica held is left behind.
     // (Claims made after this moment are the survivors' own, still running: not counted.)
-    let cutoff: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let cutoff = db.now().await;
     eventually(
         "every claim to be closed or taken over",
         Duration::from_secs(60),
@@ -795,15 +615,8 @@ async fn three_replicas_run_each_tick_once_within_the_rate_limit_and_survive_a_k
 
 #[tokio::test]
 async fn systemd_hears_ready_watchdog_pings_and_stopping() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 10,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let token = sb.default_account().seed_refresh_token();
-    let conf = Conf::new(&config(
+    let (db, sb, token) = setup(10).await;
+    let conf = ConfigFile::new(&config(
         &sb,
         &db.url,
         &Opts::new(vec![("default".into(), token)]),
@@ -811,7 +624,7 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping() {
     // Play systemd: a notify socket, and a 2 s watchdog (pings expected every second).
     let sock_path = conf.dir.join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
-    let mut d = Daemon::spawn_with(
+    let mut d = spawn_with(
         &conf,
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
@@ -934,20 +747,13 @@ async fn request_slots_are_evenly_spaced_across_processes() {
 
 #[tokio::test]
 async fn a_failing_account_does_not_stop_the_others() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 40,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let good = sb.default_account().seed_refresh_token();
+    let (db, sb, good) = setup(40).await;
     let opts = Opts::new(vec![
         ("broken".into(), "rt.not-a-valid-token".into()),
         ("default".into(), good),
     ]);
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
-    let mut d = Daemon::spawn(&conf);
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
+    let mut d = spawn(&conf);
     let base = d.ready().await;
     eventually(
         "the good account to sync twice while the broken one fails",
@@ -984,21 +790,14 @@ async fn a_failing_account_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 30,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let token = sb.default_account().seed_refresh_token();
+    let (db, sb, token) = setup(30).await;
     let mut opts = Opts::new(vec![("default".into(), token)]);
     // Every job on the same two-second tick, through two scheduler entries (the strings
     // differ): one cycle per tick runs them all.
     opts.contacts_cron = "*/2 * * * * *".into();
     opts.others_cron = "0/2 * * * * *".into();
-    opts.sync_extra = "poll_initial = \"100ms\"\npoll_max = \"500ms\"".into();
-    let conf = Conf::new(&config(&sb, &db.url, &opts));
+    opts.sync_extra = vec![("poll_initial", "100ms"), ("poll_max", "500ms")];
+    let conf = ConfigFile::new(&config(&sb, &db.url, &opts));
     let list = sb.default_account().list_ids()[0];
     sqlx::query(
         "INSERT INTO ccsync.outbound (email, fields, list_ids)
@@ -1008,7 +807,7 @@ async fn a_cycle_runs_its_jobs_in_order_and_pushes_after_fresh_pulls() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let mut d = Daemon::spawn(&conf);
+    let mut d = spawn(&conf);
     let base = d.ready().await;
     eventually(
         "the queued row to be pushed",

@@ -1,17 +1,16 @@
 //! The push (issue 4): outbound queue → guard → bulk JSON import → activity polling, never
 //! re-subscribing anyone, primary wins per field, nothing lost.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ccsync::config::Settings;
-use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
+use ccsync::sandbox::{Fault, SandboxConfig};
 use ccsync::sync::{self, Job, JobContext, Outcome, RunReport};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{settings_for, Harness, TestDb};
+use crate::helpers::{context_with, Harness};
 
 /// A harness whose sandbox processes imports in `processing`, with fast polling.
 async fn harness(
@@ -19,38 +18,21 @@ async fn harness(
     processing: Duration,
     adjust: impl FnOnce(&mut Settings),
 ) -> Harness {
-    let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
+    let cfg = SandboxConfig {
         contacts,
         import_processing: processing,
         ..SandboxConfig::default()
+    };
+    Harness::start(cfg, |settings| {
+        settings.sync.poll_initial = Duration::from_millis(20);
+        settings.sync.poll_max = Duration::from_millis(80);
+        adjust(settings);
     })
     .await
-    .expect("sandbox starts");
-    let ctl = sb.default_account();
-    let mut settings = settings_for(&sb, &db.url, &[("default", ctl.seed_refresh_token())]);
-    settings.sync.poll_initial = Duration::from_millis(20);
-    settings.sync.poll_max = Duration::from_millis(80);
-    adjust(&mut settings);
-    let settings = Arc::new(settings);
-    let ctx = sync::context(
-        settings.clone(),
-        db.pool.clone(),
-        CancellationToken::new(),
-        false,
-    )
-    .expect("job context");
-    Harness {
-        db,
-        sb,
-        ctl,
-        settings,
-        ctx,
-    }
 }
 
 fn ctx_with(h: &Harness, cancel: CancellationToken, dry_run: bool) -> JobContext {
-    sync::context(h.settings.clone(), h.db.pool.clone(), cancel, dry_run).expect("job context")
+    context_with(&h.settings, &h.db.pool, cancel, dry_run)
 }
 
 /// `sync --job push` for the account: the pulls first, then the push.
