@@ -156,7 +156,6 @@ pub fn updated_at_mark(row: &merge::ContactRow) -> Option<DateTime<Utc>> {
 /// Pages through `first` and its next links, applying each page; the watermark of `job`
 /// (the largest `watermark_of` seen) is advanced once every page is committed. Shared by the jobs
 /// that read `GET /contacts`.
-#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     ctx: &JobContext,
     client: &AccountClient,
@@ -306,7 +305,6 @@ pub struct PageApplied {
 /// Applies one page in one transaction (and the watermark, with the last page). Pending
 /// outbound rows that would add a newly unsubscribed contact to a list become `skipped` in
 /// the same transaction (law 2: ccsync never re-subscribes).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_page(
     ctx: &JobContext,
     account: &str,
