@@ -56,7 +56,6 @@ pub async fn open(
 }
 
 /// Records one poll; `finished` sets `finished_at`.
-#[allow(clippy::too_many_arguments)]
 pub async fn record_poll(
     conn: &mut PgConnection,
     activity_id: &str,

@@ -2,47 +2,35 @@
 //! subscribers keep changing data; after a clean final run the store equals the sandbox.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use ccsync::ctct::dto::parse_datetime;
-use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
+use ccsync::sandbox::{Fault, Sandbox};
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
-use crate::helpers::TestDb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ccsync");
+use crate::helpers::{sandbox, text, Ccsync, ConfigFile, ConfigToml, TestDb};
 
 fn config(sb: &Sandbox, db_url: &str, refresh_token: &str) -> String {
-    let d = SandboxConfig::default();
-    format!(
-        "[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\n[constant_contact]\napi_base = \"{}\"\n\
-         token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nrequests_per_second = 0\n\
-         retry_initial = \"5ms\"\nretry_max = \"20ms\"\n\n[[accounts]]\nid = \"default\"\n\
-         refresh_token = \"{refresh_token}\"\n\n[sync]\npage_size = 100\n",
-        sb.api_base(),
-        sb.token_url(),
-        d.client_id,
-        d.client_secret
-    )
+    ConfigToml::for_sandbox(sb, db_url)
+        .account("default", Some(refresh_token))
+        .set("sync", "page_size", 100u32)
+        .render()
+}
+
+/// `ccsync sync --job contacts --config <conf>`, logging errors only.
+fn pull(conf: &ConfigFile) -> Ccsync {
+    Ccsync::with_args(["sync", "--job", "contacts"])
+        .config(&conf.path)
+        .log("error")
 }
 
 #[tokio::test]
 async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 3_000,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(3_000).await;
     let ctl = sb.default_account();
-    let dir = std::env::temp_dir().join(format!("ccsync-crash-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ccsync.toml");
-    std::fs::write(&path, config(&sb, &db.url, &ctl.seed_refresh_token())).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = ConfigFile::new(&config(&sb, &db.url, &ctl.seed_refresh_token()));
     // Slow pages down so that kills land in the middle of runs (30 pages of 100).
     sb.inject(Fault::Latency {
         path_prefix: "/v3/contacts".into(),
@@ -53,19 +41,7 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     let ids = ctl.contact_ids();
     let mut killed = 0;
     for round in 0..8 {
-        let mut child = tokio::process::Command::new(BIN)
-            .args([
-                "sync",
-                "--job",
-                "contacts",
-                "--config",
-                path.to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = pull(&conf).spawn();
         let wait = Duration::from_millis(rng.random_range(200..1500));
         // Subscribers act while the pull runs.
         for _ in 0..5 {
@@ -76,11 +52,11 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
         }
         let id = ids[rng.random_range(0..ids.len())];
         ctl.delete_contact(id);
-        match tokio::time::timeout(wait, child.wait()).await {
-            Ok(status) => assert!(status.unwrap().success(), "a run ended badly"),
-            Err(_) => {
-                child.start_kill().unwrap(); // SIGKILL
-                child.wait().await.unwrap();
+        match child.wait_for_exit(wait).await {
+            Some(status) => assert!(status.success(), "a run ended badly: {}", child.text()),
+            None => {
+                child.kill(); // SIGKILL
+                child.exit(Duration::from_secs(30)).await;
                 killed += 1;
             }
         }
@@ -90,19 +66,8 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
         "the test should kill runs mid-flight (killed {killed})"
     );
     sb.clear_faults();
-    let o = tokio::process::Command::new(BIN)
-        .args([
-            "sync",
-            "--job",
-            "contacts",
-            "--config",
-            path.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "error")
-        .output()
-        .await
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = pull(&conf).output().await;
+    assert!(o.status.success(), "{}", text(&o));
 
     // The store equals the sandbox's truth, contact by contact.
     type Row = (
@@ -165,6 +130,6 @@ async fn sigkill_at_random_points_loses_no_change_seen_in_constant_contact() {
     .unwrap();
     assert_eq!(running, 0);
     sb.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(conf);
     db.cleanup().await;
 }

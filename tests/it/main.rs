@@ -1,8 +1,6 @@
 //! The single integration-test binary: real PostgreSQL (a database per test) and the
 //! in-process sandbox over real HTTP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 mod architecture;
 mod cli;
 mod contacts_pull;

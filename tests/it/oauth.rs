@@ -2,41 +2,29 @@
 //! for concurrent refreshes, crash safety of rotation, `invalid_grant` pausing one account,
 //! device and PKCE logins through the binary, tokens sealed at rest, no secret in logs.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccsync::config::Settings;
 use ccsync::ctct::auth::{Auth, OAuthClient};
 use ccsync::ctct::oauth_flows::{self, FlowError};
 use ccsync::sandbox::{Fault, RefreshTokenPolicy, Sandbox, SandboxConfig, TokenRateLimit};
 use ccsync::store::tokens::{FaultPoint, PgTokenStore};
-use ccsync::sync::{self, Job, JobContext, Outcome};
+use ccsync::sync::{self, Job, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgPoolOptions;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{settings_for, Harness, TestDb};
+use crate::helpers::{
+    context, sandbox, sandbox_with, settings_for, text, Ccsync, ConfigFile, ConfigToml, Harness,
+    TestDb,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ccsync");
 const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const KEY_B: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0";
 
 // ---------------------------------------------------------------------------------------
 // helpers
-
-fn context(settings: &Arc<Settings>, pool: &sqlx::PgPool) -> JobContext {
-    ccsync::startup::job_context(
-        settings.clone(),
-        pool.clone(),
-        CancellationToken::new(),
-        false,
-    )
-    .expect("job context")
-}
 
 fn contacts_requests(sb: &Sandbox) -> Vec<ccsync::sandbox::RequestRecord> {
     sb.requests()
@@ -74,87 +62,31 @@ async fn needs_reauth(pool: &sqlx::PgPool, account: &str) -> bool {
 }
 
 /// A config file for the binary: the sandbox, the database, and accounts with optional seeds.
-struct ChildConfig {
-    dir: PathBuf,
-    path: PathBuf,
-}
+struct ChildConfig(ConfigFile);
 
 impl ChildConfig {
     fn new(sb: &Sandbox, db_url: &str, accounts: &[(&str, Option<&str>)], extra: &str) -> Self {
-        let d = SandboxConfig::default();
-        let mut body = format!(
-            "[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\n[constant_contact]\n\
-             api_base = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\
-             requests_per_second = 0\nretry_initial = \"5ms\"\nretry_max = \"20ms\"\nmax_retries = 2\n\n",
-            sb.api_base(),
-            sb.token_url(),
-            d.client_id,
-            d.client_secret
-        );
+        let mut c = ConfigToml::for_sandbox(sb, db_url)
+            .set("constant_contact", "max_retries", 2u32)
+            .raw(extra);
         for (id, rt) in accounts {
-            body.push_str(&format!("[[accounts]]\nid = \"{id}\"\n"));
-            if let Some(rt) = rt {
-                body.push_str(&format!("refresh_token = \"{rt}\"\n"));
-            }
-            body.push('\n');
+            c = c.account(id, *rt);
         }
-        body.push_str(extra);
-        let dir =
-            std::env::temp_dir().join(format!("ccsync-oauth-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("ccsync.toml");
-        std::fs::write(&path, body).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        ChildConfig { dir, path }
+        ChildConfig(c.write())
     }
 
-    fn command(&self, args: &[&str], rust_log: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(BIN);
-        cmd.arg("--config")
-            .arg(&self.path)
-            .args(args)
-            .env_remove("CCSYNC_CONFIG")
-            .env("RUST_LOG", rust_log)
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CCSYNC__") || k == "CCSYNC_TEST_FAULT" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd
+    /// `ccsync --config <file> <args>` with `RUST_LOG=<rust_log>`.
+    fn command(&self, args: &[&str], rust_log: &str) -> Ccsync {
+        Ccsync::new().config(&self.0.path).args(args).log(rust_log)
     }
 
     async fn run(&self, args: &[&str], rust_log: &str) -> Output {
-        self.command(args, rust_log).output().await.unwrap()
+        self.command(args, rust_log).output().await
     }
 
     async fn run_with_stdin(&self, args: &[&str], rust_log: &str, stdin: &str) -> Output {
-        let mut child = self
-            .command(args, rust_log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).await.unwrap();
-        drop(input);
-        child.wait_with_output().await.unwrap()
+        self.command(args, rust_log).stdin(stdin).output().await
     }
-}
-
-impl Drop for ChildConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Runs `auth login` (device flow), approving the printed user code through the sandbox's
@@ -167,36 +99,15 @@ async fn device_login_via_binary(
 ) -> String {
     let mut child = cfg
         .command(&["auth", "login", "--account", account], log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let err_task = tokio::spawn(async move {
-        let mut s = String::new();
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            s.push_str(&l);
-            s.push('\n');
-        }
-        s
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut out = String::new();
-    let mut user_code = None;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("login prints its prompt")
-        .unwrap()
-    {
-        out.push_str(&line);
-        out.push('\n');
-        if let Some(code) = line.split("enter the code").nth(1) {
-            user_code = Some(code.trim().to_string());
-            break;
-        }
-    }
-    let user_code = user_code.unwrap_or_else(|| panic!("no user code in {out}"));
+        .spawn();
+    let prompt = child
+        .stdout_line("login prints its prompt", |l| l.contains("enter the code"))
+        .await;
+    let user_code = prompt
+        .split("enter the code")
+        .nth(1)
+        .map(|code| code.trim().to_string())
+        .unwrap_or_else(|| panic!("no user code in {prompt}"));
     let resp = reqwest::Client::new()
         .post(format!("http://{}/__control/oauth/device", sb.addr()))
         .json(&serde_json::json!({"user_code": user_code, "account": account}))
@@ -204,15 +115,8 @@ async fn device_login_via_binary(
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    while let Some(line) = lines.next_line().await.unwrap() {
-        out.push_str(&line);
-        out.push('\n');
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("login ends after approval")
-        .unwrap();
-    out.push_str(&err_task.await.unwrap());
+    let (status, _) = child.exit_status(Duration::from_secs(30)).await;
+    let out = child.text();
     assert!(status.success(), "auth login failed:\n{out}");
     out
 }
@@ -340,12 +244,7 @@ async fn two_pools_refreshing_at_once_make_exactly_one_token_request() {
 #[tokio::test]
 async fn two_processes_refreshing_at_once_make_exactly_one_token_request() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 30,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(30).await;
     sb.oauth().set_token_latency(Duration::from_millis(500));
     let seed = sb.default_account().seed_refresh_token();
     let cfg = ChildConfig::new(&sb, &db.url, &[("default", Some(&seed))], "");
@@ -391,7 +290,7 @@ async fn long_lived_refresh_tokens_keep_working_and_are_recognised() {
 #[tokio::test]
 async fn the_token_endpoint_limit_is_waited_out_not_fatal() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
+    let sb = sandbox_with(SandboxConfig {
         contacts: 3,
         token_rate_limit: Some(TokenRateLimit {
             per_second: 1.0,
@@ -399,8 +298,7 @@ async fn the_token_endpoint_limit_is_waited_out_not_fatal() {
         }),
         ..SandboxConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     sb.account("second").generate(3, 1, 9);
     let settings = Arc::new(settings_for(
         &sb,
@@ -434,8 +332,7 @@ async fn crash_in_the_refresh_window(sb: &Sandbox, db: &TestDb, seed: &str) -> O
         .command(&["sync", "--job", "contacts"], "warn")
         .env("CCSYNC_TEST_FAULT", "token_abort_before_save")
         .output()
-        .await
-        .unwrap();
+        .await;
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
         o.status.signal(),
@@ -567,12 +464,7 @@ async fn a_failed_commit_in_process_leaves_the_stored_pair_usable() {
 #[tokio::test]
 async fn invalid_grant_pauses_that_account_and_the_others_go_on() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 10,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(10).await;
     sb.account("second").generate(7, 1, 3);
     let settings = Arc::new(settings_for(
         &sb,
@@ -670,12 +562,7 @@ async fn invalid_grant_pauses_that_account_and_the_others_go_on() {
 #[tokio::test]
 async fn auth_import_rejects_an_empty_or_revoked_token() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 1,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(1).await;
     let cfg = ChildConfig::new(&sb, &db.url, &[("default", None)], "");
     let o = cfg
         .run_with_stdin(&["auth", "import", "--account", "default"], "warn", "")
@@ -706,12 +593,7 @@ async fn auth_import_rejects_an_empty_or_revoked_token() {
 #[tokio::test]
 async fn device_login_through_the_binary_stores_tokens_the_jobs_use() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 12,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(12).await;
     sb.oauth().set_device_interval(Duration::from_secs(1));
     let cfg = ChildConfig::new(&sb, &db.url, &[("default", None)], "");
     let out = device_login_via_binary(&cfg, &sb, "default", "warn").await;
@@ -742,12 +624,7 @@ async fn device_login_through_the_binary_stores_tokens_the_jobs_use() {
 
 #[tokio::test]
 async fn device_login_reports_denial_and_expiry() {
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(0).await;
     sb.oauth().set_device_interval(Duration::from_secs(1));
     let d = SandboxConfig::default();
     let oauth = OAuthClient {
@@ -793,12 +670,7 @@ async fn device_login_reports_denial_and_expiry() {
 #[tokio::test]
 async fn browser_login_with_pkce_through_the_binary() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 3,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(3).await;
     sb.oauth().set_auto_approve(Some("default"));
     let cfg = ChildConfig::new(&sb, &db.url, &[("default", None)], "");
     let mut child = cfg
@@ -806,32 +678,21 @@ async fn browser_login_with_pkce_through_the_binary() {
             &["auth", "login", "--account", "default", "--browser"],
             "warn",
         )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut url = None;
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .spawn();
+    let url = child
+        .stdout_line("an authorization URL", |l| {
+            l.trim_start().starts_with("http://")
+        })
         .await
-        .unwrap()
-        .unwrap()
-    {
-        if line.trim_start().starts_with("http://") {
-            url = Some(line.trim().to_string());
-            break;
-        }
-    }
-    let url = url.expect("an authorization URL");
+        .trim()
+        .to_string();
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     assert!(url.contains("offline_access"), "{url}");
     // The "browser": follows the sandbox's redirect to the loopback listener.
     let page = reqwest::get(&url).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("authorised"));
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, _) = child.exit_status(Duration::from_secs(30)).await;
     assert!(status.success());
     assert_eq!(sb.oauth().grants("authorization_code"), 1);
     assert!(stored_refresh_token(&db.pool, "default").await.is_some());
@@ -897,12 +758,7 @@ async fn tokens_are_sealed_at_rest_and_survive_a_key_rotation() {
 #[tokio::test]
 async fn no_secret_reaches_the_output_at_trace_level() {
     let db = TestDb::new().await;
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 40,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(40).await;
     sb.oauth().set_device_interval(Duration::from_secs(1));
     let seed2 = sb.account("second").seed_refresh_token();
     sb.account("second").generate(5, 1, 1);
@@ -917,30 +773,15 @@ async fn no_secret_reaches_the_output_at_trace_level() {
                 &["auth", "login", "--account", "default", "--browser"],
                 "trace",
             )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let err_task = tokio::spawn(async move {
-            let mut s = String::new();
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                s.push_str(&l);
-                s.push('\n');
-            }
-            s
-        });
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            out.push_str(&line);
-            out.push('\n');
-            if line.trim_start().starts_with("http://") {
-                reqwest::get(line.trim()).await.unwrap();
-            }
-        }
-        let status = child.wait().await.unwrap();
-        out.push_str(&err_task.await.unwrap());
+            .spawn();
+        let url = child
+            .stdout_line("an authorization URL", |l| {
+                l.trim_start().starts_with("http://")
+            })
+            .await;
+        reqwest::get(url.trim()).await.unwrap();
+        let (status, _) = child.exit_status(Duration::from_secs(30)).await;
+        out.push_str(&child.text());
         assert!(status.success(), "{out}");
     }
     // Import (stdin), a sync with a forced refresh and a 401, and every status view.
@@ -1010,13 +851,12 @@ async fn post_form(
 #[tokio::test]
 async fn the_sandbox_authorization_server_enforces_pkce_single_use_codes_slow_down_and_revocation()
 {
-    let sb = Sandbox::start(SandboxConfig {
+    let sb = sandbox_with(SandboxConfig {
         contacts: 0,
         token_rate_limit: None,
         ..SandboxConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -1168,12 +1008,7 @@ async fn the_sandbox_authorization_server_enforces_pkce_single_use_codes_slow_do
 
 #[tokio::test]
 async fn check_config_warns_without_a_key_and_rejects_a_bad_one() {
-    let sb = Sandbox::start(SandboxConfig {
-        contacts: 0,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
+    let sb = sandbox(0).await;
     let url = "postgres://postgres@127.0.0.1:5432/unused";
     let plain = ChildConfig::new(&sb, url, &[("default", None)], "");
     let o = plain.run(&["check-config"], "warn").await;
@@ -1190,7 +1025,7 @@ async fn check_config_warns_without_a_key_and_rejects_a_bad_one() {
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(text(&o).contains("security.token_key_file"), "{}", text(&o));
 
-    let key_path = plain.dir.join("token_key");
+    let key_path = plain.0.dir.join("token_key");
     std::fs::write(&key_path, format!("{KEY_A}\n")).unwrap();
     let keyed = ChildConfig::new(
         &sb,

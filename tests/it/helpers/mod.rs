@@ -1,0 +1,15 @@
+//! Shared test fixtures: a fresh PostgreSQL database per test (dropped on `Drop`), the
+//! in-process sandbox on port 0, in-process job contexts, the `ccsync` binary as a child
+//! process with a configuration file of its own, and waiting on conditions.
+
+mod daemon;
+mod db;
+mod harness;
+mod sandbox;
+mod wait;
+
+pub use daemon::{text, Ccsync, ChildProcess, ConfigFile, ConfigToml};
+pub use db::TestDb;
+pub use harness::{context, context_with, settings_for, Harness};
+pub use sandbox::{sandbox, sandbox_with};
+pub use wait::eventually;
