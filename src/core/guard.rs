@@ -367,6 +367,48 @@ fn primary_value(p: &Primary, a: Aspect, prop: &str) -> Value {
     }
 }
 
+/// Whether Constant Contact's copy `p` holds the pushed `value` of import property `prop`:
+/// `Some(true|false)`, or `None` where it cannot be told from the contact resource (custom
+/// fields are named by id there, by name in an import; `street2` is folded into `street`).
+pub fn holds(p: &Primary, prop: &str, value: &Value) -> Option<bool> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match aspect_of(prop)? {
+        Aspect::Scalar(_) | Aspect::Birthday => {
+            Some(text(p.scalars.get(prop).unwrap_or(&Value::Null)) == text(value))
+        }
+        Aspect::Phone(kind) => Some(phones_of(&p.phone_numbers, kind).contains(&text(value))),
+        Aspect::Address(kind) => {
+            let part = ADDRESS_PARTS
+                .iter()
+                .find(|part| prop.ends_with(*part) && prop.len() - part.len() <= 6)
+                .copied()?;
+            if part == "street2" {
+                return None;
+            }
+            let field = if part == "zip" { "postal_code" } else { part };
+            let arr = p.street_addresses.as_array()?;
+            let addr = arr.iter().find(|a| str_of(a, "kind") == Some(kind));
+            Some(addr.and_then(|a| str_of(a, field)).unwrap_or("").trim() == text(value))
+        }
+        Aspect::Custom => None,
+    }
+}
+
+/// True when a Constant Contact change after `since` touched what `prop` writes.
+pub fn changed_since(changes: &[PrimaryChange], since: DateTime<Utc>, prop: &str) -> bool {
+    let Some(a) = aspect_of(prop) else {
+        return false;
+    };
+    changes
+        .iter()
+        .filter(|c| c.at > since && c.kind == "updated")
+        .any(|c| aspects_changed(c).contains(&a))
+}
+
 /// Loose email syntax: one `@`, a non-empty local part, a dotted domain, printable ASCII,
 /// no whitespace, at most [`EMAIL_MAX`] characters.
 pub fn check_email(email: &str) -> Result<(), String> {

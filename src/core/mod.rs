@@ -9,6 +9,7 @@
 //! - `batch`: cutting a push into imports under the API's limits;
 //! - `membership`: the reconcile's membership diff;
 //! - `activity`: mapping an ended import activity back to its rows;
+//! - `confirm`: whether Constant Contact shows a pushed row's effect after the import;
 //! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
@@ -16,6 +17,7 @@
 pub mod activity;
 pub mod batch;
 pub mod change;
+pub mod confirm;
 pub mod contact;
 pub mod cycle;
 pub mod guard;

@@ -83,3 +83,16 @@ pub async fn record_poll(
     .await?;
     Ok(())
 }
+
+/// The lists an import named and when it was submitted.
+pub async fn lists_and_submitted_at(
+    conn: &mut PgConnection,
+    activity_id: &str,
+) -> Result<Option<(Vec<Uuid>, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT list_ids, submitted_at FROM ccsync.import_activities WHERE activity_id = $1",
+    )
+    .bind(activity_id)
+    .fetch_optional(&mut *conn)
+    .await
+}

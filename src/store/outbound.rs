@@ -425,3 +425,51 @@ pub async fn read_targets(
         })
         .collect())
 }
+
+/// The `submitted` rows of an activity, ascending id, as the guard reads rows.
+pub async fn submitted_rows(
+    conn: &mut PgConnection,
+    activity_id: &str,
+) -> Result<Vec<OutboundRow>, sqlx::Error> {
+    type R = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
+    let rows: Vec<R> = sqlx::query_as(
+        "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
+         WHERE activity_id = $1 AND state = $2 ORDER BY id",
+    )
+    .bind(activity_id)
+    .bind(Submitted.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, email, fields, list_ids, created_at)| OutboundRow {
+            id,
+            email,
+            fields,
+            list_ids,
+            created_at,
+        })
+        .collect())
+}
+
+/// The properties the push dropped from each of `ids` (its logged `conflict`s).
+pub async fn dropped_fields(
+    conn: &mut PgConnection,
+    account: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, std::collections::BTreeSet<String>>, sqlx::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT (new_value->>'outbound_id')::bigint, field FROM ccsync.changes
+         WHERE account_id = $1 AND origin = 'local' AND kind = 'conflict' AND field IS NOT NULL
+           AND (new_value->>'outbound_id')::bigint = ANY($2)",
+    )
+    .bind(account)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out: HashMap<i64, std::collections::BTreeSet<String>> = HashMap::new();
+    for (id, field) in rows {
+        out.entry(id).or_default().insert(field);
+    }
+    Ok(out)
+}

@@ -21,6 +21,7 @@
 //! runs the account's pull jobs first, and `run_once` refuses to run when the latest
 //! contacts pull (and opt-out sweep) of the account did not succeed after the previous push.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,13 +30,16 @@ use serde_json::{json, Value};
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
+use super::contacts::{updated_at_mark, PageSpec};
 use super::context::JobContext;
-use super::reads::{read_before_write, ReadStats};
+use super::reads::{read_before_write, read_by_email, ReadStats};
 use crate::config::AccountSettings;
 use crate::core::activity::map_completion;
 use crate::core::batch::{self, Batch};
+use crate::core::confirm::{confirm, Submitted as SentRow, Verdict};
 use crate::core::cycle::push_is_fresh;
 use crate::core::guard::{self, Terminal};
+use crate::core::reads::{self, Reader};
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
 use crate::ctct::convert::activity_counters;
@@ -74,6 +78,13 @@ pub struct PushStats {
     pub activities_finished: u64,
     pub in_flight_left: u64,
     pub cannot_add_to_list: u64,
+    /// Rows an ended import did not show in Constant Contact (contact, list or value
+    /// missing on the read after it): `failed`, never `completed` on a counter's word.
+    pub unconfirmed: u64,
+    /// Requests spent reading back ended imports, and the reader used.
+    pub confirm_requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_reader: Option<Reader>,
     pub api_requests: u64,
     /// Why submitting stopped early (queue full, quota, cancel), if it did.
     pub stopped: Option<String>,
@@ -147,7 +158,7 @@ pub async fn run_once(
             .context("counting activities in flight")?
             .len() as u64;
     } else {
-        poll(ctx, &client, &mut stats).await?;
+        poll(ctx, &client, run_id, &mut stats).await?;
     }
     stats.api_requests = client.requests_sent();
     Ok(serde_json::to_value(stats)?)
@@ -438,6 +449,7 @@ async fn send_batch(
 async fn poll(
     ctx: &JobContext,
     client: &AccountClient,
+    run_id: Uuid,
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
     let account = client.account().to_string();
@@ -474,7 +486,12 @@ async fn poll(
             }
             stats.activities_polled += 1;
             match client.activity(&id).await {
-                Ok(a) if a.is_terminal() => finish(ctx, &a, stats).await?,
+                Ok(a) if a.is_terminal() => {
+                    if a.state == "completed" {
+                        read_back(ctx, client, run_id, &a.activity_id, stats).await?;
+                    }
+                    finish(ctx, &account, &a, stats).await?
+                }
                 Ok(a) => {
                     let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
                     store::activities::record_poll(
@@ -525,6 +542,69 @@ async fn poll(
     }
 }
 
+/// Confirm after write, step 1: reads what Constant Contact now holds for the contacts of
+/// an ended import (per contact or per list, whichever costs fewer requests) and applies
+/// it to the store, outside any transaction. Step 2 is `finish`, which judges each row on
+/// that fresh store (`core::confirm`). A crash between the two re-reads after the restart
+/// (the activity is still in flight in the store).
+#[instrument(skip_all, fields(activity_id = %activity_id))]
+async fn read_back(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    activity_id: &str,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
+    let account = client.account().to_string();
+    let (rows, lists, sizes) = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        let rows = store::outbound::rows_of_activity(&mut conn, activity_id)
+            .await
+            .context("reading the rows of an ended activity")?;
+        let lists = store::activities::lists_and_submitted_at(&mut conn, activity_id)
+            .await
+            .context("reading an ended activity")?
+            .map(|(l, _)| l)
+            .unwrap_or_default();
+        let sizes = store::lists::sizes(&mut conn, &account, &lists).await?;
+        (rows, lists, sizes)
+    };
+    let mut emails: Vec<&str> = rows.iter().map(|(_, e)| e.as_str()).collect();
+    emails.sort_unstable();
+    emails.dedup();
+    if emails.is_empty() {
+        return Ok(());
+    }
+    let plan = reads::choose(
+        emails.len() as u64,
+        &sizes,
+        u64::from(ctx.settings.sync.page_size),
+        true,
+    );
+    let sent_before = client.requests_sent();
+    match plan.reader {
+        Reader::PerList => {
+            super::reconcile::refresh_lists(ctx, client, &account, &lists, run_id)
+                .await
+                .context("reading the lists of an ended import")?;
+        }
+        Reader::PerContact => {
+            let spec = PageSpec {
+                account: &account,
+                lists_filter: None,
+                run_id,
+                watermark_of: updated_at_mark,
+            };
+            read_by_email(ctx, client, &spec, &emails)
+                .await
+                .context("reading the contacts of an ended import")?;
+        }
+    }
+    stats.confirm_requests += client.requests_sent() - sent_before;
+    stats.confirm_reader.get_or_insert(plan.reader);
+    Ok(())
+}
+
 /// An activity that will not be followed any more: its rows count a failed attempt.
 async fn finish_abandoned(
     ctx: &JobContext,
@@ -564,7 +644,12 @@ async fn finish_abandoned(
 
 /// Maps a terminal activity back to its rows, in one transaction.
 #[instrument(skip_all, fields(activity_id = %a.activity_id, state = %a.state))]
-async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow::Result<()> {
+async fn finish(
+    ctx: &JobContext,
+    account: &str,
+    a: &Activity,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
     let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
     let rows = store::outbound::rows_of_activity(&mut tx, &a.activity_id)
         .await
@@ -572,21 +657,69 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
     let messages = a.error_messages();
     let errors_json = a.activity_errors.as_ref().map(|e| json!(e));
     if a.state == "completed" {
-        let outcome = map_completion(&rows, &messages, &activity_counters(a));
-        let failed_ids: Vec<i64> = outcome.failed.iter().map(|(i, _)| *i).collect();
-        let failed_reasons: Vec<Option<String>> = outcome
-            .failed
-            .iter()
-            .map(|(_, r)| Some(r.clone()))
-            .collect();
-        store::outbound::set_state(&mut tx, Submitted, &failed_ids, Failed, &failed_reasons)
+        let counters = activity_counters(a);
+        // Errors that name a row keep the API's message; every other row is judged on what
+        // Constant Contact shows now (read by `read_back` just before).
+        let outcome = map_completion(&rows, &messages, &counters);
+        let named: HashMap<i64, &String> = outcome.failed.iter().map(|(i, m)| (*i, m)).collect();
+        let submitted = store::outbound::submitted_rows(&mut tx, &a.activity_id)
             .await
-            .context("marking rows the import rejected failed")?;
+            .context("reading the rows of an activity")?;
+        let ids: Vec<i64> = submitted.iter().map(|r| r.id).collect();
+        let mut dropped = store::outbound::dropped_fields(&mut tx, account, &ids)
+            .await
+            .context("reading the conflicts of an activity's rows")?;
+        let (lists, submitted_at) =
+            store::activities::lists_and_submitted_at(&mut tx, &a.activity_id)
+                .await
+                .context("reading an ended activity")?
+                .unwrap_or_default();
+        let input = store::outbound::guard_input(&mut tx, account, &submitted, Default::default())
+            .await
+            .context("reading the store after the import")?;
+        let rows_in: Vec<SentRow> = submitted
+            .into_iter()
+            .map(|row| SentRow {
+                dropped: dropped.remove(&row.id).unwrap_or_default(),
+                row,
+            })
+            .collect();
+        let verdicts = confirm(&rows_in, &lists, submitted_at, &input, &counters);
+        let (mut done, mut skip, mut fail, mut retry_ids) = (vec![], vec![], vec![], vec![]);
+        for (id, v) in verdicts {
+            if let Some(m) = named.get(&id) {
+                // The API named this row in an error: it failed, with the API's message.
+                fail.push((id, Some((*m).clone())));
+                continue;
+            }
+            match v {
+                Verdict::Completed(note) => done.push((id, note)),
+                Verdict::Skipped(why) => skip.push((id, Some(why))),
+                Verdict::Failed(_) if outcome.unprocessed.contains(&id) => retry_ids.push(id),
+                Verdict::Failed(why) => fail.push((id, Some(why))),
+            }
+        }
+        let unzip = |v: Vec<(i64, Option<String>)>| -> (Vec<i64>, Vec<Option<String>>) {
+            v.into_iter().unzip()
+        };
+        let (done_ids, done_notes) = unzip(done);
+        let completed =
+            store::outbound::set_state(&mut tx, Submitted, &done_ids, Completed, &done_notes)
+                .await
+                .context("marking confirmed rows completed")?;
+        let (skip_ids, skip_why) = unzip(skip);
+        let skipped = store::outbound::set_state(&mut tx, Submitted, &skip_ids, Skipped, &skip_why)
+            .await
+            .context("marking rows not added to lists skipped")?;
+        let (fail_ids, fail_why) = unzip(fail);
+        let failed = store::outbound::set_state(&mut tx, Submitted, &fail_ids, Failed, &fail_why)
+            .await
+            .context("marking unconfirmed rows failed")?;
         let (base, cap) = retry_backoff(ctx);
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
             Submitted,
-            &outcome.unprocessed,
+            &retry_ids,
             "not processed by the import (its body may have been cut short)",
             ctx.settings.sync.max_push_attempts as i32,
             base,
@@ -594,25 +727,16 @@ async fn finish(ctx: &JobContext, a: &Activity, stats: &mut PushStats) -> anyhow
         )
         .await
         .context("recording rows an import did not process")?;
-        let done_ids: Vec<i64> = rows
-            .iter()
-            .map(|(i, _)| *i)
-            .filter(|i| !failed_ids.contains(i) && !outcome.unprocessed.contains(i))
-            .collect();
-        let none = vec![None; done_ids.len()];
-        let done = store::outbound::set_state(&mut tx, Submitted, &done_ids, Completed, &none)
-            .await
-            .context("marking rows completed")?;
-        let cannot = a.counter("cannot_add_to_list_count").unwrap_or(0);
+        let cannot = counters.cannot_add_to_list_count.unwrap_or(0);
         if cannot > 0 {
-            // The guard filtered every contact unsubscribed in the store: these opted out
-            // between the pull and the import. Constant Contact did not add them.
             warn!(activity_id = %a.activity_id, cannot_add_to_list = cannot,
                   "contacts unsubscribed since the pull were not added to lists");
         }
         stats.cannot_add_to_list += cannot;
-        stats.completed += done;
-        stats.failed += failed_ids.len() as u64 + dead;
+        stats.completed += completed;
+        stats.skipped += skipped;
+        stats.failed += failed + dead;
+        stats.unconfirmed += failed;
         stats.retrying += retry;
     } else {
         let msg = if messages.is_empty() {
