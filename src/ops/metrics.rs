@@ -387,6 +387,8 @@ async fn refresh_alert_gauges(
     for id in &ids {
         let needs = if reauth.contains(id) { 1.0 } else { 0.0 };
         gauge!("ccsync_account_needs_reauth", "account" => id.clone()).set(needs);
+        // Registered at 0, so that the first failure shows as an increase.
+        counter!("ccsync_outbound_failed_total", "account" => id.clone()).increment(0);
         gauge!("ccsync_outbound_oldest_pending_age_seconds", "account" => id.clone())
             .set(age(&pending, id));
         gauge!("ccsync_import_activity_oldest_age_seconds", "account" => id.clone())
