@@ -50,6 +50,7 @@ pub const NAMES: &[&str] = &[
     "ccsync_config_ready_failing_after_seconds",
     "ccsync_config_poll_timeout_seconds",
     "ccsync_config_daily_request_limit",
+    "ccsync_token_refreshes_total",
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -200,6 +201,10 @@ fn describe() {
     describe_gauge!(
         "ccsync_config_daily_request_limit",
         "constant_contact.daily_request_limit, for alert rules"
+    );
+    describe_counter!(
+        "ccsync_token_refreshes_total",
+        "OAuth token refreshes by account and outcome: ok, reauth_required, failed"
     );
 }
 
