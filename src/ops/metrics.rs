@@ -39,6 +39,18 @@ pub const NAMES: &[&str] = &[
     "ccsync_config_reloads_total",
     "ccsync_scheduler_heartbeat_age_seconds",
     "ccsync_build_info",
+    "ccsync_last_success_timestamp_seconds",
+    "ccsync_job_failing_seconds",
+    "ccsync_job_interval_seconds",
+    "ccsync_account_needs_reauth",
+    "ccsync_api_quota_exceeded",
+    "ccsync_outbound_failed_total",
+    "ccsync_outbound_oldest_pending_age_seconds",
+    "ccsync_import_activity_oldest_age_seconds",
+    "ccsync_config_ready_failing_after_seconds",
+    "ccsync_config_poll_timeout_seconds",
+    "ccsync_config_daily_request_limit",
+    "ccsync_token_refreshes_total",
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -146,6 +158,54 @@ fn describe() {
         "Seconds since the scheduler loop last ticked"
     );
     describe_gauge!("ccsync_build_info", "Version of the running binary");
+    describe_gauge!(
+        "ccsync_last_success_timestamp_seconds",
+        "Unix time of the job's last success"
+    );
+    describe_gauge!(
+        "ccsync_job_failing_seconds",
+        "Seconds since the job's first failure after its last success (0: not failing)"
+    );
+    describe_gauge!(
+        "ccsync_job_interval_seconds",
+        "Period of the job's schedule (gap between its next two runs)"
+    );
+    describe_gauge!(
+        "ccsync_account_needs_reauth",
+        "1 when the account's refresh token was refused (ccsync auth login), else 0"
+    );
+    describe_gauge!(
+        "ccsync_api_quota_exceeded",
+        "1 when Constant Contact answered quota_exceeded today (paused until 00:00 UTC)"
+    );
+    describe_counter!(
+        "ccsync_outbound_failed_total",
+        "Outbound rows left failed by push runs (invalid, or refused after max_push_attempts)"
+    );
+    describe_gauge!(
+        "ccsync_outbound_oldest_pending_age_seconds",
+        "Seconds since the oldest pending outbound row was queued (0: none pending)"
+    );
+    describe_gauge!(
+        "ccsync_import_activity_oldest_age_seconds",
+        "Seconds since the oldest import activity in flight was submitted (0: none)"
+    );
+    describe_gauge!(
+        "ccsync_config_ready_failing_after_seconds",
+        "server.ready_failing_after, for alert rules"
+    );
+    describe_gauge!(
+        "ccsync_config_poll_timeout_seconds",
+        "sync.poll_timeout, for alert rules"
+    );
+    describe_gauge!(
+        "ccsync_config_daily_request_limit",
+        "constant_contact.daily_request_limit, for alert rules"
+    );
+    describe_counter!(
+        "ccsync_token_refreshes_total",
+        "OAuth token refreshes by account and outcome: ok, reauth_required, failed"
+    );
 }
 
 /// Records one run: count by outcome, duration, and the contacts it moved (from its stats).
@@ -165,6 +225,10 @@ pub fn record_run(
     histogram!("ccsync_run_duration_seconds", "account" => a.clone(), "job" => j.clone())
         .record(elapsed.as_secs_f64());
     let Some(stats) = stats else { return };
+    let failed = outbound_failed(stats);
+    if job == "push" && failed > 0 {
+        counter!("ccsync_outbound_failed_total", "account" => a.clone()).increment(failed);
+    }
     let moved = contacts_moved(stats);
     if moved.pulled > 0 {
         counter!("ccsync_contacts_pulled_total", "account" => a.clone(), "job" => j.clone())
@@ -196,6 +260,12 @@ pub fn contacts_moved(stats: &Value) -> Moved {
         pushed: n("completed").max(n("pushed")),
         skipped: n("skipped") + n("outbound_skipped"),
     }
+}
+
+/// Outbound rows a push run left `failed`: invalid ones and those out of attempts.
+pub fn outbound_failed(stats: &Value) -> u64 {
+    let n = |k: &str| stats.get(k).and_then(Value::as_u64).unwrap_or(0);
+    n("failed") + n("failed_invalid")
 }
 
 /// Records the import activities of `account` that ended since `since` (after a push run).
@@ -259,6 +329,78 @@ pub async fn refresh_gauges(pool: &PgPool, settings: &Settings) -> Result<(), sq
     }
     let reauth = store::ops::accounts_needing_reauth(&mut conn).await?;
     gauge!("ccsync_accounts_needing_reauth").set(reauth.len() as f64);
+    refresh_alert_gauges(&mut conn, settings, exhausted, &reauth).await
+}
+
+/// The gauges the alert rules of `deploy/prometheus/ccsync-alerts.yaml` compare: last
+/// successes, failing durations, schedule periods, the oldest waiting row and activity,
+/// and the configured thresholds. Per configured account (and job), 0 when nothing is
+/// wrong, so that a rule sees a series that is healthy rather than none.
+async fn refresh_alert_gauges(
+    conn: &mut sqlx::PgConnection,
+    settings: &Settings,
+    exhausted: bool,
+    reauth: &[String],
+) -> Result<(), sqlx::Error> {
+    use crate::scheduler::plan::Schedule;
+    use crate::sync::Job;
+    let secs = |d: Duration| d.as_secs_f64();
+    gauge!("ccsync_config_ready_failing_after_seconds")
+        .set(secs(settings.server.ready_failing_after));
+    gauge!("ccsync_config_poll_timeout_seconds").set(secs(settings.sync.poll_timeout));
+    gauge!("ccsync_config_daily_request_limit")
+        .set(settings.constant_contact.daily_request_limit as f64);
+    gauge!("ccsync_api_quota_exceeded").set(if exhausted { 1.0 } else { 0.0 });
+    for (account, job, at) in store::ops::last_successes(conn).await? {
+        gauge!("ccsync_last_success_timestamp_seconds", "account" => account, "job" => job).set(at);
+    }
+    let ids: Vec<String> = settings.accounts.iter().map(|a| a.id.clone()).collect();
+    let (accounts, jobs): (Vec<String>, Vec<String>) = ids
+        .iter()
+        .flat_map(|a| {
+            Job::all()
+                .iter()
+                .map(move |j| (a.clone(), j.as_str().to_string()))
+        })
+        .unzip();
+    let failing = store::ops::failing_since(conn, &accounts, &jobs).await?;
+    let schedule = Schedule::from_settings(&settings.schedule).ok();
+    let now = chrono::Utc::now();
+    for (account, job) in accounts.iter().zip(&jobs) {
+        let since = failing
+            .iter()
+            .find(|(a, j, _)| a == account && j == job)
+            .map_or(0.0, |(_, _, t)| {
+                (now - *t).num_milliseconds().max(0) as f64 / 1000.0
+            });
+        gauge!("ccsync_job_failing_seconds", "account" => account.clone(), "job" => job.clone())
+            .set(since);
+        let period = schedule
+            .as_ref()
+            .zip(crate::scheduler::plan::job_named(job))
+            .and_then(|(s, j)| s.period(j, now));
+        if let Some(p) = period {
+            gauge!("ccsync_job_interval_seconds", "account" => account.clone(), "job" => job.clone())
+                .set(secs(p));
+        }
+    }
+    let pending = store::ops::oldest_pending_outbound(conn).await?;
+    let activities = store::ops::oldest_activity_in_flight(conn).await?;
+    let age = |rows: &[(String, f64)], id: &str| {
+        rows.iter()
+            .find(|(a, _)| a == id)
+            .map_or(0.0, |r| r.1.max(0.0))
+    };
+    for id in &ids {
+        let needs = if reauth.contains(id) { 1.0 } else { 0.0 };
+        gauge!("ccsync_account_needs_reauth", "account" => id.clone()).set(needs);
+        // Registered at 0, so that the first failure shows as an increase.
+        counter!("ccsync_outbound_failed_total", "account" => id.clone()).increment(0);
+        gauge!("ccsync_outbound_oldest_pending_age_seconds", "account" => id.clone())
+            .set(age(&pending, id));
+        gauge!("ccsync_import_activity_oldest_age_seconds", "account" => id.clone())
+            .set(age(&activities, id));
+    }
     Ok(())
 }
 
@@ -303,6 +445,15 @@ mod tests {
         for n in NAMES {
             assert!(readme.contains(n), "README.md does not document {n}");
         }
+    }
+
+    #[test]
+    fn outbound_failures_count_invalid_rows_and_rows_out_of_attempts() {
+        assert_eq!(
+            outbound_failed(&json!({"failed": 2, "failed_invalid": 3})),
+            5
+        );
+        assert_eq!(outbound_failed(&json!({"completed": 7})), 0);
     }
 
     #[test]

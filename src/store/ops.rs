@@ -80,3 +80,40 @@ pub async fn activities_finished_since(
     .fetch_all(&mut *conn)
     .await
 }
+
+/// Per (account, job): when it last succeeded, as Unix seconds (jobs that never did are
+/// left out).
+pub async fn last_successes(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, String, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, job, extract(epoch FROM last_success_at)::float8
+         FROM ccsync.sync_state WHERE last_success_at IS NOT NULL ORDER BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Per account: seconds since the oldest `pending` outbound row was queued.
+pub async fn oldest_pending_outbound(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, extract(epoch FROM now() - min(created_at))::float8
+         FROM ccsync.outbound WHERE state = 'pending' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Per account: seconds since the oldest import activity still in flight was submitted.
+pub async fn oldest_activity_in_flight(
+    conn: &mut PgConnection,
+) -> Result<Vec<(String, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, extract(epoch FROM now() - min(submitted_at))::float8
+         FROM ccsync.import_activities WHERE finished_at IS NULL GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}

@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod helpers;
 mod lists_reconcile;
+mod monitoring;
 mod oauth;
 mod optouts;
 mod push;
