@@ -342,8 +342,8 @@ async fn refresh_alert_gauges(
     exhausted: bool,
     reauth: &[String],
 ) -> Result<(), sqlx::Error> {
-    use crate::scheduler::plan::Schedule;
-    use crate::sync::Job;
+    use crate::core::cycle::Schedule;
+    use crate::core::job::Job;
     let secs = |d: Duration| d.as_secs_f64();
     gauge!("ccsync_config_ready_failing_after_seconds")
         .set(secs(settings.server.ready_failing_after));
@@ -364,7 +364,7 @@ async fn refresh_alert_gauges(
         })
         .unzip();
     let failing = store::ops::failing_since(conn, &accounts, &jobs).await?;
-    let schedule = Schedule::from_settings(&settings.schedule).ok();
+    let schedule = Schedule::parse(settings.schedule.entries()).ok();
     let now = chrono::Utc::now();
     for (account, job) in accounts.iter().zip(&jobs) {
         let since = failing
@@ -377,7 +377,7 @@ async fn refresh_alert_gauges(
             .set(since);
         let period = schedule
             .as_ref()
-            .zip(crate::scheduler::plan::job_named(job))
+            .zip(crate::core::cycle::job_named(job))
             .and_then(|(s, j)| s.period(j, now));
         if let Some(p) = period {
             gauge!("ccsync_job_interval_seconds", "account" => account.clone(), "job" => job.clone())

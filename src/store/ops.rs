@@ -100,8 +100,9 @@ pub async fn oldest_pending_outbound(
 ) -> Result<Vec<(String, f64)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT account_id, extract(epoch FROM now() - min(created_at))::float8
-         FROM ccsync.outbound WHERE state = 'pending' GROUP BY 1 ORDER BY 1",
+         FROM ccsync.outbound WHERE state = $1 GROUP BY 1 ORDER BY 1",
     )
+    .bind(crate::core::states::OutboundState::Pending.as_str())
     .fetch_all(&mut *conn)
     .await
 }
