@@ -1,7 +1,8 @@
 //! The local Constant Contact V3 API fake ("the sandbox").
 //!
-//! An independent fake: it shares no code with `crate::ctct`, `crate::store` or
-//! `crate::sync`, so that a misunderstanding of the API cannot pass both sides.
+//! An independent fake: it shares no code with ccsync's API client (`ctct`), store or
+//! sync jobs, so that a misunderstanding of the API cannot pass both sides. It is its own
+//! crate and does not depend on `ccsync`, so the compiler enforces that.
 //! Response bodies follow the official Swagger 2.0 definitions (`Contacts`,
 //! `ContactResource`, `ContactListArray`, `ActivityImport`, `Activity`, `Activities`,
 //! `ActivityListsMembership`); error bodies are `[{error_key, error_message}]` arrays,

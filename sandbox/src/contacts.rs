@@ -441,8 +441,8 @@ pub(crate) async fn get_contact(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::generator;
-    use crate::sandbox::state::{fmt_ts, Account};
+    use crate::generator;
+    use crate::state::{fmt_ts, Account};
 
     fn scan(acct: &Account, q: &ContactQuery) -> Vec<Uuid> {
         acct.contacts
