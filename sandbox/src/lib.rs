@@ -43,9 +43,10 @@
 //! - add_list_memberships skips unsubscribed contacts and revives deleted ones; neither
 //!   add nor remove bumps `updated_at` (except a revival).
 
-// Imports point one way: the HTTP layer (`pipeline`, `contacts`, `lists`, `activities`,
-// `oauth`, `control_api`) → the Rust handle (`handle`) → `import_engine`, `generator`,
-// `faults`, `limits` → `state` → `types`; `cursor` and `respond` are HTTP helpers.
+// Imports point one way (no cycles): `control_api` → `handle` (the Rust handle) →
+// `oauth`, `import_engine`, `generator`; the HTTP handlers (`pipeline`, `contacts`,
+// `lists`, `activities`, `oauth`) → `import_engine`, `faults`, `limits` → `state` →
+// `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
 mod activities;
 mod contacts;
 mod control_api;
@@ -57,6 +58,7 @@ mod import_engine;
 mod limits;
 mod lists;
 mod oauth;
+mod oauth_state;
 mod pipeline;
 mod respond;
 mod state;
@@ -73,7 +75,8 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 pub use handle::AccountCtl;
-pub use oauth::{OAuthCtl, RefreshTokenPolicy, TokenRateLimit};
+pub use oauth::OAuthCtl;
+pub use oauth_state::{RefreshTokenPolicy, TokenRateLimit};
 pub use types::{Fault, RequestRecord};
 
 use state::{Inner, Limits, State};
@@ -283,7 +286,7 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         throttled: 0,
         token_requests: 0,
         import_processing: cfg.import_processing,
-        oauth: oauth::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
+        oauth: oauth_state::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
     };
     let now = st.now();
     let acct = st.account_mut("default");

@@ -571,7 +571,7 @@ pub(crate) struct State {
     pub token_requests: u64,
     /// Time an activity spends in `initialized`/`processing`.
     pub import_processing: std::time::Duration,
-    pub oauth: super::oauth::OAuthState,
+    pub oauth: super::oauth_state::OAuthState,
 }
 
 pub(crate) struct Inner {
