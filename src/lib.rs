@@ -4,7 +4,9 @@
 //! `store` (SQL) and `ctct` (HTTP) → `core` (the rules, no I/O). `core` imports no other
 //! layer; `store` never reaches up into the jobs; nothing in production depends on
 //! `sandbox`, an independent fake of the API (only `demo`, `sandbox` and `bench` start it).
-//! `tests/it/architecture.rs` checks all three.
+//! `tests/it/architecture.rs` checks all three. The sandbox is its own crate
+//! (`ccsync-sandbox`, in `sandbox/`) that does not depend on this one: the compiler
+//! enforces that the two share no code.
 
 pub mod cli;
 pub mod cmd;
@@ -13,10 +15,12 @@ pub mod core;
 pub mod crypto;
 pub mod ctct;
 pub mod ops;
-pub mod sandbox;
 pub mod scheduler;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+
+/// The fake of the API, re-exported so that `ccsync::sandbox::…` keeps working.
+pub use ccsync_sandbox as sandbox;

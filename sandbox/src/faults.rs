@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::state::{FaultSlot, State};
-use super::Fault;
+use super::types::Fault;
 
 /// What the pipeline must do for one request.
 #[derive(Debug, Default)]

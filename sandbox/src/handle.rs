@@ -1,4 +1,5 @@
-//! `AccountCtl`: acts as a subscriber / admin on one sandbox account.
+//! The Rust handle API: `AccountCtl` acts as a subscriber / admin on one sandbox account
+//! (what tests, `ccsync demo` and `ccsync bench` call; `control_api` serves it over HTTP).
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ impl AccountCtl {
     /// Runs `f` on the account (after due activities were processed) with the sandbox now.
     fn with<R>(&self, f: impl FnOnce(&mut Account, DateTime<Utc>) -> R) -> R {
         let mut st = self.inner.lock();
-        super::activities::tick(&self.inner, &mut st, &self.name);
+        super::import_engine::tick(&self.inner, &mut st, &self.name);
         let now = st.now();
         f(st.account_mut(&self.name), now)
     }
@@ -321,7 +322,7 @@ impl AccountCtl {
 
     /// An activity in its `Activity` response shape.
     pub fn activity(&self, id: Uuid) -> Option<serde_json::Value> {
-        self.with(|a, _| super::activities::activity_json(a, id))
+        self.with(|a, _| super::import_engine::activity_json(a, id))
     }
 }
 

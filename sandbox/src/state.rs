@@ -3,16 +3,16 @@
 //! Stored shapes follow the spec definitions (`ContactResource`, `EmailAddress`,
 //! `ContactList`, ...) so that serialising a stored record gives a valid response body.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::activities::ActivityRec;
-use super::{Fault, RequestRecord};
+use super::types::{Fault, RequestRecord};
 
 pub(crate) type Ts = DateTime<Utc>;
 
@@ -467,6 +467,72 @@ impl Account {
     }
 }
 
+// ---------------------------------------------------------------- activities
+// Bulk activities (imports and list-membership changes): the records only; `import_engine`
+// advances them, `activities` serves them.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Import,
+    AddMembers,
+    RemoveMembers,
+}
+
+#[derive(Debug)]
+pub(crate) enum Source {
+    ContactIds(Vec<Uuid>),
+    ListIds(Vec<Uuid>),
+    AllActive,
+}
+
+#[derive(Debug)]
+pub(crate) enum Job {
+    Import {
+        items: Vec<Map<String, Value>>,
+        list_ids: Vec<Uuid>,
+    },
+    Members {
+        source: Source,
+        exclude: HashSet<Uuid>,
+        list_ids: Vec<Uuid>,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Counters {
+    pub items_total_count: u64,
+    pub items_completed_count: u64,
+    pub person_count: u64,
+    pub error_count: u64,
+    pub correctable_count: u64,
+    pub cannot_add_to_list_count: u64,
+    pub list_count: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ActivityRec {
+    pub id: Uuid,
+    pub kind: Kind,
+    pub state: String,
+    pub created_at: Ts,
+    pub started_at: Option<Ts>,
+    pub completed_at: Option<Ts>,
+    pub updated_at: Ts,
+    pub percent_done: u8,
+    pub errors: Vec<String>,
+    pub counters: Counters,
+    pub processing_at: Instant,
+    pub done_at: Instant,
+    pub job: Option<Job>,
+    pub forced: Option<(String, Vec<String>)>,
+}
+
+impl ActivityRec {
+    pub fn terminal(&self) -> bool {
+        !matches!(self.state.as_str(), "initialized" | "processing")
+    }
+}
+
 pub(crate) struct AccessToken {
     pub account: String,
     pub expires: Ts,
@@ -505,7 +571,7 @@ pub(crate) struct State {
     pub token_requests: u64,
     /// Time an activity spends in `initialized`/`processing`.
     pub import_processing: std::time::Duration,
-    pub oauth: super::oauth::OAuthState,
+    pub oauth: super::oauth_state::OAuthState,
 }
 
 pub(crate) struct Inner {

@@ -1,7 +1,8 @@
 //! The local Constant Contact V3 API fake ("the sandbox").
 //!
-//! An independent fake: it shares no code with `crate::ctct`, `crate::store` or
-//! `crate::sync`, so that a misunderstanding of the API cannot pass both sides.
+//! An independent fake: it shares no code with ccsync's API client (`ctct`), store or
+//! sync jobs, so that a misunderstanding of the API cannot pass both sides. It is its own
+//! crate and does not depend on `ccsync`, so the compiler enforces that.
 //! Response bodies follow the official Swagger 2.0 definitions (`Contacts`,
 //! `ContactResource`, `ContactListArray`, `ActivityImport`, `Activity`, `Activities`,
 //! `ActivityListsMembership`); error bodies are `[{error_key, error_message}]` arrays,
@@ -16,7 +17,7 @@
 //! - `POST /v3/activities/contacts_json_import`, `POST /v3/activities/add_list_memberships`,
 //!   `POST /v3/activities/remove_list_memberships`, `GET /v3/activities/{id}`,
 //!   `GET /v3/activities`.
-//! - The control API under `/__control/` (loopback only, no auth; see `control.rs`) and
+//! - The control API under `/__control/` (loopback only, no auth; see `control_api.rs`) and
 //!   `GET /healthz`.
 //!
 //! Every `/v3/*` request goes through: bearer auth (401) → rate limit per API key
@@ -42,19 +43,26 @@
 //! - add_list_memberships skips unsubscribed contacts and revives deleted ones; neither
 //!   add nor remove bumps `updated_at` (except a revival).
 
+// Imports point one way (no cycles): `control_api` → `handle` (the Rust handle) →
+// `oauth`, `import_engine`, `generator`; the HTTP handlers (`pipeline`, `contacts`,
+// `lists`, `activities`, `oauth`) → `import_engine`, `faults`, `limits` → `state` →
+// `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
 mod activities;
 mod contacts;
-mod control;
-mod ctl;
+mod control_api;
 mod cursor;
 mod faults;
 mod generator;
+mod handle;
+mod import_engine;
 mod limits;
 mod lists;
 mod oauth;
+mod oauth_state;
 mod pipeline;
 mod respond;
 mod state;
+mod types;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -64,11 +72,12 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub use ctl::AccountCtl;
-pub use oauth::{OAuthCtl, RefreshTokenPolicy, TokenRateLimit};
+pub use handle::AccountCtl;
+pub use oauth::OAuthCtl;
+pub use oauth_state::{RefreshTokenPolicy, TokenRateLimit};
+pub use types::{Fault, RequestRecord};
 
 use state::{Inner, Limits, State};
 
@@ -112,69 +121,6 @@ impl Default for SandboxConfig {
             refresh_token_policy: RefreshTokenPolicy::default(),
             token_rate_limit: Some(TokenRateLimit::default()),
         }
-    }
-}
-
-/// One logged API request (`/v3/*` only; control and token requests are not logged).
-/// `status` is 0 when the connection was dropped by a `Fault::Reset`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub status: u16,
-    pub account: Option<String>,
-    pub body: Option<serde_json::Value>,
-}
-
-/// Injected failures. Queued, consumed in order by matching requests. `path_prefix`
-/// matches the request path with or without the `/v3` prefix ("" matches everything).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Fault {
-    /// Answer with that status (JSON error array body) `times` times.
-    Status {
-        path_prefix: String,
-        status: u16,
-        times: usize,
-    },
-    /// 429 `{"error_key":"throttled","error_message":"Too Many Requests"}`.
-    Throttle { times: usize },
-    /// Delay matching requests (then serve them normally, or apply another fault).
-    Latency {
-        path_prefix: String,
-        #[serde(with = "duration_ms")]
-        delay: Duration,
-        times: usize,
-    },
-    /// Drop the connection without a response.
-    Reset { path_prefix: String, times: usize },
-    /// 200 with a `Content-Length` of the full body but only half the bytes.
-    TruncateBody { path_prefix: String, times: usize },
-    /// Let `ok` matching requests through, then answer `status` until `clear_faults`.
-    FailAfter {
-        path_prefix: String,
-        ok: usize,
-        status: u16,
-    },
-    /// The next `times` imports end in `state` ("failed" | "timed_out" | "cancelled")
-    /// with these `activity_errors` and change nothing.
-    ActivityOutcome {
-        state: String,
-        times: usize,
-        errors: Vec<String>,
-    },
-}
-
-mod duration_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
 
@@ -340,7 +286,7 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         throttled: 0,
         token_requests: 0,
         import_processing: cfg.import_processing,
-        oauth: oauth::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
+        oauth: oauth_state::OAuthState::new(cfg.refresh_token_policy, cfg.token_rate_limit),
     };
     let now = st.now();
     let acct = st.account_mut("default");
@@ -362,7 +308,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v3/contact_lists", get(lists::list_lists))
         .merge(oauth::routes())
         .merge(activities::routes())
-        .merge(control::routes())
+        .merge(control_api::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&inner),

@@ -11,8 +11,8 @@ use axum::Extension;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::contacts::{next_links, parse_limit, PagingLinks};
-use super::cursor;
+use super::cursor::{self, next_links, parse_limit, PagingLinks};
+use super::import_engine::tick;
 use super::pipeline::AuthCtx;
 use super::respond::{bad_request, json};
 use super::state::{Account, Inner, ListRec};
@@ -136,7 +136,7 @@ pub(crate) async fn list_lists(
     };
     let (mut page, count, more, counts) = {
         let mut st = inner.lock();
-        super::activities::tick(&inner, &mut st, &auth.account);
+        tick(&inner, &mut st, &auth.account);
         let acct = st.account_mut(&auth.account);
         let lower = match after {
             Some(id) => Bound::Excluded(id),

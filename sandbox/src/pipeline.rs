@@ -13,7 +13,7 @@ use super::faults::{self, FaultAction};
 use super::limits::{self, LimitOutcome};
 use super::respond;
 use super::state::Inner;
-use super::RequestRecord;
+use super::types::RequestRecord;
 
 /// Largest request body read (the import endpoint looks at the first 4,000,000 bytes).
 pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;

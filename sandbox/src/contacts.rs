@@ -11,14 +11,15 @@ use axum::Extension;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::cursor::{self, next_links, parse_limit, PagingLinks};
+use super::import_engine::tick;
 use super::pipeline::AuthCtx;
 use super::respond::{bad_request, json};
 use super::state::{
-    perm_of, Account, Contact, ContactOut, Hot, Inner, Slot, INC_CUSTOM_FIELDS,
+    parse_ts, perm_of, Account, Contact, ContactOut, Hot, Inner, Slot, INC_CUSTOM_FIELDS,
     INC_LIST_MEMBERSHIPS, INC_NOTES, INC_PHONE_NUMBERS, INC_STREET_ADDRESSES, INC_TAGGINGS,
     PERM_UNSUBSCRIBED,
 };
-use super::{cursor, state::parse_ts};
 
 /// Contact status filter values (spec enum of `GET /contacts` `status`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,18 +71,6 @@ fn parse_ids(name: &str, v: &str, max: usize) -> Result<HashSet<Uuid>, String> {
         return Err(format!("{name} must not be empty"));
     }
     Ok(out)
-}
-
-pub(crate) fn parse_limit(v: Option<&str>, max: usize) -> Result<usize, String> {
-    match v {
-        None => Ok(50),
-        Some(s) => match s.trim().parse::<i64>() {
-            Ok(n) if n >= 1 && n as u64 <= max as u64 => Ok(n as usize),
-            _ => Err(format!(
-                "limit must be an integer between 1 and {max}, got {s}"
-            )),
-        },
-    }
 }
 
 impl ContactQuery {
@@ -238,23 +227,6 @@ fn count_key(params: &[(String, String)]) -> String {
 }
 
 #[derive(Serialize)]
-struct Href {
-    href: String,
-}
-#[derive(Serialize)]
-pub(crate) struct PagingLinks {
-    next: Href,
-}
-
-pub(crate) fn next_links(path: &str, cursor: Option<String>) -> Option<PagingLinks> {
-    cursor.map(|c| PagingLinks {
-        next: Href {
-            href: format!("{path}?cursor={c}"),
-        },
-    })
-}
-
-#[derive(Serialize)]
 struct ContactsBody<'a> {
     contacts: Vec<ContactOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,7 +250,7 @@ pub(crate) async fn list_contacts(
     };
     let (page, count, more) = {
         let mut st = inner.lock();
-        super::activities::tick(&inner, &mut st, &auth.account);
+        tick(&inner, &mut st, &auth.account);
         let Some(acct) = st.accounts.get_mut(&auth.account) else {
             return json(
                 StatusCode::OK,
@@ -426,7 +398,7 @@ pub(crate) async fn get_contact(
     };
     let found = {
         let mut st = inner.lock();
-        super::activities::tick(&inner, &mut st, &auth.account);
+        tick(&inner, &mut st, &auth.account);
         st.accounts
             .get(&auth.account)
             .and_then(|a| a.contacts.get(&id))
@@ -441,8 +413,8 @@ pub(crate) async fn get_contact(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::generator;
-    use crate::sandbox::state::{fmt_ts, Account};
+    use crate::generator;
+    use crate::state::{fmt_ts, Account};
 
     fn scan(acct: &Account, q: &ContactQuery) -> Vec<Uuid> {
         acct.contacts

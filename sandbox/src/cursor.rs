@@ -1,4 +1,5 @@
-//! Opaque paging cursors: base64url(JSON {query params, last id}).
+//! Paging shared by the list endpoints: opaque cursors (base64url(JSON {query params,
+//! last id})), the `limit` parameter and the `_links.next` body part.
 //!
 //! A cursor carries the original filters and limit, so a request with only `cursor`
 //! continues the same query. When a cursor is present, other query parameters are ignored.
@@ -52,4 +53,34 @@ pub(crate) fn encode(params: &[(String, String)], after: Uuid) -> String {
         after,
     };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&d).unwrap_or_default())
+}
+
+/// `limit`: 50 when absent, else an integer in 1..=`max`.
+pub(crate) fn parse_limit(v: Option<&str>, max: usize) -> Result<usize, String> {
+    match v {
+        None => Ok(50),
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(n) if n >= 1 && n as u64 <= max as u64 => Ok(n as usize),
+            _ => Err(format!(
+                "limit must be an integer between 1 and {max}, got {s}"
+            )),
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct Href {
+    href: String,
+}
+#[derive(Serialize)]
+pub(crate) struct PagingLinks {
+    next: Href,
+}
+
+pub(crate) fn next_links(path: &str, cursor: Option<String>) -> Option<PagingLinks> {
+    cursor.map(|c| PagingLinks {
+        next: Href {
+            href: format!("{path}?cursor={c}"),
+        },
+    })
 }

@@ -36,8 +36,11 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::Digest;
 
+use super::oauth_state::{
+    CodeRec, DeviceRec, DeviceStatus, PendingAuthorization, RefreshTokenPolicy, TokenRateLimit,
+};
 use super::respond::json;
-use super::state::{AccessToken, Inner, State as SbState, Ts};
+use super::state::{AccessToken, Inner, State as SbState};
 
 /// The device-code grant type of RFC 8628.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -45,156 +48,6 @@ pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const CODE_TTL_SECS: i64 = 300;
 /// How long a device code lives.
 const DEVICE_TTL_SECS: i64 = 600;
-/// Secrets remembered for leak tests (oldest dropped beyond this).
-const MAX_REMEMBERED_SECRETS: usize = 10_000;
-
-/// What happens to a refresh token when it is used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum RefreshTokenPolicy {
-    /// Each refresh returns a new refresh token and the used one stops working at once
-    /// (what Constant Contact documents for rotating tokens).
-    #[default]
-    Rotating,
-    /// Each refresh returns a new refresh token; the used one stays valid until the new one
-    /// is first used (a client that crashed before saving the new token can replay the old
-    /// one; that replay retires the unsaved token instead).
-    RotatingKeepPrevious,
-    /// The same refresh token comes back every time.
-    LongLived,
-}
-
-/// Token-endpoint rate limit: `per_second` sustained with bursts of `burst`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TokenRateLimit {
-    pub per_second: f64,
-    pub burst: u32,
-}
-
-impl Default for TokenRateLimit {
-    /// About 1 request/s, with a small burst so that a few accounts can start at once.
-    fn default() -> Self {
-        TokenRateLimit {
-            per_second: 1.0,
-            burst: 10,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum DeviceStatus {
-    Pending,
-    Approved(String),
-    Denied,
-}
-
-#[derive(Clone, Debug)]
-struct DeviceRec {
-    user_code: String,
-    scope: String,
-    expires_at: Ts,
-    interval: Duration,
-    last_poll: Option<Instant>,
-    status: DeviceStatus,
-}
-
-#[derive(Clone)]
-struct CodeRec {
-    account: String,
-    redirect_uri: String,
-    challenge: Option<String>,
-    scope: String,
-    expires_at: Ts,
-}
-
-#[derive(Clone)]
-struct PendingAuthorization {
-    redirect_uri: String,
-    state: Option<String>,
-    challenge: Option<String>,
-    scope: String,
-}
-
-/// OAuth state kept inside the sandbox state (one lock for everything). Its `Debug` shows
-/// counts only: the maps are keyed by secrets.
-pub(crate) struct OAuthState {
-    policy: RefreshTokenPolicy,
-    rate: Option<TokenRateLimit>,
-    tat: Option<Instant>,
-    rate_limited: u64,
-    access_ttl: Option<Duration>,
-    token_latency: Duration,
-    device_interval: Duration,
-    auto_approve: Option<String>,
-    devices: HashMap<String, DeviceRec>,
-    codes: HashMap<String, CodeRec>,
-    pending_authorizations: HashMap<String, PendingAuthorization>,
-    /// Rotation links for `RotatingKeepPrevious`: new token → the one it replaced.
-    predecessor: HashMap<String, String>,
-    /// ... and the reverse: used token → the (not yet used) token issued for it.
-    successor: HashMap<String, String>,
-    secrets: std::collections::VecDeque<String>,
-    grants: HashMap<String, u64>,
-}
-
-impl std::fmt::Debug for OAuthState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthState")
-            .field("policy", &self.policy)
-            .field("rate", &self.rate)
-            .field("devices", &self.devices.len())
-            .field("codes", &self.codes.len())
-            .field("pending_authorizations", &self.pending_authorizations.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl OAuthState {
-    pub(crate) fn new(policy: RefreshTokenPolicy, rate: Option<TokenRateLimit>) -> Self {
-        OAuthState {
-            policy,
-            rate,
-            tat: None,
-            rate_limited: 0,
-            access_ttl: None,
-            token_latency: Duration::ZERO,
-            device_interval: Duration::from_secs(5),
-            auto_approve: None,
-            devices: HashMap::new(),
-            codes: HashMap::new(),
-            pending_authorizations: HashMap::new(),
-            predecessor: HashMap::new(),
-            successor: HashMap::new(),
-            secrets: std::collections::VecDeque::new(),
-            grants: HashMap::new(),
-        }
-    }
-
-    fn remember(&mut self, secret: &str) {
-        if self.secrets.len() >= MAX_REMEMBERED_SECRETS {
-            self.secrets.pop_front();
-        }
-        self.secrets.push_back(secret.to_string());
-    }
-
-    /// GCRA: `true` when a token request may go through now.
-    fn admit(&mut self, now: Instant) -> bool {
-        let Some(limit) = self.rate else {
-            return true;
-        };
-        if limit.per_second <= 0.0 {
-            return true;
-        }
-        let t = Duration::from_secs_f64(1.0 / limit.per_second);
-        let tolerance = t * limit.burst.saturating_sub(1);
-        let tat = self.tat.unwrap_or(now).max(now);
-        if tat.saturating_duration_since(now) > tolerance {
-            self.rate_limited += 1;
-            return false;
-        }
-        self.tat = Some(tat + t);
-        true
-    }
-}
 
 fn random_b64(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -1059,6 +912,7 @@ impl OAuthCtl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth_state::OAuthState;
 
     #[test]
     fn gcra_admits_the_burst_then_one_per_period() {

@@ -1,4 +1,5 @@
-//! Control HTTP API under `/__control/` (no auth, loopback clients only).
+//! Control HTTP API under `/__control/` (no auth, loopback clients only): the HTTP face
+//! of the `AccountCtl` handle (`handle.rs`) and of the sandbox-wide settings.
 //!
 //! - `POST /__control/accounts/{account}/contacts` `{"email", "first_name"?, "list_ids"?}` → `{"contact_id"}`
 //! - `GET  /__control/accounts/{account}/contacts/{id}` → the stored contact
@@ -34,10 +35,10 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::ctl::AccountCtl;
+use super::handle::AccountCtl;
 use super::respond::{self, json};
 use super::state::Inner;
-use super::Fault;
+use super::types::Fault;
 
 type Rejected<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
