@@ -151,6 +151,15 @@ impl AccountCtl {
         });
     }
 
+    /// From now on the import refuses `email` without naming it: counted in `error_count`,
+    /// absent from `activity_errors`, no contact created or changed.
+    pub fn refuse_silently(&self, email: &str) {
+        let key = email.trim().to_lowercase();
+        self.with(|a, _| {
+            a.silent_refusals.insert(key);
+        });
+    }
+
     /// The subscriber unsubscribes: permission unsubscribed, opt_out_* set,
     /// `email_address.updated_at` = now. Contact `updated_at` is NOT bumped (as the real
     /// service); list memberships are kept.

@@ -340,6 +340,10 @@ fn apply_import(
             continue;
         }
         let key = email.to_lowercase();
+        if acct.silent_refusals.contains(&key) {
+            counters.error_count += 1;
+            continue;
+        }
         let id = match acct.by_email.get(&key).copied() {
             Some(id) => id,
             None => {

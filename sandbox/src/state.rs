@@ -419,6 +419,10 @@ pub(crate) struct Account {
     /// `contacts_count` per filter: (version, count).
     pub count_cache: HashMap<String, (u64, usize)>,
     pub idx: TimeIndexes,
+    /// Lower-case addresses the import refuses for a reason the client cannot foresee:
+    /// counted in `error_count`, named in no `activity_errors` entry (the real format of
+    /// those messages is unconfirmed, so a client must not depend on them).
+    pub silent_refusals: std::collections::HashSet<String>,
 }
 
 impl Account {

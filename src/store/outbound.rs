@@ -11,6 +11,19 @@ use uuid::Uuid;
 use crate::core::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
 use crate::core::states::OutboundState::{self, Completed, Failed, Pending, Submitted};
 
+/// An `outbound` row as selected: (id, email, fields, list_ids, created_at).
+type RowTuple = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
+
+fn outbound_row((id, email, fields, list_ids, created_at): RowTuple) -> OutboundRow {
+    OutboundRow {
+        id,
+        email,
+        fields,
+        list_ids,
+        created_at,
+    }
+}
+
 /// Up to `limit` rows that are `pending` and due, with `id > after`, ascending, locked
 /// (`SKIP LOCKED`) for the caller's transaction. A row waits while an older row of the same
 /// address waits for its retry, so that an address's rows reach Constant Contact in order
@@ -21,8 +34,7 @@ pub async fn pending_chunk(
     after: i64,
     limit: i64,
 ) -> Result<Vec<OutboundRow>, sqlx::Error> {
-    type R = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
-    let rows: Vec<R> = sqlx::query_as(
+    let rows: Vec<RowTuple> = sqlx::query_as(
         "WITH waiting AS (
             SELECT lower(email) AS e, min(id) AS first_id FROM ccsync.outbound
             WHERE account_id = $1 AND state = $4 AND next_attempt_at > now()
@@ -41,16 +53,7 @@ pub async fn pending_chunk(
     .bind(Pending.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, email, fields, list_ids, created_at)| OutboundRow {
-            id,
-            email,
-            fields,
-            list_ids,
-            created_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(outbound_row).collect())
 }
 
 /// Ids of the lists that exist (not deleted) in `contact_lists`.
@@ -431,8 +434,7 @@ pub async fn submitted_rows(
     conn: &mut PgConnection,
     activity_id: &str,
 ) -> Result<Vec<OutboundRow>, sqlx::Error> {
-    type R = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
-    let rows: Vec<R> = sqlx::query_as(
+    let rows: Vec<RowTuple> = sqlx::query_as(
         "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
          WHERE activity_id = $1 AND state = $2 ORDER BY id",
     )
@@ -440,16 +442,7 @@ pub async fn submitted_rows(
     .bind(Submitted.as_str())
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, email, fields, list_ids, created_at)| OutboundRow {
-            id,
-            email,
-            fields,
-            list_ids,
-            created_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(outbound_row).collect())
 }
 
 /// The properties the push dropped from each of `ids` (its logged `conflict`s).

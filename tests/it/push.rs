@@ -63,18 +63,6 @@ async fn push_ok(h: &Harness) -> Value {
     }
 }
 
-async fn queue(h: &Harness, email: &str, fields: Value, lists: &[Uuid]) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO ccsync.outbound (email, fields, list_ids) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(email)
-    .bind(fields)
-    .bind(lists)
-    .fetch_one(&h.db.pool)
-    .await
-    .unwrap()
-}
-
 #[derive(Debug)]
 struct Row {
     state: String,
@@ -137,13 +125,13 @@ fn subscriber(h: &Harness) -> (Uuid, String, Vec<Uuid>) {
 async fn a_new_contact_is_pushed_and_created_with_implicit_permission() {
     let h = harness(20, Duration::from_millis(30), |_| {}).await;
     let lists = h.ctl.list_ids();
-    let id = queue(
-        &h,
-        "New.Person@Example.com",
-        json!({"first_name": "New", "job_title": "Tester", "home_phone": "555-0100"}),
-        &lists[..2],
-    )
-    .await;
+    let id = h
+        .queue(
+            "New.Person@Example.com",
+            json!({"first_name": "New", "job_title": "Tester", "home_phone": "555-0100"}),
+            &lists[..2],
+        )
+        .await;
     let stats = push_ok(&h).await;
     assert_eq!(stats["batches_submitted"], 1, "{stats}");
     assert_eq!(stats["completed"], 1, "{stats}");
@@ -199,18 +187,20 @@ async fn an_unsubscribed_contact_is_skipped_and_never_sent_in_any_import() {
     let (a_id, a_email, _) = subscriber(&h);
     // Queued before the opt-out reached the store.
     h.run_ok(Job::Contacts).await;
-    let early = queue(&h, &a_email, json!({"first_name": "Again"}), &lists[..1]).await;
+    let early = h
+        .queue(&a_email, json!({"first_name": "Again"}), &lists[..1])
+        .await;
     h.ctl.unsubscribe(a_id, Some("no more"));
     // And one queued after the store knows: the guard alone must refuse it.
-    let other = queue(&h, "fresh@example.com", json!({}), &lists[..1]).await;
+    let other = h.queue("fresh@example.com", json!({}), &lists[..1]).await;
     push_ok(&h).await;
-    let late = queue(
-        &h,
-        &a_email.to_uppercase(),
-        json!({"last_name": "X"}),
-        &lists[..1],
-    )
-    .await;
+    let late = h
+        .queue(
+            &a_email.to_uppercase(),
+            json!({"last_name": "X"}),
+            &lists[..1],
+        )
+        .await;
     let stats = push_ok(&h).await;
     assert_eq!(stats["skipped"], 1, "{stats}");
     for id in [early, late] {
@@ -255,9 +245,9 @@ async fn a_list_removal_after_the_row_was_queued_is_not_undone() {
     // `updated_at` is unconfirmed); a move makes them visible to the incremental pull.
     touch(&h, cid);
     push_ok(&h).await;
-    let id = queue(&h, &email, json!({}), &[left, kept]).await;
-    let only_left = queue(&h, "second-row@example.com", json!({}), &[kept]).await;
-    let only = queue(&h, &email, json!({}), &[left]).await;
+    let id = h.queue(&email, json!({}), &[left, kept]).await;
+    let only_left = h.queue("second-row@example.com", json!({}), &[kept]).await;
+    let only = h.queue(&email, json!({}), &[left]).await;
     // The subscriber leaves `left` in Constant Contact after the row was queued.
     h.ctl.leave_list(cid, left);
     touch(&h, cid);
@@ -279,7 +269,7 @@ async fn a_list_removal_after_the_row_was_queued_is_not_undone() {
     assert_eq!(r.state, "skipped", "{r:?}");
     assert!(r.reason.unwrap().contains("not re-added"));
     // A row queued after the removal was pulled is the application's new decision: it stands.
-    let again = queue(&h, &email, json!({}), &[left]).await;
+    let again = h.queue(&email, json!({}), &[left]).await;
     push_ok(&h).await;
     assert_eq!(row(&h, again).await.state, "completed");
     h.finish().await;
@@ -292,13 +282,13 @@ async fn a_field_changed_in_constant_contact_after_the_local_edit_is_not_overwri
     let (cid, email, _) = subscriber(&h);
     h.ctl.join_list(cid, lists[0]);
     push_ok(&h).await;
-    let id = queue(
-        &h,
-        &email,
-        json!({"first_name": "Local", "job_title": "Local job"}),
-        &lists[..1],
-    )
-    .await;
+    let id = h
+        .queue(
+            &email,
+            json!({"first_name": "Local", "job_title": "Local job"}),
+            &lists[..1],
+        )
+        .await;
     h.ctl
         .update_contact(cid, |v| v["first_name"] = json!("Remote"));
     let stats = push_ok(&h).await;
@@ -388,13 +378,9 @@ async fn a_failed_activity_is_retried_then_left_failed_with_the_message() {
         times: 5,
         errors: vec!["Import failed: the sandbox refuses".into()],
     });
-    let id = queue(
-        &h,
-        "retry@example.com",
-        json!({"first_name": "R"}),
-        &lists[..1],
-    )
-    .await;
+    let id = h
+        .queue("retry@example.com", json!({"first_name": "R"}), &lists[..1])
+        .await;
     let stats = push_ok(&h).await;
     assert_eq!(stats["retrying"], 1, "{stats}");
     let r = row(&h, id).await;
@@ -440,13 +426,9 @@ async fn a_restart_mid_poll_polls_the_same_activity_and_does_not_resend() {
     // machine.
     let h = harness(10, Duration::from_secs(5), |_| {}).await;
     let lists = h.ctl.list_ids();
-    let id = queue(
-        &h,
-        "slow@example.com",
-        json!({"first_name": "S"}),
-        &lists[..1],
-    )
-    .await;
+    let id = h
+        .queue("slow@example.com", json!({"first_name": "S"}), &lists[..1])
+        .await;
     let cancel = CancellationToken::new();
     let first = ctx_with(&h, cancel.clone(), false);
     let settings = h.settings.clone();
@@ -533,15 +515,12 @@ async fn dry_run_plans_and_writes_nothing() {
     let (uid, u_email, _) = subscriber(&h);
     h.ctl.unsubscribe(uid, None);
     push_ok(&h).await;
-    queue(
-        &h,
-        "dry@example.com",
-        json!({"first_name": "D"}),
-        &lists[..1],
-    )
-    .await;
-    queue(&h, &u_email, json!({"first_name": "U"}), &lists[..1]).await;
-    queue(&h, "bad@example.com", json!({"nickname": "x"}), &lists[..1]).await;
+    h.queue("dry@example.com", json!({"first_name": "D"}), &lists[..1])
+        .await;
+    h.queue(&u_email, json!({"first_name": "U"}), &lists[..1])
+        .await;
+    h.queue("bad@example.com", json!({"nickname": "x"}), &lists[..1])
+        .await;
     // Something for the pull to (not) write, too.
     let (cid, _, _) = subscriber(&h);
     h.ctl
@@ -599,27 +578,19 @@ async fn a_push_alone_is_refused_without_a_fresh_pull() {
 async fn row_errors_of_a_completed_import_map_back_to_their_rows() {
     let h = harness(10, Duration::from_millis(20), |_| {}).await;
     let lists = h.ctl.list_ids();
-    let ok1 = queue(
-        &h,
-        "first@example.com",
-        json!({"first_name": "A"}),
-        &lists[..1],
-    )
-    .await;
-    let bad = queue(
-        &h,
-        "second@example.com",
-        json!({"cf:no_such_field_anywhere": "x"}),
-        &lists[..1],
-    )
-    .await;
-    let ok2 = queue(
-        &h,
-        "third@example.com",
-        json!({"first_name": "C"}),
-        &lists[..1],
-    )
-    .await;
+    let ok1 = h
+        .queue("first@example.com", json!({"first_name": "A"}), &lists[..1])
+        .await;
+    let bad = h
+        .queue(
+            "second@example.com",
+            json!({"cf:no_such_field_anywhere": "x"}),
+            &lists[..1],
+        )
+        .await;
+    let ok2 = h
+        .queue("third@example.com", json!({"first_name": "C"}), &lists[..1])
+        .await;
     let stats = push_ok(&h).await;
     assert_eq!(stats["batches_submitted"], 1, "{stats}");
     assert_eq!(stats["completed"], 2, "{stats}");
@@ -652,13 +623,9 @@ async fn a_lost_answer_to_the_import_resends_the_batch_later_and_loses_nothing()
         path_prefix: "/activities/contacts_json_import".into(),
         times: 1,
     });
-    let id = queue(
-        &h,
-        "lost@example.com",
-        json!({"first_name": "L"}),
-        &lists[..1],
-    )
-    .await;
+    let id = h
+        .queue("lost@example.com", json!({"first_name": "L"}), &lists[..1])
+        .await;
     let stats = push_ok(&h).await;
     assert_eq!(stats["retrying"], 1, "{stats}");
     let r = row(&h, id).await;
@@ -709,22 +676,22 @@ async fn rows_of_one_address_reach_constant_contact_in_order_across_retries() {
         times: 1,
         errors: vec!["transient".into()],
     });
-    let older = queue(
-        &h,
-        "order@example.com",
-        json!({"first_name": "Older"}),
-        &lists[..1],
-    )
-    .await;
+    let older = h
+        .queue(
+            "order@example.com",
+            json!({"first_name": "Older"}),
+            &lists[..1],
+        )
+        .await;
     push_ok(&h).await;
     assert_eq!(row(&h, older).await.state, "pending");
-    let newer = queue(
-        &h,
-        "order@example.com",
-        json!({"first_name": "Newer"}),
-        &lists[..1],
-    )
-    .await;
+    let newer = h
+        .queue(
+            "order@example.com",
+            json!({"first_name": "Newer"}),
+            &lists[..1],
+        )
+        .await;
     // The older row waits for its retry: the newer one waits behind it.
     let stats = push_ok(&h).await;
     assert_eq!(stats["rows_considered"], 0, "{stats}");

@@ -30,18 +30,6 @@ async fn push(h: &Harness) -> Value {
     }
 }
 
-async fn queue(h: &Harness, email: &str, fields: Value, lists: &[Uuid]) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO ccsync.outbound (email, fields, list_ids) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(email)
-    .bind(fields)
-    .bind(lists)
-    .fetch_one(&h.db.pool)
-    .await
-    .unwrap()
-}
-
 async fn state(h: &Harness, id: i64) -> (String, Option<String>) {
     sqlx::query_as("SELECT state, reason FROM ccsync.outbound WHERE id = $1")
         .bind(id)
@@ -103,7 +91,9 @@ async fn a_leave_before_the_row_is_queued_is_read_before_the_push_and_never_undo
     // The subscriber leaves in Constant Contact; the contact's updated_at does not move, so
     // the store still shows the membership when the application queues its row.
     h.ctl.leave_list(cid, list);
-    let id = queue(&h, &email, json!({"job_title": "Local title"}), &[list]).await;
+    let id = h
+        .queue(&email, json!({"job_title": "Local title"}), &[list])
+        .await;
     let stats = push(&h).await;
     assert!(
         stats["read_before_write"]["leaves_found"].as_u64() >= Some(1),
@@ -141,7 +131,7 @@ async fn a_leave_between_queueing_and_the_push_is_read_and_never_undone() {
         .iter()
         .find(|l| !h.ctl.memberships(cid).contains(l))
         .unwrap();
-    let id = queue(&h, &email, json!({}), &[list, other]).await;
+    let id = h.queue(&email, json!({}), &[list, other]).await;
     h.ctl.leave_list(cid, list);
     push(&h).await;
     let on = h.ctl.memberships(cid);
@@ -152,7 +142,7 @@ async fn a_leave_between_queueing_and_the_push_is_read_and_never_undone() {
     assert_eq!(st, "completed", "{reason:?}");
     assert!(reason.unwrap_or_default().contains("not re-added"));
     // A row queued after ccsync recorded the leave is the application's own decision.
-    let again = queue(&h, &email, json!({}), &[list]).await;
+    let again = h.queue(&email, json!({}), &[list]).await;
     push(&h).await;
     assert_eq!(state(&h, again).await.0, "completed");
     assert!(h.ctl.memberships(cid).contains(&list));
@@ -165,7 +155,7 @@ async fn many_rows_are_read_per_list_and_few_per_contact_as_the_request_count_sa
     h.run_ok(Job::Contacts).await;
     h.run_ok(Job::Lists).await;
     let (cid, email, list) = member(&h);
-    queue(&h, &email, json!({"first_name": "One"}), &[list]).await;
+    h.queue(&email, json!({"first_name": "One"}), &[list]).await;
     let stats = push(&h).await;
     let rbw = &stats["read_before_write"];
     assert_eq!(rbw["plan"]["reader"], "per_contact", "{stats}");
@@ -183,7 +173,7 @@ async fn many_rows_are_read_per_list_and_few_per_contact_as_the_request_count_sa
             .as_str()
             .unwrap()
             .to_lowercase();
-        queue(&h, &e, json!({"first_name": "Many"}), &[list]).await;
+        h.queue(&e, json!({"first_name": "Many"}), &[list]).await;
     }
     let stats = push(&h).await;
     let rbw = &stats["read_before_write"];
@@ -192,5 +182,40 @@ async fn many_rows_are_read_per_list_and_few_per_contact_as_the_request_count_sa
         rbw["requests"].as_u64() < Some(members.len() as u64),
         "{stats}"
     );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_row_the_import_refuses_without_naming_it_ends_failed_never_completed() {
+    let h = harness(20).await;
+    let lists = h.ctl.list_ids();
+    // A brand-new contact the import will refuse for a reason no message names.
+    h.ctl.refuse_silently("quiet-refusal@example.com");
+    let refused = h
+        .queue(
+            "quiet-refusal@example.com",
+            json!({"first_name": "Q"}),
+            &lists[..1],
+        )
+        .await;
+    let fine = h
+        .queue("fine@example.com", json!({"first_name": "F"}), &lists[..1])
+        .await;
+    let stats = push(&h).await;
+    assert_eq!(stats["unconfirmed"], 1, "{stats}");
+    let (st, reason) = state(&h, refused).await;
+    assert_eq!(st, "failed", "{reason:?}");
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.contains("error_count=1"),
+        "the reason names the counter: {reason}"
+    );
+    assert!(h
+        .ctl
+        .contact_by_email("quiet-refusal@example.com")
+        .is_none());
+    let (st, reason) = state(&h, fine).await;
+    assert_eq!(st, "completed", "{reason:?}");
+    assert!(stats["confirm_requests"].as_u64() >= Some(1), "{stats}");
     h.finish().await;
 }

@@ -126,6 +126,19 @@ impl Harness {
         context(&self.settings, &self.db.pool)
     }
 
+    /// Queues an outbound row as the application does; returns its id.
+    pub async fn queue(&self, email: &str, fields: serde_json::Value, lists: &[uuid::Uuid]) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO ccsync.outbound (email, fields, list_ids) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(email)
+        .bind(fields)
+        .bind(lists)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("queueing a row for {email}: {e}"))
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.db.count(sql).await
     }
