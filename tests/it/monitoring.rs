@@ -9,20 +9,16 @@
 //! so on stderr and pass without checking anything; `.ci/run` installs them.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccsync::sandbox::{Fault, Sandbox, SandboxConfig};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
 
-use crate::helpers::TestDb;
+use crate::helpers::{eventually, Ccsync, ChildProcess, ConfigFile, ConfigToml, TestDb};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ccsync");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Never fires during a test (1 January, midnight).
 const NEVER: &str = "0 0 0 1 1 *";
@@ -76,129 +72,53 @@ struct Opts {
     requests_per_second: f64,
 }
 
-fn write_config(dir: &Path, sb: &Sandbox, db_url: &str, token: &str, o: &Opts) -> PathBuf {
-    let d = SandboxConfig::default();
-    let body = format!(
-        "[database]\nurl = \"{db_url}\"\nmax_connections = 4\n\n\
-         [constant_contact]\napi_base = \"{}\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\nrequests_per_second = {}\nretry_initial = \"20ms\"\n\
-         retry_max = \"200ms\"\nmax_retries = 2\nrequest_timeout = \"20s\"\n\n\
-         [sync]\npoll_initial = \"100ms\"\npoll_max = \"500ms\"\n\n\
-         [schedule]\ncontacts = \"{}\"\nunsubscribes = \"{}\"\ndeletes = \"{}\"\n\
-         lists = \"{}\"\npush = \"{}\"\nreconcile = \"{NEVER}\"\n\n\
-         [server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"10s\"\nmetrics_interval = \"1s\"\n\n\
-         [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
-         [[accounts]]\nid = \"default\"\nrefresh_token = \"{token}\"\n",
-        sb.api_base(),
-        sb.token_url(),
-        d.client_id,
-        d.client_secret,
-        o.requests_per_second,
-        o.contacts_cron,
-        o.unsubscribes_cron,
-        o.others_cron,
-        o.others_cron,
-        o.others_cron,
+/// The daemon's configuration for `o`, through the shared fixture.
+fn write_config(sb: &Sandbox, db_url: &str, token: &str, o: &Opts) -> ConfigFile {
+    ConfigToml::for_sandbox(sb, db_url)
+        .set(
+            "constant_contact",
+            "requests_per_second",
+            o.requests_per_second,
+        )
+        .set("constant_contact", "retry_initial", "20ms")
+        .set("constant_contact", "retry_max", "200ms")
+        .set("constant_contact", "max_retries", 2u32)
+        .set("constant_contact", "request_timeout", "20s")
+        .set("sync", "poll_initial", "100ms")
+        .set("sync", "poll_max", "500ms")
+        .set("schedule", "contacts", o.contacts_cron.as_str())
+        .set("schedule", "unsubscribes", o.unsubscribes_cron.as_str())
+        .set("schedule", "deletes", o.others_cron.as_str())
+        .set("schedule", "lists", o.others_cron.as_str())
+        .set("schedule", "push", o.others_cron.as_str())
+        .set("schedule", "reconcile", NEVER)
+        .set("server", "listen", "127.0.0.1:0")
+        .set("server", "shutdown_grace", "10s")
+        .set("server", "metrics_interval", "1s")
+        .set("log", "format", "json")
+        .set("log", "level", "info")
+        .account("default", Some(token))
+        .write()
+}
+
+/// `ccsync run` on `conf`, JSON logs collected.
+fn spawn_daemon(conf: &ConfigFile) -> ChildProcess {
+    Ccsync::with_args(["run"])
+        .config(&conf.path)
+        .log("ccsync=info,warn")
+        .spawn()
+}
+
+/// SIGTERM, then a clean exit within 30 s.
+async fn stop(mut d: ChildProcess) {
+    d.signal("TERM");
+    let (code, _) = d.exit(Duration::from_secs(30)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "the daemon did not exit cleanly; log:\n{}",
+        d.log()
     );
-    let path = dir.join("ccsync.toml");
-    std::fs::write(&path, body).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-/// A `ccsync run` child process; its stderr (JSON log lines) is collected.
-struct Daemon {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-    addr: watch::Receiver<Option<String>>,
-}
-
-impl Daemon {
-    fn spawn(conf: &Path) -> Daemon {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config", conf.to_str().unwrap()])
-            .env_remove("CCSYNC_CONFIG")
-            .env("RUST_LOG", "ccsync=info,warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CCSYNC__") || k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, addr) = watch::channel(None);
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"message\":\"running:") {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        tx.send_replace(v["listen"].as_str().map(str::to_string));
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, logs, addr }
-    }
-
-    /// Waits for the "running" log line; returns the listener's `host:port`.
-    async fn ready(&mut self) -> String {
-        let mut addr = self.addr.clone();
-        let waited =
-            tokio::time::timeout(Duration::from_secs(60), addr.wait_for(|a| a.is_some())).await;
-        match waited {
-            Ok(Ok(a)) => a.clone().unwrap(),
-            _ => panic!("the daemon did not start; log:\n{}", self.log()),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap();
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} {pid}");
-    }
-
-    async fn stop(mut self) {
-        self.signal("TERM");
-        let waited = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        assert!(
-            matches!(waited, Ok(Ok(s)) if s.success()),
-            "the daemon did not exit cleanly: {waited:?}; log:\n{}",
-            self.log()
-        );
-    }
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let t = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
@@ -352,11 +272,9 @@ async fn a_live_scrape_passes_promtool_check_metrics_and_has_every_metric_of_the
     .await
     .unwrap();
     let token = sb.default_account().seed_refresh_token();
-    let dir = TempDir::new("monitoring-scrape");
     // Every job on a two-second tick (so that push runs, after its pulls) and pacing on
     // (so that the pacer histogram has samples).
     let conf = write_config(
-        &dir.0,
         &sb,
         &db.url,
         &token,
@@ -381,8 +299,8 @@ async fn a_live_scrape_passes_promtool_check_metrics_and_has_every_metric_of_the
     .execute(&db.pool)
     .await
     .unwrap();
-    let mut d = Daemon::spawn(&conf);
-    let base = format!("http://{}", d.ready().await);
+    let d = spawn_daemon(&conf);
+    let base = d.ready().await;
     // A reload, so that ccsync_config_reloads_total exists.
     d.signal("HUP");
     eventually(
@@ -443,7 +361,7 @@ async fn a_live_scrape_passes_promtool_check_metrics_and_has_every_metric_of_the
         out.status.success() && text.trim().is_empty(),
         "promtool check metrics found problems:\n{text}\nin\n{scrape}"
     );
-    d.stop().await;
+    stop(d).await;
     sb.shutdown();
     db.cleanup().await;
 }
@@ -519,7 +437,7 @@ impl Prometheus {
             .and_then(|a| a["state"].as_str().map(str::to_string))
     }
 
-    async fn wait_firing(&self, name: &str, d: &Daemon) {
+    async fn wait_firing(&self, name: &str, d: &ChildProcess) {
         let t = Instant::now();
         while self.alert_state(name).await.as_deref() != Some("firing") {
             assert!(
@@ -532,7 +450,7 @@ impl Prometheus {
         }
     }
 
-    async fn wait_resolved(&self, name: &str, d: &Daemon) {
+    async fn wait_resolved(&self, name: &str, d: &ChildProcess) {
         let t = Instant::now();
         while self.alert_state(name).await.is_some() {
             assert!(
@@ -584,11 +502,9 @@ async fn prometheus_fires_and_resolves_the_opt_out_sweep_and_reauthorisation_ale
     .await
     .unwrap();
     let token = sb.default_account().seed_refresh_token();
-    let dir = TempDir::new("monitoring-alerts");
     // Only the opt-out sweep runs, every 5 s: the alert's threshold is 10 s, well above
     // the scrape / refresh / evaluation delays of a busy machine.
     let conf = write_config(
-        &dir.0,
         &sb,
         &db.url,
         &token,
@@ -599,8 +515,8 @@ async fn prometheus_fires_and_resolves_the_opt_out_sweep_and_reauthorisation_ale
             requests_per_second: 0.0,
         },
     );
-    let mut d = Daemon::spawn(&conf);
-    let target = d.ready().await;
+    let d = spawn_daemon(&conf);
+    let target = d.ready().await.trim_start_matches("http://").to_string();
     let sweeps = "SELECT count(*) FROM ccsync.sync_runs WHERE job = 'unsubscribes' AND outcome = 'succeeded'";
     eventually("a first opt-out sweep", Duration::from_secs(60), || async {
         (count(&db, sweeps).await > 0).then_some(())
@@ -662,19 +578,11 @@ async fn prometheus_fires_and_resolves_the_opt_out_sweep_and_reauthorisation_ale
     sb.oauth().revoke_account("default");
     prom.wait_firing("CcsyncReauthRequired", &d).await;
     let fresh = sb.default_account().seed_refresh_token();
-    let mut import = Command::new(BIN)
-        .args(["auth", "import", "--account", "default", "--config"])
-        .arg(&conf)
-        .env_remove("CCSYNC_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = import.stdin.take().unwrap();
-    stdin.write_all(fresh.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = import.wait_with_output().await.unwrap();
+    let out = Ccsync::with_args(["auth", "import", "--account", "default"])
+        .config(&conf.path)
+        .stdin(&fresh)
+        .output()
+        .await;
     assert!(
         out.status.success(),
         "ccsync auth import: {}",
@@ -683,7 +591,7 @@ async fn prometheus_fires_and_resolves_the_opt_out_sweep_and_reauthorisation_ale
     prom.wait_resolved("CcsyncReauthRequired", &d).await;
 
     drop(prom);
-    d.stop().await;
+    stop(d).await;
     sb.shutdown();
     db.cleanup().await;
 }
