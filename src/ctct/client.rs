@@ -196,6 +196,28 @@ impl AccountClient {
         Ok(url)
     }
 
+    /// The contact with `email` (`GET /contacts?email=…&status=all`, every sub-resource),
+    /// as a page of zero or one contact: one request.
+    pub async fn contact_by_email(&self, email: &str) -> Result<ContactsPage, Error> {
+        let mut url = self
+            .contacts_url(&ContactsQuery {
+                status: Some("all".into()),
+                include: Some(CONTACT_INCLUDE.into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .map_err(|e| Error::Status {
+                endpoint: "contacts",
+                status: 0,
+                items: vec![super::error::ApiErrorItem {
+                    error_key: "ccsync.bad_url".into(),
+                    error_message: format!("cannot build the contacts URL: {e}"),
+                }],
+            })?;
+        url.query_pairs_mut().append_pair("email", email);
+        self.contacts_page(url).await
+    }
+
     /// One page of contacts at `url` (a first-page URL or a resolved next link).
     pub async fn contacts_page(&self, url: Url) -> Result<ContactsPage, Error> {
         self.get_json("GET /contacts", url).await

@@ -23,7 +23,7 @@ use super::context::JobContext;
 use super::reconcile;
 use crate::core::reads::{self, ReadPlan, Reader};
 use crate::ctct::dto::ContactsPage;
-use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
+use crate::ctct::AccountClient;
 use crate::store;
 use crate::store::outbound::ReadTarget;
 
@@ -120,15 +120,8 @@ pub async fn read_by_email(
             if ctx.cancel.is_cancelled() {
                 anyhow::bail!("cancelled while reading contacts before a write");
             }
-            let mut url = client.contacts_url(&ContactsQuery {
-                status: Some("all".into()),
-                include: Some(CONTACT_INCLUDE.into()),
-                limit: 1,
-                ..Default::default()
-            })?;
-            url.query_pairs_mut().append_pair("email", email);
             let found = client
-                .contacts_page(url)
+                .contact_by_email(email)
                 .await
                 .with_context(|| format!("reading {email} from Constant Contact"))?;
             page.contacts.extend(found.contacts);

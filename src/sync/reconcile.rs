@@ -415,14 +415,7 @@ async fn unsubscribed_sweep(
         if ctx.cancel.is_cancelled() {
             anyhow::bail!("cancelled during re-subscription lookups");
         }
-        let mut url = client.contacts_url(&ContactsQuery {
-            status: Some("all".into()),
-            include: Some(CONTACT_INCLUDE.into()),
-            limit: 1,
-            ..Default::default()
-        })?;
-        url.query_pairs_mut().append_pair("email", email);
-        let page = client.contacts_page(url).await.with_context(|| {
+        let page = client.contact_by_email(email).await.with_context(|| {
             format!("re-reading a contact that left the unsubscribed set ({email})")
         })?;
         stats.resubscribe_lookups += 1;
