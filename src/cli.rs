@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::core::states::OutboundState;
 use crate::sync::Job;
 
 #[derive(Debug, Parser)]
@@ -80,6 +81,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the outbound queue (newest first), or requeue / cancel rows of it.
+    #[command(args_conflicts_with_subcommands = true)]
+    Outbound {
+        #[command(subcommand)]
+        action: Option<OutboundCommand>,
+        #[command(flatten)]
+        list: OutboundList,
+    },
     /// Apply the database migrations and exit.
     Migrate,
     /// Validate the configuration and print it with secrets masked.
@@ -150,5 +159,53 @@ pub enum AuthCommand {
     Status {
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `ccsync outbound [--state S] [--account A] [--limit N] [--json]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutboundList {
+    /// Only rows in this state (pending, submitted, completed, skipped, failed).
+    #[arg(long, value_parser = parse_outbound_state)]
+    pub state: Option<OutboundState>,
+    /// Only rows of this account.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: i64,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An outbound state by name; an unknown one names the valid states.
+fn parse_outbound_state(s: &str) -> Result<OutboundState, String> {
+    s.parse().map_err(|e| {
+        let valid: Vec<_> = OutboundState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("{e} (valid states: {})", valid.join(", "))
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboundCommand {
+    /// Requeue `failed` rows as new `pending` ones (attempts reset); other rows are left alone.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "failed"])))]
+    Retry {
+        /// Row ids.
+        #[arg(value_name = "ID", conflicts_with = "failed")]
+        ids: Vec<i64>,
+        /// Every failed row (of `--account`, or of every account).
+        #[arg(long)]
+        failed: bool,
+        /// With `--failed`: only this account.
+        #[arg(long, requires = "failed")]
+        account: Option<String>,
+    },
+    /// End `pending` rows as `skipped` ("cancelled by operator"); other rows are left alone.
+    Cancel {
+        /// Row ids.
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<i64>,
     },
 }

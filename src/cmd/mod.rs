@@ -9,6 +9,7 @@ pub mod demo;
 pub mod exit;
 pub mod healthcheck;
 pub mod migrate;
+pub mod outbound;
 pub mod run;
 pub mod sandbox;
 pub mod status;
@@ -48,6 +49,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Command::Auth { what } => auth::run(settings, what).await,
                 Command::Migrate => migrate::run(&settings).await,
                 Command::Status { json } => status::run(&settings, json).await,
+                Command::Outbound { action, list } => outbound::run(&settings, action, list).await,
                 Command::Sync {
                     account,
                     job,

@@ -15,6 +15,32 @@ fn ts(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// How many of the most common reasons (of `failed` and `skipped` rows) `status` shows.
+const TOP_REASONS: i64 = 5;
+
+/// Per account: `{"account", "by_state": {state: rows}, "top_reasons": [{state, reason, rows}]}`.
+fn outbound_json(
+    by_state: &[(String, String, i64)],
+    reasons: &[store::status::ReasonCount],
+) -> serde_json::Value {
+    let mut accounts: std::collections::BTreeMap<&str, serde_json::Value> = Default::default();
+    for (a, s, n) in by_state {
+        accounts
+            .entry(a)
+            .or_insert_with(|| json!({"account": a, "by_state": {}, "top_reasons": []}))
+            ["by_state"][s] = json!(n);
+    }
+    for r in reasons {
+        let entry = accounts
+            .entry(&r.account_id)
+            .or_insert_with(|| json!({"account": r.account_id, "by_state": {}, "top_reasons": []}));
+        if let Some(list) = entry["top_reasons"].as_array_mut() {
+            list.push(json!({"state": r.state, "reason": r.reason, "rows": r.rows}));
+        }
+    }
+    serde_json::Value::Array(accounts.into_values().collect())
+}
+
 /// Gathers the status as JSON (also the source of the table).
 pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let mut conn = pool.acquire().await.context("acquiring a connection")?;
@@ -26,6 +52,7 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
         .context("reading API usage")?;
     let exhausted = store::usage::quota_exhausted_today(&mut conn).await?;
     let outbound = store::status::outbound_by_state(&mut conn).await?;
+    let reasons = store::status::outbound_top_reasons(&mut conn, TOP_REASONS).await?;
     let in_flight = store::status::activities_in_flight(&mut conn).await?;
     let tokens = store::tokens::info(&mut conn).await?;
     let used: i64 = usage.iter().map(|(_, n)| n).sum();
@@ -65,7 +92,7 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
             "budget_left": if exhausted { 0 } else { (limit - used).max(0) },
             "quota_exhausted": exhausted,
         },
-        "outbound": outbound.iter().map(|(a, s, n)| json!({"account": a, "state": s, "rows": n})).collect::<Vec<_>>(),
+        "outbound": outbound_json(&outbound, &reasons),
         "activities_in_flight": in_flight.iter().map(|(a, n)| json!({"account": a, "activities": n})).collect::<Vec<_>>(),
         "tokens": tokens,
         "schedule": settings.schedule.entries().iter().map(|(job, expr)| json!({
@@ -125,7 +152,22 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
         }
     );
     for o in v["outbound"].as_array().into_iter().flatten() {
-        println!("outbound {} {}: {}", o["account"], o["state"], o["rows"]);
+        let account = o["account"].as_str().unwrap_or("-");
+        let counts: Vec<String> = o["by_state"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        println!("outbound {account}: {}", counts.join(", "));
+        for r in o["top_reasons"].as_array().into_iter().flatten() {
+            println!(
+                "  {:>6} {:<8} {}",
+                r["rows"],
+                r["state"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            );
+        }
     }
     for a in v["activities_in_flight"].as_array().into_iter().flatten() {
         println!(

@@ -466,3 +466,140 @@ pub async fn dropped_fields(
     }
     Ok(out)
 }
+
+/// One row as `ccsync outbound` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueRow {
+    pub id: i64,
+    pub account: String,
+    pub email: String,
+    pub state: String,
+    pub attempts: i32,
+    pub reason: Option<String>,
+    pub activity_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Up to `limit` rows, newest first, optionally only those of `state` and/or `account`.
+pub async fn list(
+    conn: &mut PgConnection,
+    state: Option<OutboundState>,
+    account: Option<&str>,
+    limit: i64,
+) -> Result<Vec<QueueRow>, sqlx::Error> {
+    type R = (
+        i64,
+        String,
+        String,
+        String,
+        i32,
+        Option<String>,
+        Option<String>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let rows: Vec<R> = sqlx::query_as(
+        "SELECT id, account_id, email, state, attempts, reason, activity_id, created_at, updated_at
+         FROM ccsync.outbound
+         WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR account_id = $2)
+         ORDER BY created_at DESC, id DESC LIMIT $3",
+    )
+    .bind(state.map(OutboundState::as_str))
+    .bind(account)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, account, email, state, attempts, reason, activity_id, created_at, updated_at)| {
+                QueueRow {
+                    id,
+                    account,
+                    email,
+                    state,
+                    attempts,
+                    reason,
+                    activity_id,
+                    created_at,
+                    updated_at,
+                }
+            },
+        )
+        .collect())
+}
+
+/// The state of each of `ids` that exists (what an operator command left alone and why).
+pub async fn states_of(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<HashMap<i64, String>, sqlx::Error> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, state FROM ccsync.outbound WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// `ccsync outbound retry ID…`: the `failed` rows among `ids` back to `pending`, as new
+/// (attempts, retry time, reason and activity cleared). Returns the ids requeued.
+pub async fn requeue_failed(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE ccsync.outbound SET state = $3, attempts = 0, next_attempt_at = NULL,
+                reason = NULL, activity_id = NULL, updated_at = now()
+         WHERE id = ANY($1) AND state = $2
+         RETURNING id",
+    )
+    .bind(ids)
+    .bind(Failed.as_str())
+    .bind(Pending.as_str())
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// `ccsync outbound retry --failed [--account A]`: every `failed` row (of `account`, or of
+/// every account) back to `pending`, as [`requeue_failed`] does. Returns the ids requeued.
+pub async fn requeue_all_failed(
+    conn: &mut PgConnection,
+    account: Option<&str>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE ccsync.outbound SET state = $3, attempts = 0, next_attempt_at = NULL,
+                reason = NULL, activity_id = NULL, updated_at = now()
+         WHERE ($1::text IS NULL OR account_id = $1) AND state = $2
+         RETURNING id",
+    )
+    .bind(account)
+    .bind(Failed.as_str())
+    .bind(Pending.as_str())
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The reason `ccsync outbound cancel` records.
+pub const CANCELLED_REASON: &str = "cancelled by operator";
+
+/// `ccsync outbound cancel ID…`: the `pending` rows among `ids` end `skipped` with
+/// [`CANCELLED_REASON`]. Returns the ids cancelled.
+pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "UPDATE ccsync.outbound SET state = $3, reason = $4, next_attempt_at = NULL,
+                updated_at = now()
+         WHERE id = ANY($1) AND state = $2
+         RETURNING id",
+    )
+    .bind(ids)
+    .bind(Pending.as_str())
+    .bind(OutboundState::Skipped.as_str())
+    .bind(CANCELLED_REASON)
+    .fetch_all(&mut *conn)
+    .await
+}

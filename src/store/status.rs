@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::core::states::OutboundState;
+
 /// One (account, job) line of `status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JobStatus {
@@ -85,4 +87,49 @@ pub async fn activities_in_flight(
     )
     .fetch_all(&mut *conn)
     .await
+}
+
+/// One of the most common reasons of an account's `failed` and `skipped` rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReasonCount {
+    pub account_id: String,
+    pub state: String,
+    pub reason: String,
+    pub rows: i64,
+}
+
+/// Per account, the `per_account` most common (state, reason) pairs among `failed` and
+/// `skipped` rows, most rows first.
+pub async fn outbound_top_reasons(
+    conn: &mut PgConnection,
+    per_account: i64,
+) -> Result<Vec<ReasonCount>, sqlx::Error> {
+    let states = [
+        OutboundState::Failed.as_str(),
+        OutboundState::Skipped.as_str(),
+    ];
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT account_id, state, reason, n FROM (
+            SELECT account_id, state, reason, count(*) AS n,
+                   row_number() OVER (PARTITION BY account_id
+                                      ORDER BY count(*) DESC, state, reason) AS rank
+            FROM ccsync.outbound
+            WHERE state = ANY($1) AND reason IS NOT NULL
+            GROUP BY account_id, state, reason) r
+         WHERE rank <= $2
+         ORDER BY account_id, rank",
+    )
+    .bind(&states[..])
+    .bind(per_account)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(account_id, state, reason, rows)| ReasonCount {
+            account_id,
+            state,
+            reason,
+            rows,
+        })
+        .collect())
 }

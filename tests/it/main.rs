@@ -11,6 +11,7 @@ mod lists_reconcile;
 mod monitoring;
 mod oauth;
 mod optouts;
+mod outbound_cli;
 mod push;
 mod push_reads;
 mod sandbox_api;
