@@ -30,16 +30,15 @@ use serde_json::{json, Value};
 use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
-use super::contacts::{updated_at_mark, PageSpec};
 use super::context::JobContext;
-use super::reads::{read_before_write, read_by_email, ReadStats};
+use super::reads::{read_before_write, read_contacts, ReadStats};
 use crate::config::AccountSettings;
 use crate::core::activity::map_completion;
 use crate::core::batch::{self, Batch};
 use crate::core::confirm::{confirm, Submitted as SentRow, Verdict};
 use crate::core::cycle::push_is_fresh;
 use crate::core::guard::{self, Terminal};
-use crate::core::reads::{self, Reader};
+use crate::core::reads::Reader;
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
 use crate::ctct::convert::activity_counters;
@@ -555,8 +554,7 @@ async fn read_back(
     activity_id: &str,
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
-    let account = client.account().to_string();
-    let (rows, lists, sizes) = {
+    let (rows, lists) = {
         let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
         let rows = store::outbound::rows_of_activity(&mut conn, activity_id)
             .await
@@ -566,8 +564,7 @@ async fn read_back(
             .context("reading an ended activity")?
             .map(|(l, _)| l)
             .unwrap_or_default();
-        let sizes = store::lists::sizes(&mut conn, &account, &lists).await?;
-        (rows, lists, sizes)
+        (rows, lists)
     };
     let mut emails: Vec<&str> = rows.iter().map(|(_, e)| e.as_str()).collect();
     emails.sort_unstable();
@@ -575,33 +572,12 @@ async fn read_back(
     if emails.is_empty() {
         return Ok(());
     }
-    let plan = reads::choose(
-        emails.len() as u64,
-        &sizes,
-        u64::from(ctx.settings.sync.page_size),
-        true,
-    );
     let sent_before = client.requests_sent();
-    match plan.reader {
-        Reader::PerList => {
-            super::reconcile::refresh_lists(ctx, client, &account, &lists, run_id)
-                .await
-                .context("reading the lists of an ended import")?;
-        }
-        Reader::PerContact => {
-            let spec = PageSpec {
-                account: &account,
-                lists_filter: None,
-                run_id,
-                watermark_of: updated_at_mark,
-            };
-            read_by_email(ctx, client, &spec, &emails)
-                .await
-                .context("reading the contacts of an ended import")?;
-        }
-    }
+    let read = read_contacts(ctx, client, run_id, None, &emails, &lists, true)
+        .await
+        .context("reading the contacts of an ended import")?;
     stats.confirm_requests += client.requests_sent() - sent_before;
-    stats.confirm_reader.get_or_insert(plan.reader);
+    stats.confirm_reader.get_or_insert(read.plan.reader);
     Ok(())
 }
 

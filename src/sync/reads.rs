@@ -55,54 +55,91 @@ pub async fn read_before_write(
     if targets.is_empty() {
         return Ok(stats);
     }
-    let account = client.account().to_string();
     let lists: Vec<Uuid> = targets
         .iter()
         .flat_map(|t| t.lists.iter().copied())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let sizes = {
-        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-        store::lists::sizes(&mut conn, &account, &lists)
-            .await
-            .context("reading list sizes")?
-    };
     let all_on_lists = targets
         .iter()
         .all(|t| t.on_lists_in_store.iter().any(|l| t.lists.contains(l)));
+    let emails: Vec<&str> = targets.iter().map(|t| t.email.as_str()).collect();
+    let sent_before = client.requests_sent();
+    let read = read_contacts(
+        ctx,
+        client,
+        run_id,
+        lists_filter,
+        &emails,
+        &lists,
+        all_on_lists,
+    )
+    .await
+    .context("reading the contacts the push adds to lists")?;
+    stats.plan = Some(read.plan);
+    stats.leaves_found = read.leaves;
+    stats.changes_written = read.changes_written;
+    stats.requests = client.requests_sent() - sent_before;
+    info!(reader = ?read.plan.reader, requests = stats.requests, leaves = stats.leaves_found, "read before write");
+    Ok(stats)
+}
+
+/// What one read of contacts did.
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    pub plan: ReadPlan,
+    /// Memberships Constant Contact no longer has, now logged and removed locally.
+    pub leaves: u64,
+    pub changes_written: u64,
+}
+
+/// Reads `emails` (contacts on, or about to be on, `lists`) from Constant Contact and
+/// applies them to the store: per contact or per list, whichever costs fewer requests
+/// (`all_on_lists`: every contact is on one of `lists`, so reading the lists sees them
+/// all). The one reader behind read before write and confirm after write.
+pub async fn read_contacts(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    lists_filter: Option<&HashSet<Uuid>>,
+    emails: &[&str],
+    lists: &[Uuid],
+    all_on_lists: bool,
+) -> anyhow::Result<Read> {
+    let account = client.account();
+    let sizes = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::lists::sizes(&mut conn, account, lists)
+            .await
+            .context("reading list sizes")?
+    };
     let plan = reads::choose(
-        targets.len() as u64,
+        emails.len() as u64,
         &sizes,
         u64::from(ctx.settings.sync.page_size),
         all_on_lists,
     );
-    stats.plan = Some(plan);
-    let sent_before = client.requests_sent();
-    match plan.reader {
+    let (leaves, changes_written) = match plan.reader {
         Reader::PerList => {
-            let r = reconcile::refresh_lists(ctx, client, &account, &lists, run_id)
-                .await
-                .context("reading the members of the lists the push adds to")?;
-            stats.leaves_found = r.memberships_removed;
-            stats.changes_written = r.changes_written;
+            let r = reconcile::refresh_lists(ctx, client, account, lists, run_id).await?;
+            (r.memberships_removed, r.changes_written)
         }
         Reader::PerContact => {
-            let emails: Vec<&str> = targets.iter().map(|t| t.email.as_str()).collect();
             let spec = PageSpec {
-                account: &account,
+                account,
                 lists_filter,
                 run_id,
                 watermark_of: updated_at_mark,
             };
-            let (leaves, written) = read_by_email(ctx, client, &spec, &emails).await?;
-            stats.leaves_found = leaves;
-            stats.changes_written = written;
+            read_by_email(ctx, client, &spec, emails).await?
         }
-    }
-    stats.requests = client.requests_sent() - sent_before;
-    info!(reader = ?plan.reader, requests = stats.requests, leaves = stats.leaves_found, "read before write");
-    Ok(stats)
+    };
+    Ok(Read {
+        plan,
+        leaves,
+        changes_written,
+    })
 }
 
 /// One `GET /contacts?email=…&status=all` per address, applied in pages of up to
