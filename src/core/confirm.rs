@@ -149,6 +149,7 @@ mod tests {
                 fields,
                 list_ids: vec![],
                 created_at: t(10),
+                op: "upsert".into(),
             },
             dropped: BTreeSet::new(),
         }

@@ -22,6 +22,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::op::Op;
+use super::put::clearable;
+
 /// `JsonImportContact.email` allows 50 characters (the contact resource allows 80; the
 /// stricter import schema is the one we must satisfy).
 pub const EMAIL_MAX: usize = 50;
@@ -80,6 +83,8 @@ pub struct OutboundRow {
     pub fields: Value,
     pub list_ids: Vec<Uuid>,
     pub created_at: DateTime<Utc>,
+    /// `outbound.op` as stored (parsed by the guard: an unknown value ends `failed`).
+    pub op: String,
 }
 
 /// What the freshly pulled store knows about the contact with a row's address.
@@ -172,10 +177,28 @@ pub struct Terminal {
     pub reason: String,
 }
 
+/// A non-upsert op for one contact (the coalesced rows of one address).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Direct {
+    pub op: Op,
+    pub email: String,
+    pub contact_id: Uuid,
+    pub row_ids: Vec<i64>,
+    /// `remove_from_lists`: the named lists the contact is on now (read before write).
+    pub list_ids: BTreeSet<Uuid>,
+    /// `unsubscribe`: the opt-out reason (`fields.opt_out_reason`).
+    pub opt_out_reason: Option<String>,
+}
+
 /// The guard's verdict on a set of rows.
 #[derive(Debug, Default, PartialEq)]
 pub struct GuardPlan {
+    /// Imports: contacts to create, or to add to lists they are not on now (with fields).
     pub items: Vec<Item>,
+    /// Field-only changes of existing contacts (`list_ids` empty): `PUT /contacts/{id}`.
+    pub puts: Vec<Item>,
+    /// Unsubscribes, list removals and deletes.
+    pub directs: Vec<Direct>,
     pub skipped: Vec<Terminal>,
     pub failed: Vec<Terminal>,
     /// Rows left `pending` for a later run.
@@ -461,9 +484,17 @@ pub fn check_row(
             }
         }
         if v.is_null() {
-            return Err(format!(
-                "fields.{k} is null: an import cannot clear a value, leave the property out"
-            ));
+            if !clearable(k) {
+                return Err(format!(
+                    "fields.{k} is null, and {k} cannot be cleared through the API \
+                     (clearable: core fields, phones, address parts but street2, cf:<name>)"
+                ));
+            }
+            out.insert(k.clone(), Value::Null);
+            if k.starts_with("cf:") {
+                custom += 1;
+            }
+            continue;
         }
         if let Some(name) = k.strip_prefix("cf:") {
             custom += 1;
@@ -497,14 +528,15 @@ pub fn check_row(
             "fields has {custom} custom fields; at most {MAX_CUSTOM_FIELDS} per contact"
         ));
     }
-    if out.contains_key("birthday_month") != out.contains_key("birthday_day") {
+    if out.get("birthday_month").is_some_and(|v| !v.is_null())
+        != out.get("birthday_day").is_some_and(|v| !v.is_null())
+        || out.contains_key("birthday_month") != out.contains_key("birthday_day")
+    {
         return Err("fields.birthday_month and fields.birthday_day must be given together".into());
     }
     let distinct: BTreeSet<Uuid> = list_ids.iter().copied().collect();
-    if distinct.is_empty() {
-        return Err(
-            "list_ids is empty: a JSON import needs 1 to 50 lists to add the contact to".into(),
-        );
+    if distinct.is_empty() && out.is_empty() {
+        return Err("nothing to push: fields is empty and list_ids is empty".into());
     }
     if distinct.len() > MAX_LISTS {
         return Err(format!(
@@ -537,10 +569,16 @@ fn check_string(k: &str, v: &Value, max: usize) -> Result<(), String> {
 }
 
 /// Plans `rows` (ascending `id`) against the freshly pulled primary.
+///
+/// Rows of one address reach Constant Contact in `id` order: a row whose `op` differs from
+/// the first row of its address that this plan acts on waits (`deferred`) for a later run.
 pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
     let mut out = GuardPlan::default();
-    // Index of the item of each address in `out.items`.
+    // Index of the item of each address in `items`, and the first op acted on per address.
     let mut by_email: HashMap<String, usize> = HashMap::new();
+    let mut items: Vec<Item> = Vec::new();
+    let mut directs: HashMap<String, usize> = HashMap::new();
+    let mut first: HashMap<String, (Op, i64)> = HashMap::new();
     for row in rows {
         let email = row.email.trim().to_lowercase();
         let primary = input.contacts.get(&email);
@@ -551,24 +589,79 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
             contact_id,
             reason,
         };
+        let op = match Op::parse(&row.op) {
+            Ok(op) => op,
+            Err(e) => {
+                out.failed.push(terminal(e));
+                continue;
+            }
+        };
         if let Err(e) = check_email(&email) {
             out.failed.push(terminal(e));
             continue;
         }
-        // Law 2 first: whatever else is wrong with the row, an unsubscribed contact is
-        // never pushed.
-        if let Some(p) = primary {
-            if p.permission_to_send.as_deref() == Some("unsubscribed") {
-                let why = p
-                    .opt_out_reason
-                    .as_deref()
-                    .map(|r| format!(" (opt-out reason: {r})"))
-                    .unwrap_or_default();
-                out.skipped.push(terminal(format!(
-                    "unsubscribed in Constant Contact{why}: never re-subscribed"
+        if let Some((op0, id0)) = first.get(&email) {
+            if *op0 != op {
+                out.deferred.push(terminal(format!(
+                    "waits for row {id0} ({op0}) of this address: an address's rows reach \
+                     Constant Contact in order"
                 )));
                 continue;
             }
+        }
+        if op != Op::Upsert {
+            let planned = plan_direct(op, row, primary, input);
+            match planned {
+                DirectPlan::Failed(why) => out.failed.push(terminal(why)),
+                DirectPlan::Skipped(why) => out.skipped.push(terminal(why)),
+                DirectPlan::Already(why) => out.already.push(terminal(why)),
+                _ if input.in_flight.contains(&email) => out.deferred.push(terminal(
+                    "an earlier push of this address is still in flight".into(),
+                )),
+                DirectPlan::Send {
+                    contact_id,
+                    lists,
+                    reason,
+                } => {
+                    first.entry(email.clone()).or_insert((op, row.id));
+                    match directs.get(&email) {
+                        Some(&i) => {
+                            let d = &mut out.directs[i];
+                            d.row_ids.push(row.id);
+                            d.list_ids.extend(lists);
+                            d.opt_out_reason = reason.or(d.opt_out_reason.take());
+                        }
+                        None => {
+                            directs.insert(email.clone(), out.directs.len());
+                            out.directs.push(Direct {
+                                op,
+                                email: email.clone(),
+                                contact_id,
+                                row_ids: vec![row.id],
+                                list_ids: lists,
+                                opt_out_reason: reason,
+                            });
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        let unsubscribed =
+            primary.is_some_and(|p| p.permission_to_send.as_deref() == Some("unsubscribed"));
+        let has_fields = row.fields.as_object().is_some_and(|m| !m.is_empty());
+        // Law 2 first: whatever else is wrong with the row, an unsubscribed contact is
+        // never added to a list; only field changes (through a PUT, which never touches
+        // permission) may go out.
+        if unsubscribed && !has_fields {
+            let why = primary
+                .and_then(|p| p.opt_out_reason.as_deref())
+                .map(|r| format!(" (opt-out reason: {r})"))
+                .unwrap_or_default();
+            out.skipped.push(terminal(format!(
+                "unsubscribed in Constant Contact{why}: never re-subscribed"
+            )));
+            continue;
         }
         let mut fields = match check_row(&email, &row.fields, &row.list_ids, &input.known_lists) {
             Ok(f) => f,
@@ -585,137 +678,379 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
         }
         let mut lists: BTreeSet<Uuid> = row.list_ids.iter().copied().collect();
         let mut notes = Vec::new();
-        if let Some(p) = primary {
-            let later: Vec<&PrimaryChange> = input
-                .changes
-                .get(&p.contact_id)
-                .map(|cs| cs.iter().filter(|c| c.at > row.created_at).collect())
-                .unwrap_or_default();
-            if p.deleted && later.iter().any(|c| c.kind == "deleted") {
-                out.skipped.push(terminal(
-                    "deleted in Constant Contact after the row was queued".into(),
-                ));
-                continue;
-            }
-            let echoes = input.pushed.get(&email);
-            let mut changed: BTreeSet<Aspect> = BTreeSet::new();
-            for c in &later {
-                match c.kind.as_str() {
-                    "updated" => {
-                        if is_echo(c, echoes) {
-                            continue;
-                        }
-                        changed.extend(aspects_changed(c));
-                    }
-                    "created" => changed.extend(aspects_with_values(p)),
-                    "list_removed" => {
-                        let removed = c
-                            .old_value
-                            .as_ref()
-                            .and_then(Value::as_str)
-                            .and_then(|s| Uuid::parse_str(s).ok());
-                        if let Some(l) = removed {
-                            if !p.memberships.contains(&l) && lists.remove(&l) {
-                                out.conflicts.push(Conflict {
-                                    row_id: row.id,
-                                    contact_id,
-                                    email: email.clone(),
-                                    field: "list_ids".into(),
-                                    local: Value::String(l.to_string()),
-                                    primary: Value::String(format!("removed from list {l}")),
-                                });
-                                notes.push(format!(
-                                    "list {l} not re-added: the contact left it in Constant Contact after the row was queued"
-                                ));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let dropped: Vec<String> = fields
-                .keys()
-                .filter(|k| aspect_of(k).is_some_and(|a| changed.contains(&a)))
-                .cloned()
-                .collect();
-            for k in dropped {
-                let Some(local) = fields.remove(&k) else {
-                    continue;
-                };
-                let a = aspect_of(&k).unwrap_or(Aspect::Custom);
-                let remote = primary_value(p, a, &k);
-                if a != Aspect::Custom && remote == local {
-                    // Constant Contact already holds exactly this value: nothing to push,
-                    // nothing to refuse.
-                    continue;
-                }
-                out.conflicts.push(Conflict {
-                    row_id: row.id,
-                    contact_id,
-                    email: email.clone(),
-                    field: k.clone(),
-                    local,
-                    primary: remote,
-                });
-                notes.push(format!(
-                    "{k} not pushed: changed in Constant Contact after the row was queued"
-                ));
-            }
-            let adds_list = lists.iter().any(|l| !p.memberships.contains(l));
-            if fields.is_empty() && !adds_list {
-                if notes.is_empty() {
-                    out.already.push(terminal(
-                        "already in Constant Contact: every value and list is there".into(),
-                    ));
-                } else {
-                    out.skipped.push(terminal(format!(
-                        "nothing left to push: {}",
-                        notes.join("; ")
-                    )));
-                }
-                continue;
-            }
+        if unsubscribed && !lists.is_empty() {
+            lists.clear();
+            notes.push(
+                "lists not added: unsubscribed in Constant Contact (never re-subscribed); \
+                 fields written through PUT"
+                    .to_string(),
+            );
+        }
+        let Some(p) = primary else {
+            // A brand-new contact: only an import creates it, and an import needs a list.
             if lists.is_empty() {
+                out.failed.push(terminal(
+                    "a brand-new contact needs a list: Constant Contact has no contact with \
+                     this address and list_ids is empty (an import creates contacts only on \
+                     a list)"
+                        .into(),
+                ));
+                continue;
+            }
+            if let Some(k) = fields.iter().find(|(_, v)| v.is_null()).map(|(k, _)| k) {
+                out.failed.push(terminal(format!(
+                    "fields.{k} is null: a new contact is created by an import, which cannot \
+                     clear a value; leave the property out"
+                )));
+                continue;
+            }
+            add_item(
+                &mut out,
+                &mut items,
+                &mut by_email,
+                &mut first,
+                row,
+                &email,
+                None,
+                fields,
+                lists,
+                notes,
+            );
+            continue;
+        };
+        let later: Vec<&PrimaryChange> = input
+            .changes
+            .get(&p.contact_id)
+            .map(|cs| cs.iter().filter(|c| c.at > row.created_at).collect())
+            .unwrap_or_default();
+        if p.deleted && later.iter().any(|c| c.kind == "deleted") {
+            out.skipped.push(terminal(
+                "deleted in Constant Contact after the row was queued".into(),
+            ));
+            continue;
+        }
+        let echoes = input.pushed.get(&email);
+        let mut changed: BTreeSet<Aspect> = BTreeSet::new();
+        for c in &later {
+            match c.kind.as_str() {
+                "updated" => {
+                    if is_echo(c, echoes) {
+                        continue;
+                    }
+                    changed.extend(aspects_changed(c));
+                }
+                "created" => changed.extend(aspects_with_values(p)),
+                "list_removed" => {
+                    let removed = c
+                        .old_value
+                        .as_ref()
+                        .and_then(Value::as_str)
+                        .and_then(|s| Uuid::parse_str(s).ok());
+                    if let Some(l) = removed {
+                        if !p.memberships.contains(&l) && lists.remove(&l) {
+                            out.conflicts.push(Conflict {
+                                row_id: row.id,
+                                contact_id,
+                                email: email.clone(),
+                                field: "list_ids".into(),
+                                local: Value::String(l.to_string()),
+                                primary: Value::String(format!("removed from list {l}")),
+                            });
+                            notes.push(format!(
+                                "list {l} not re-added: the contact left it in Constant Contact after the row was queued"
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let dropped: Vec<String> = fields
+            .keys()
+            .filter(|k| aspect_of(k).is_some_and(|a| changed.contains(&a)))
+            .cloned()
+            .collect();
+        for k in dropped {
+            let Some(local) = fields.remove(&k) else {
+                continue;
+            };
+            let a = aspect_of(&k).unwrap_or(Aspect::Custom);
+            let remote = primary_value(p, a, &k);
+            if a != Aspect::Custom && remote == local {
+                // Constant Contact already holds exactly this value: nothing to push,
+                // nothing to refuse.
+                continue;
+            }
+            out.conflicts.push(Conflict {
+                row_id: row.id,
+                contact_id,
+                email: email.clone(),
+                field: k.clone(),
+                local,
+                primary: remote,
+            });
+            notes.push(format!(
+                "{k} not pushed: changed in Constant Contact after the row was queued"
+            ));
+        }
+        // Only lists the contact is not on now (read before write) are imported.
+        let to_add: BTreeSet<Uuid> = if p.deleted {
+            lists.clone()
+        } else {
+            lists.difference(&p.memberships).copied().collect()
+        };
+        if fields.is_empty() && to_add.is_empty() {
+            if notes.is_empty() {
+                out.already.push(terminal(
+                    "already in Constant Contact: every value and list is there".into(),
+                ));
+            } else {
                 out.skipped.push(terminal(format!(
-                    "no list left to import with: {}",
+                    "nothing left to push: {}",
                     notes.join("; ")
+                )));
+            }
+            continue;
+        }
+        if to_add.is_empty() && p.deleted {
+            out.skipped.push(terminal(
+                "deleted in Constant Contact: a field change is not written (a PUT would \
+                 revive the contact); queue the row with list_ids to add the contact again"
+                    .into(),
+            ));
+            continue;
+        }
+        if !to_add.is_empty() {
+            if let Some(k) = fields.iter().find(|(_, v)| v.is_null()).map(|(k, _)| k) {
+                out.failed.push(terminal(format!(
+                    "fields.{k} is null: this row adds lists, so it goes out as an import, \
+                     which cannot clear a value; queue the clear in its own row without \
+                     list_ids"
                 )));
                 continue;
             }
         }
-        match by_email.get(&email) {
-            Some(&i) => {
-                let item = &mut out.items[i];
-                let union: BTreeSet<Uuid> = item.list_ids.union(&lists).copied().collect();
-                if union.len() > MAX_LISTS {
-                    out.deferred.push(terminal(format!(
-                        "coalesced with an earlier row of this address it would need {} lists (at most {MAX_LISTS})",
-                        union.len()
-                    )));
-                    continue;
-                }
-                item.list_ids = union;
-                // Later rows win, property by property.
-                for (k, v) in fields {
-                    item.fields.insert(k, v);
-                }
-                item.row_ids.push(row.id);
-                item.notes.extend(notes);
-            }
-            None => {
-                by_email.insert(email.clone(), out.items.len());
-                out.items.push(Item {
-                    email,
-                    contact_id,
-                    fields,
-                    list_ids: lists,
-                    row_ids: vec![row.id],
-                    notes,
-                });
-            }
+        add_item(
+            &mut out,
+            &mut items,
+            &mut by_email,
+            &mut first,
+            row,
+            &email,
+            contact_id,
+            fields,
+            to_add,
+            notes,
+        );
+    }
+    for item in items {
+        if item.list_ids.is_empty() {
+            out.puts.push(item);
+        } else {
+            out.items.push(item);
         }
     }
     out
+}
+
+/// Coalesces an upsert row into its address's item (later rows win property by property).
+#[allow(clippy::too_many_arguments)]
+fn add_item(
+    out: &mut GuardPlan,
+    items: &mut Vec<Item>,
+    by_email: &mut HashMap<String, usize>,
+    first: &mut HashMap<String, (Op, i64)>,
+    row: &OutboundRow,
+    email: &str,
+    contact_id: Option<Uuid>,
+    fields: Map<String, Value>,
+    lists: BTreeSet<Uuid>,
+    notes: Vec<String>,
+) {
+    let terminal = |reason: String| Terminal {
+        row_id: row.id,
+        email: email.to_string(),
+        contact_id,
+        reason,
+    };
+    match by_email.get(email) {
+        Some(&i) => {
+            let item = &mut items[i];
+            let union: BTreeSet<Uuid> = item.list_ids.union(&lists).copied().collect();
+            if union.len() > MAX_LISTS {
+                out.deferred.push(terminal(format!(
+                    "coalesced with an earlier row of this address it would need {} lists (at most {MAX_LISTS})",
+                    union.len()
+                )));
+                return;
+            }
+            let nulls = item
+                .fields
+                .values()
+                .chain(fields.values())
+                .any(Value::is_null);
+            if nulls && !union.is_empty() {
+                out.deferred.push(terminal(
+                    "waits for an earlier row of this address: clearing a value (PUT) and \
+                     adding a list (import) go out separately"
+                        .into(),
+                ));
+                return;
+            }
+            item.list_ids = union;
+            for (k, v) in fields {
+                item.fields.insert(k, v);
+            }
+            item.row_ids.push(row.id);
+            item.notes.extend(notes);
+        }
+        None => {
+            first
+                .entry(email.to_string())
+                .or_insert((Op::Upsert, row.id));
+            by_email.insert(email.to_string(), items.len());
+            items.push(Item {
+                email: email.to_string(),
+                contact_id,
+                fields,
+                list_ids: lists,
+                row_ids: vec![row.id],
+                notes,
+            });
+        }
+    }
+}
+
+/// The guard's verdict on one non-upsert row.
+enum DirectPlan {
+    Failed(String),
+    Skipped(String),
+    Already(String),
+    Send {
+        contact_id: Uuid,
+        lists: BTreeSet<Uuid>,
+        reason: Option<String>,
+    },
+}
+
+fn plan_direct(
+    op: Op,
+    row: &OutboundRow,
+    primary: Option<&Primary>,
+    input: &GuardInput,
+) -> DirectPlan {
+    let empty = Map::new();
+    let fields = row.fields.as_object().unwrap_or(&empty);
+    if !row.fields.is_object() {
+        return DirectPlan::Failed("fields must be a JSON object".into());
+    }
+    let lists: BTreeSet<Uuid> = row.list_ids.iter().copied().collect();
+    match op {
+        Op::Unsubscribe => {
+            if !lists.is_empty() {
+                return DirectPlan::Failed(
+                    "list_ids must be empty for op unsubscribe (it unsubscribes the contact \
+                     from every list)"
+                        .into(),
+                );
+            }
+            if let Some(k) = fields.keys().find(|k| *k != "opt_out_reason") {
+                return DirectPlan::Failed(format!(
+                    "fields.{k}: op unsubscribe takes only fields.opt_out_reason"
+                ));
+            }
+            let reason = match fields.get("opt_out_reason") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.chars().count() <= 255 => Some(s.clone()),
+                Some(_) => {
+                    return DirectPlan::Failed(
+                        "fields.opt_out_reason must be a string of at most 255 characters".into(),
+                    )
+                }
+            };
+            match primary {
+                None => DirectPlan::Skipped(
+                    "no contact with this address in Constant Contact: nothing to unsubscribe"
+                        .into(),
+                ),
+                Some(p) if p.deleted => DirectPlan::Skipped(
+                    "deleted in Constant Contact: not unsubscribed (a PUT would revive the \
+                     contact)"
+                        .into(),
+                ),
+                Some(p) if p.permission_to_send.as_deref() == Some("unsubscribed") => {
+                    DirectPlan::Already("already unsubscribed in Constant Contact".into())
+                }
+                Some(p) => DirectPlan::Send {
+                    contact_id: p.contact_id,
+                    lists,
+                    reason,
+                },
+            }
+        }
+        Op::RemoveFromLists => {
+            if !fields.is_empty() {
+                return DirectPlan::Failed("op remove_from_lists takes no fields".into());
+            }
+            if lists.is_empty() {
+                return DirectPlan::Failed(format!(
+                    "list_ids is empty: name 1 to {MAX_LISTS} lists to remove the contact from"
+                ));
+            }
+            if lists.len() > MAX_LISTS {
+                return DirectPlan::Failed(format!(
+                    "list_ids has {} lists; at most {MAX_LISTS}",
+                    lists.len()
+                ));
+            }
+            if let Some(unknown) = lists.iter().find(|l| !input.known_lists.contains(l)) {
+                return DirectPlan::Failed(format!(
+                    "list_ids: list {unknown} does not exist in contact_lists (unknown or deleted)"
+                ));
+            }
+            match primary {
+                None => DirectPlan::Already(
+                    "no contact with this address in Constant Contact: on no list".into(),
+                ),
+                Some(p) if p.deleted => {
+                    DirectPlan::Already("deleted in Constant Contact: on no list".into())
+                }
+                Some(p) => {
+                    let on: BTreeSet<Uuid> = lists.intersection(&p.memberships).copied().collect();
+                    if on.is_empty() {
+                        DirectPlan::Already(
+                            "not on these lists in Constant Contact (read before the write)".into(),
+                        )
+                    } else {
+                        DirectPlan::Send {
+                            contact_id: p.contact_id,
+                            lists: on,
+                            reason: None,
+                        }
+                    }
+                }
+            }
+        }
+        Op::Delete => {
+            if !fields.is_empty() || !lists.is_empty() {
+                return DirectPlan::Failed("op delete takes no fields and no list_ids".into());
+            }
+            match primary {
+                None => {
+                    DirectPlan::Already("no contact with this address in Constant Contact".into())
+                }
+                Some(p) if p.deleted => {
+                    DirectPlan::Already("already deleted in Constant Contact".into())
+                }
+                Some(p) => DirectPlan::Send {
+                    contact_id: p.contact_id,
+                    lists,
+                    reason: None,
+                },
+            }
+        }
+        Op::Upsert => DirectPlan::Failed("internal: upsert is not a direct op".into()),
+    }
 }
 
 /// A change of a scalar property to exactly the value one of our completed pushes wrote.
@@ -754,7 +1089,13 @@ mod tests {
             fields,
             list_ids: lists.iter().map(|l| list(*l)).collect(),
             created_at: t(100),
+            op: "upsert".into(),
         }
+    }
+
+    /// Everything the plan sends for upserts: imports and PUTs.
+    fn sent(p: &GuardPlan) -> Vec<Item> {
+        p.items.iter().chain(&p.puts).cloned().collect()
     }
 
     fn input() -> GuardInput {
@@ -797,8 +1138,8 @@ mod tests {
             )],
             &input(),
         );
-        assert_eq!(p.items.len(), 1);
-        let it = &p.items[0];
+        assert_eq!(sent(&p).len(), 1);
+        let it = &sent(&p)[0];
         assert_eq!(it.email, "ann@example.com");
         assert_eq!(it.contact_id, None);
         assert_eq!(it.fields["first_name"], "Ann");
@@ -807,23 +1148,27 @@ mod tests {
     }
 
     #[test]
-    fn unsubscribed_contact_is_skipped_even_when_invalid() {
+    fn an_unsubscribed_contact_gets_no_list_only_its_fields_through_put() {
         let mut i = input();
         let mut pr = primary(9, "unsubscribed", &[1]);
         pr.opt_out_reason = Some("too many mails".into());
         i.contacts.insert("u@example.com".into(), pr);
         let p = plan(
             &[
-                row(1, "u@example.com", json!({"first_name": "U"}), &[1]),
-                row(2, "U@example.com", json!({"bogus": 1}), &[]),
+                row(1, "u@example.com", json!({}), &[2]),
+                row(2, "U@example.com", json!({"first_name": "U"}), &[2]),
             ],
             &i,
         );
-        assert!(p.items.is_empty());
-        assert_eq!(p.skipped.len(), 2);
+        assert!(p.items.is_empty(), "never an import: {:?}", p.items);
+        assert_eq!(p.skipped.len(), 1);
         assert!(p.skipped[0].reason.contains("unsubscribed"));
         assert!(p.skipped[0].reason.contains("too many mails"));
         assert_eq!(p.skipped[0].contact_id, Some(Uuid::from_u128(9)));
+        assert_eq!(p.puts.len(), 1);
+        assert!(p.puts[0].list_ids.is_empty());
+        assert_eq!(p.puts[0].fields["first_name"], "U");
+        assert!(p.puts[0].notes[0].contains("lists not added"));
     }
 
     #[test]
@@ -903,7 +1248,7 @@ mod tests {
         f.insert("email".into(), json!("A@b.c"));
         let p = plan(&[row(1, "a@b.c", Value::Object(f), &[1])], &input());
         assert!(p.failed.is_empty(), "{:?}", p.failed);
-        assert!(!p.items[0].fields.contains_key("email"));
+        assert!(!sent(&p)[0].fields.contains_key("email"));
     }
 
     #[test]
@@ -929,14 +1274,14 @@ mod tests {
             )],
             &i,
         );
-        assert_eq!(p.items.len(), 1);
-        assert!(!p.items[0].fields.contains_key("first_name"));
-        assert_eq!(p.items[0].fields["last_name"], "L");
+        assert_eq!(sent(&p).len(), 1);
+        assert!(!sent(&p)[0].fields.contains_key("first_name"));
+        assert_eq!(sent(&p)[0].fields["last_name"], "L");
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].field, "first_name");
         assert_eq!(p.conflicts[0].local, "Local");
         assert_eq!(p.conflicts[0].primary, "Remote");
-        assert!(p.items[0].notes[0].contains("first_name"));
+        assert!(sent(&p)[0].notes[0].contains("first_name"));
     }
 
     #[test]
@@ -955,7 +1300,7 @@ mod tests {
             )],
         );
         let p = plan(&[row(1, "a@b.c", json!({"first_name": "Local"}), &[1])], &i);
-        assert!(p.items.is_empty());
+        assert!(sent(&p).is_empty());
         assert_eq!(p.skipped.len(), 1);
         assert!(p.skipped[0].reason.contains("nothing left"));
         assert_eq!(p.conflicts.len(), 1);
@@ -979,7 +1324,7 @@ mod tests {
             }],
         );
         let p = plan(&[row(1, "a@b.c", json!({"first_name": "Same"}), &[1])], &i);
-        assert!(p.items.is_empty() && p.skipped.is_empty() && p.conflicts.is_empty());
+        assert!(sent(&p).is_empty() && p.skipped.is_empty() && p.conflicts.is_empty());
         assert_eq!(p.already.len(), 1);
         assert!(p.already[0].reason.contains("already"));
     }
@@ -1005,7 +1350,7 @@ mod tests {
         i.pushed.insert("a@b.c".into(), vec![m]);
         let p = plan(&[row(2, "a@b.c", json!({"first_name": "Newer"}), &[1])], &i);
         assert!(p.conflicts.is_empty());
-        assert_eq!(p.items[0].fields["first_name"], "Newer");
+        assert_eq!(sent(&p)[0].fields["first_name"], "Newer");
     }
 
     #[test]
@@ -1034,25 +1379,24 @@ mod tests {
             ],
         );
         let p = plan(&[row(1, "a@b.c", json!({}), &[1, 2])], &i);
-        assert_eq!(p.items.len(), 1);
-        assert_eq!(p.items[0].list_ids, [list(2)].into_iter().collect());
+        assert_eq!(sent(&p).len(), 1);
+        assert_eq!(sent(&p)[0].list_ids, [list(2)].into_iter().collect());
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].field, "list_ids");
         // Only that list: skipped.
         let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
-        assert!(p.items.is_empty());
+        assert!(sent(&p).is_empty());
         assert!(
             p.skipped[0].reason.contains("not re-added"),
             "{:?}",
             p.skipped
         );
-        // With a field left but no list: skipped too (an import needs a list).
+        // With a field left but no list: the field goes out through a PUT, no list.
         let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
-        assert!(
-            p.skipped[0].reason.contains("no list left"),
-            "{:?}",
-            p.skipped
-        );
+        assert!(p.items.is_empty());
+        assert_eq!(p.puts.len(), 1);
+        assert!(p.puts[0].list_ids.is_empty());
+        assert!(p.puts[0].notes[0].contains("not re-added"));
     }
 
     #[test]
@@ -1072,7 +1416,7 @@ mod tests {
         );
         let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
         assert!(p.conflicts.is_empty());
-        assert_eq!(p.items.len(), 1);
+        assert_eq!(sent(&p).len(), 1);
     }
 
     #[test]
@@ -1109,7 +1453,7 @@ mod tests {
             )],
             &i,
         );
-        let f = &p.items[0].fields;
+        let f = &sent(&p)[0].fields;
         assert!(!f.contains_key("home_phone"));
         assert!(f.contains_key("work_phone"));
         assert!(!f.contains_key("work_city"));
@@ -1141,7 +1485,7 @@ mod tests {
             )],
             &i,
         );
-        assert_eq!(p.items[0].fields.len(), 1);
+        assert_eq!(sent(&p)[0].fields.len(), 1);
         assert_eq!(p.conflicts.len(), 2);
     }
 
@@ -1163,7 +1507,7 @@ mod tests {
             )],
             &i,
         );
-        let f = &p.items[0].fields;
+        let f = &sent(&p)[0].fields;
         assert!(!f.contains_key("birthday_month") && !f.contains_key("birthday_day"));
     }
 
@@ -1192,8 +1536,8 @@ mod tests {
             )],
             &i,
         );
-        assert_eq!(p.items[0].fields.len(), 1);
-        assert_eq!(p.items[0].fields["last_name"], "L");
+        assert_eq!(sent(&p)[0].fields.len(), 1);
+        assert_eq!(sent(&p)[0].fields["last_name"], "L");
     }
 
     #[test]
@@ -1231,8 +1575,8 @@ mod tests {
             ],
             &input(),
         );
-        assert_eq!(p.items.len(), 2);
-        let a = &p.items[0];
+        assert_eq!(sent(&p).len(), 2);
+        let a = &sent(&p)[0];
         assert_eq!(a.row_ids, vec![1, 3]);
         assert_eq!(a.fields["first_name"], "B");
         assert_eq!(a.fields["last_name"], "X");
@@ -1245,7 +1589,160 @@ mod tests {
         i.in_flight.insert("a@b.c".into());
         let p = plan(&[row(1, "a@b.c", json!({}), &[1])], &i);
         assert_eq!(p.deferred.len(), 1);
+        assert!(sent(&p).is_empty());
+    }
+
+    fn op_row(id: i64, email: &str, op: &str, fields: Value, lists: &[u128]) -> OutboundRow {
+        OutboundRow {
+            op: op.into(),
+            ..row(id, email, fields, lists)
+        }
+    }
+
+    #[test]
+    fn an_import_names_only_the_lists_the_contact_is_not_on_now() {
+        let mut i = input();
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1, 2]));
+        let p = plan(
+            &[row(1, "a@b.c", json!({"job_title": "x"}), &[1, 2, 3])],
+            &i,
+        );
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].list_ids, [list(3)].into_iter().collect());
+        // Already on every list: a field-only PUT.
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
         assert!(p.items.is_empty());
+        assert_eq!(p.puts.len(), 1);
+        // No list at all: a PUT too.
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[])], &i);
+        assert_eq!(p.puts.len(), 1);
+    }
+
+    #[test]
+    fn a_brand_new_contact_needs_a_list_and_cannot_clear() {
+        let p = plan(&[row(1, "n@b.c", json!({"job_title": "x"}), &[])], &input());
+        assert!(
+            p.failed[0]
+                .reason
+                .contains("brand-new contact needs a list"),
+            "{:?}",
+            p.failed
+        );
+        let p = plan(
+            &[row(1, "n@b.c", json!({"job_title": null}), &[1])],
+            &input(),
+        );
+        assert!(
+            p.failed[0].reason.contains("cannot clear"),
+            "{:?}",
+            p.failed
+        );
+        let p = plan(&[row(1, "n@b.c", json!({}), &[])], &input());
+        assert!(
+            p.failed[0].reason.contains("nothing to push"),
+            "{:?}",
+            p.failed
+        );
+    }
+
+    #[test]
+    fn null_clears_through_put_but_never_rides_on_an_import() {
+        let mut i = input();
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": null}), &[])], &i);
+        assert_eq!(p.puts[0].fields["job_title"], Value::Null);
+        let p = plan(&[row(1, "a@b.c", json!({"job_title": null}), &[2])], &i);
+        assert!(p.failed[0].reason.contains("its own row"), "{:?}", p.failed);
+        let p = plan(&[row(1, "a@b.c", json!({"street2": null}), &[])], &i);
+        assert!(
+            p.failed[0].reason.contains("cannot be cleared"),
+            "{:?}",
+            p.failed
+        );
+    }
+
+    #[test]
+    fn direct_ops_are_planned_from_what_constant_contact_holds() {
+        let mut i = input();
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1, 2]));
+        let mut gone = primary(6, "explicit", &[]);
+        gone.deleted = true;
+        i.contacts.insert("d@b.c".into(), gone);
+        i.contacts
+            .insert("u@b.c".into(), primary(7, "unsubscribed", &[]));
+        let p = plan(
+            &[
+                op_row(1, "a@b.c", "remove_from_lists", json!({}), &[2, 3]),
+                op_row(2, "u@b.c", "unsubscribe", json!({}), &[]),
+                op_row(3, "d@b.c", "delete", json!({}), &[]),
+                op_row(4, "x@b.c", "unsubscribe", json!({}), &[]),
+                op_row(5, "a@b.c", "frobnicate", json!({}), &[]),
+                op_row(6, "a@b.c", "delete", json!({}), &[]),
+                op_row(7, "a@b.c", "remove_from_lists", json!({}), &[1]),
+            ],
+            &i,
+        );
+        assert_eq!(p.directs.len(), 1);
+        let d = &p.directs[0];
+        assert_eq!((d.op, d.row_ids.clone()), (Op::RemoveFromLists, vec![1, 7]));
+        // Only the lists the contact is on now.
+        assert_eq!(d.list_ids, [list(1), list(2)].into_iter().collect());
+        let already: Vec<i64> = p.already.iter().map(|t| t.row_id).collect();
+        assert_eq!(already, vec![2, 3]);
+        assert_eq!(p.skipped[0].row_id, 4);
+        assert!(
+            p.failed[0].reason.contains("\"frobnicate\""),
+            "{:?}",
+            p.failed
+        );
+        // A delete after a removal of the same address waits for the next run.
+        assert_eq!(p.deferred[0].row_id, 6);
+        assert!(p.deferred[0].reason.contains("waits for row 1"));
+    }
+
+    #[test]
+    fn direct_ops_refuse_what_they_cannot_carry() {
+        let mut i = input();
+        i.contacts
+            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        for (op, f, l, why) in [
+            ("unsubscribe", json!({}), vec![1], "list_ids must be empty"),
+            (
+                "unsubscribe",
+                json!({"first_name": "x"}),
+                vec![],
+                "only fields.opt_out_reason",
+            ),
+            ("remove_from_lists", json!({}), vec![], "list_ids is empty"),
+            ("remove_from_lists", json!({}), vec![99], "does not exist"),
+            (
+                "delete",
+                json!({"first_name": "x"}),
+                vec![],
+                "takes no fields",
+            ),
+        ] {
+            let p = plan(&[op_row(1, "a@b.c", op, f, &l)], &i);
+            assert!(
+                p.failed.len() == 1 && p.failed[0].reason.contains(why),
+                "{op}: {:?}",
+                p.failed
+            );
+        }
+        let p = plan(
+            &[op_row(
+                1,
+                "a@b.c",
+                "unsubscribe",
+                json!({"opt_out_reason": "by phone"}),
+                &[],
+            )],
+            &i,
+        );
+        assert_eq!(p.directs[0].opt_out_reason.as_deref(), Some("by phone"));
     }
 
     fn arb_rows() -> impl Strategy<Value = Vec<OutboundRow>> {
@@ -1255,15 +1752,30 @@ mod tests {
             prop::option::of("[a-z]{0,3}"),
             0i64..300,
             any::<bool>(),
+            prop::sample::select(vec![
+                "upsert",
+                "upsert",
+                "upsert",
+                "unsubscribe",
+                "remove_from_lists",
+                "delete",
+                "bogus",
+            ]),
         );
         prop::collection::vec(one, 0..40).prop_map(|v| {
             v.into_iter()
                 .enumerate()
-                .map(|(i, (e, lists, name, created, bad))| {
+                .map(|(i, (e, lists, name, created, bad, op))| {
                     let mut f = Map::new();
                     if let Some(n) = name {
                         f.insert("first_name".into(), json!(n));
                     }
+                    let (mut f, lists) = match op {
+                        // Mostly well-formed direct ops, sometimes not.
+                        "unsubscribe" | "delete" if !bad => (Map::new(), vec![]),
+                        "remove_from_lists" if !bad => (Map::new(), lists),
+                        _ => (f, lists),
+                    };
                     if bad {
                         f.insert("nick".into(), json!("x"));
                     }
@@ -1273,6 +1785,7 @@ mod tests {
                         fields: Value::Object(f),
                         list_ids: lists.into_iter().map(list).collect(),
                         created_at: t(created),
+                        op: op.into(),
                     }
                 })
                 .collect()
@@ -1332,7 +1845,8 @@ mod tests {
         fn every_row_ends_in_exactly_one_place(rows in arb_rows(), input in arb_input()) {
             let p = plan(&rows, &input);
             let mut seen: HashMap<i64, usize> = HashMap::new();
-            for id in p.items.iter().flat_map(|i| i.row_ids.iter().copied())
+            for id in sent(&p).iter().flat_map(|i| i.row_ids.clone())
+                .chain(p.directs.iter().flat_map(|d| d.row_ids.clone()))
                 .chain(p.skipped.iter().map(|t| t.row_id))
                 .chain(p.failed.iter().map(|t| t.row_id))
                 .chain(p.deferred.iter().map(|t| t.row_id))
@@ -1347,21 +1861,36 @@ mod tests {
         fn no_unsubscribed_address_is_ever_an_item(rows in arb_rows(), input in arb_input()) {
             let p = plan(&rows, &input);
             for it in &p.items {
-                let perm = input.contacts.get(&it.email).and_then(|c| c.permission_to_send.as_deref());
-                prop_assert_ne!(perm, Some("unsubscribed"));
+                let c = input.contacts.get(&it.email);
+                prop_assert_ne!(c.and_then(|c| c.permission_to_send.as_deref()), Some("unsubscribed"));
                 prop_assert!(!input.in_flight.contains(&it.email));
                 prop_assert!(!it.list_ids.is_empty() && it.list_ids.len() <= MAX_LISTS);
                 prop_assert!(it.list_ids.iter().all(|l| input.known_lists.contains(l)));
+                // An import names only lists the contact is not on now.
+                if let Some(c) = c.filter(|c| !c.deleted) {
+                    prop_assert!(it.list_ids.is_disjoint(&c.memberships));
+                }
             }
-            // One item per address.
-            let emails: HashSet<&str> = p.items.iter().map(|i| i.email.as_str()).collect();
-            prop_assert_eq!(emails.len(), p.items.len());
+            for it in &p.puts {
+                // A PUT never touches lists, and only for a live contact Constant Contact has.
+                prop_assert!(it.list_ids.is_empty() && !it.fields.is_empty());
+                prop_assert!(input.contacts.get(&it.email).is_some_and(|c| !c.deleted));
+                prop_assert!(!input.in_flight.contains(&it.email));
+            }
+            // One item per address, and one kind of op per address.
+            let all = sent(&p);
+            let emails: HashSet<&str> = all.iter().map(|i| i.email.as_str()).collect();
+            prop_assert_eq!(emails.len(), all.len());
+            for d in &p.directs {
+                prop_assert!(!emails.contains(d.email.as_str()));
+                prop_assert!(input.contacts.get(&d.email).is_some_and(|c| !c.deleted));
+            }
         }
 
         #[test]
         fn no_list_left_in_the_primary_after_the_row_is_re_added(rows in arb_rows(), input in arb_input()) {
             let p = plan(&rows, &input);
-            for it in &p.items {
+            for it in &sent(&p) {
                 let Some(pr) = input.contacts.get(&it.email) else { continue };
                 let mine: Vec<&OutboundRow> = rows.iter().filter(|r| it.row_ids.contains(&r.id)).collect();
                 for c in input.changes.get(&pr.contact_id).into_iter().flatten() {

@@ -11,16 +11,17 @@ use uuid::Uuid;
 use crate::core::guard::{GuardInput, OutboundRow, Primary, PrimaryChange};
 use crate::core::states::OutboundState::{self, Completed, Failed, Pending, Submitted};
 
-/// An `outbound` row as selected: (id, email, fields, list_ids, created_at).
-type RowTuple = (i64, String, Value, Vec<Uuid>, DateTime<Utc>);
+/// An `outbound` row as selected: (id, email, fields, list_ids, created_at, op).
+type RowTuple = (i64, String, Value, Vec<Uuid>, DateTime<Utc>, String);
 
-fn outbound_row((id, email, fields, list_ids, created_at): RowTuple) -> OutboundRow {
+fn outbound_row((id, email, fields, list_ids, created_at, op): RowTuple) -> OutboundRow {
     OutboundRow {
         id,
         email,
         fields,
         list_ids,
         created_at,
+        op,
     }
 }
 
@@ -39,7 +40,7 @@ pub async fn pending_chunk(
             SELECT lower(email) AS e, min(id) AS first_id FROM ccsync.outbound
             WHERE account_id = $1 AND state = $4 AND next_attempt_at > now()
             GROUP BY 1)
-         SELECT o.id, o.email, o.fields, o.list_ids, o.created_at
+         SELECT o.id, o.email, o.fields, o.list_ids, o.created_at, o.op
          FROM ccsync.outbound o LEFT JOIN waiting w ON w.e = lower(o.email)
          WHERE o.account_id = $1 AND o.state = $4 AND o.id > $2
            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
@@ -435,7 +436,7 @@ pub async fn submitted_rows(
     activity_id: &str,
 ) -> Result<Vec<OutboundRow>, sqlx::Error> {
     let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT id, email, fields, list_ids, created_at FROM ccsync.outbound
+        "SELECT id, email, fields, list_ids, created_at, op FROM ccsync.outbound
          WHERE activity_id = $1 AND state = $2 ORDER BY id",
     )
     .bind(activity_id)
