@@ -154,6 +154,12 @@ pub struct SyncSettings {
     #[serde(deserialize_with = "duration")]
     pub poll_timeout: Duration,
     pub max_push_attempts: u32,
+    /// Field-only changes of existing contacts go out as `GET` + `PUT /contacts/{id}` (two
+    /// requests each). Above this many in one push run they fall back to an import that
+    /// names only lists the contact is on at a read made just before it (cheaper in
+    /// requests, but a subscriber's leave in the seconds between that read and the import's
+    /// processing would be undone). 0 = always PUT.
+    pub put_max_rows: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -484,10 +490,10 @@ impl Settings {
         }
         let s = &self.sync;
         out.push_str(&format!(
-            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\n\n",
+            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\nput_max_rows = {}\n\n",
             humantime::format_duration(s.lookback).to_string(), s.page_size, s.import_max_contacts, s.import_max_bytes,
             humantime::format_duration(s.poll_initial).to_string(), humantime::format_duration(s.poll_max).to_string(),
-            humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts
+            humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts, s.put_max_rows
         ));
         out.push_str("[schedule]\n");
         for (k, v) in self.schedule.entries() {

@@ -1,4 +1,5 @@
-//! Bulk activities: `POST /activities/contacts_json_import` and `GET /activities/{id}`
+//! Bulk activities: `POST /activities/contacts_json_import`, `remove_list_memberships`,
+//! `contact_delete` and `GET /activities/{id}`
 //! (API-NOTES §6, §10).
 
 use serde::Deserialize;
@@ -71,6 +72,42 @@ impl AccountClient {
             .map_err(|_| bad_url("activities/contacts_json_import"))?;
         self.post_json("POST /activities/contacts_json_import", url, body)
             .await
+    }
+
+    /// `POST /activities/remove_list_memberships` (`source.contact_ids` ≤ 500, `list_ids`
+    /// ≤ 50). Retried only on `throttled`.
+    pub async fn remove_list_memberships(
+        &self,
+        contact_ids: &[uuid::Uuid],
+        list_ids: &[uuid::Uuid],
+    ) -> Result<Activity, Error> {
+        let url = self
+            .api()
+            .endpoint("activities/remove_list_memberships")
+            .map_err(|_| bad_url("activities/remove_list_memberships"))?;
+        let body =
+            serde_json::json!({"source": {"contact_ids": contact_ids}, "list_ids": list_ids});
+        self.post_json(
+            "POST /activities/remove_list_memberships",
+            url,
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// `POST /activities/contact_delete` (`contact_ids` ≤ 500). Retried only on `throttled`.
+    pub async fn contact_delete(&self, contact_ids: &[uuid::Uuid]) -> Result<Activity, Error> {
+        let url = self
+            .api()
+            .endpoint("activities/contact_delete")
+            .map_err(|_| bad_url("activities/contact_delete"))?;
+        let body = serde_json::json!({ "contact_ids": contact_ids });
+        self.post_json(
+            "POST /activities/contact_delete",
+            url,
+            body.to_string().into_bytes(),
+        )
+        .await
     }
 
     /// `GET /activities/{id}`.

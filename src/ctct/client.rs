@@ -266,6 +266,50 @@ impl AccountClient {
         serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, source })
     }
 
+    /// PUT of a JSON body; like a POST, retried only on `throttled` (a PUT overwrites the
+    /// contact as read before it, so after a lost answer it is judged again on a new read,
+    /// never re-sent blindly).
+    pub async fn put_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        body: Vec<u8>,
+    ) -> Result<T, Error> {
+        let bytes = self
+            .send(endpoint, reqwest::Method::PUT, url, Some(body), false)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, source })
+    }
+
+    /// `GET /contacts/{id}` with every sub-resource, as Constant Contact sent it (a PUT
+    /// sends it back whole).
+    pub async fn contact(&self, id: uuid::Uuid) -> Result<serde_json::Value, Error> {
+        let mut url = self
+            .api
+            .endpoint(&format!("contacts/{id}"))
+            .map_err(|e| bad_url(&format!("contacts/{id}: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("include", CONTACT_INCLUDE);
+        self.get_json("GET /contacts/{id}", url).await
+    }
+
+    /// `PUT /contacts/{id}`: the contact after the write, as Constant Contact answers it.
+    pub async fn put_contact(
+        &self,
+        id: uuid::Uuid,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let url = self
+            .api
+            .endpoint(&format!("contacts/{id}"))
+            .map_err(|e| bad_url(&format!("contacts/{id}: {e}")))?;
+        let bytes = serde_json::to_vec(body).map_err(|source| Error::Decode {
+            endpoint: "PUT /contacts/{id}",
+            source,
+        })?;
+        self.put_json("PUT /contacts/{id}", url, bytes).await
+    }
+
     async fn send(
         &self,
         endpoint: &'static str,
@@ -424,5 +468,16 @@ mod tests {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None); // past
         assert!(parse_retry_after("soon").is_none());
+    }
+}
+
+fn bad_url(what: &str) -> Error {
+    Error::Status {
+        endpoint: "url",
+        status: 0,
+        items: vec![super::error::ApiErrorItem {
+            error_key: "ccsync.bad_url".into(),
+            error_message: format!("cannot build the URL of {what}"),
+        }],
     }
 }
