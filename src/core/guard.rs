@@ -449,7 +449,19 @@ pub fn holds(
             let addr = arr.iter().find(|a| str_of(a, "kind") == Some(kind));
             Some(addr.and_then(|a| str_of(a, field)).unwrap_or("").trim() == text(value))
         }
-        Aspect::Custom(id) => Some(text(&custom_value(&p.custom_fields, id)) == text(value)),
+        Aspect::Custom(id) => {
+            let held = custom_value(&p.custom_fields, id);
+            if held.is_null()
+                && custom_values(&p.custom_fields)
+                    .get(&id)
+                    .is_some_and(|v| !v[1].is_null())
+            {
+                // A select-type field may come back as `choice_ids` only: the pushed text
+                // cannot be compared with those.
+                return None;
+            }
+            Some(text(&held) == text(value))
+        }
     }
 }
 
@@ -1350,6 +1362,9 @@ mod tests {
         assert_eq!(holds(&p, "cf:c", &json!("44"), &cat), Some(false));
         // Not in the catalogue: cannot be told.
         assert_eq!(holds(&p, "cf:zzz", &json!("44"), &cat), None);
+        // A select-type value given as choice ids only: cannot be told either.
+        p.custom_fields = json!([{"custom_field_id": cf("d").to_string(), "choice_ids": [3]}]);
+        assert_eq!(holds(&p, "cf:d", &json!("Apple"), &cat), None);
     }
 
     #[test]
