@@ -40,6 +40,7 @@ ROOTS = [
     "Link",
     "ContactListArray",
     "ContactList",
+    "CustomFields",
     "ActivityImport",
     "Activity",
     "Activities",

@@ -139,7 +139,7 @@ fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
 }
 
 /// Ensures the account has 5 custom field definitions (deterministic ids).
-pub(crate) fn ensure_custom_fields(acct: &mut Account, seed: u64) {
+pub(crate) fn ensure_custom_fields(acct: &mut Account, seed: u64, now: Ts) {
     if !acct.custom_fields.is_empty() {
         return;
     }
@@ -148,6 +148,11 @@ pub(crate) fn ensure_custom_fields(acct: &mut Account, seed: u64) {
         acct.custom_fields.push(CustomFieldDef {
             custom_field_id: uuid_from(&mut rng),
             name: (*name).to_string(),
+            label: name.replace('_', " "),
+            field_type: "string".into(),
+            created_at: now,
+            updated_at: now,
+            import_drops_silently: false,
         });
     }
     for _ in 0..6 {
@@ -158,7 +163,7 @@ pub(crate) fn ensure_custom_fields(acct: &mut Account, seed: u64) {
 /// Adds `lists` lists and `contacts` contacts to the account, deterministically from `seed`.
 pub(crate) fn generate(acct: &mut Account, contacts: usize, lists: usize, seed: u64, now: Ts) {
     let mut rng = StdRng::seed_from_u64(seed);
-    ensure_custom_fields(acct, seed);
+    ensure_custom_fields(acct, seed, now);
     let two_years_ms: i64 = 2 * 365 * 24 * 3600 * 1000;
 
     let mut new_lists = Vec::with_capacity(lists);

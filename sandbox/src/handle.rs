@@ -9,7 +9,8 @@ use uuid::Uuid;
 use super::generator;
 use super::oauth;
 use super::state::{
-    trunc_ms, Account, Contact, ContactCore, ContactSubs, EmailAddress, Inner, ListRec, State,
+    trunc_ms, Account, Contact, ContactCore, ContactSubs, CustomFieldDef, CustomFieldValue,
+    EmailAddress, Inner, ListRec, State,
 };
 
 /// Handle on one account of a running sandbox. Cheap to clone.
@@ -332,6 +333,88 @@ impl AccountCtl {
     /// An activity in its `Activity` response shape.
     pub fn activity(&self, id: Uuid) -> Option<serde_json::Value> {
         self.with(|a, _| super::import_engine::activity_json(a, id))
+    }
+
+    /// Defines a custom field (`type` e.g. "string"); returns its id. A name that exists
+    /// already returns the existing definition's id unchanged (names are unique).
+    pub fn create_custom_field(&self, name: &str, label: &str, field_type: &str) -> Uuid {
+        self.with(|a, now| {
+            if let Some(d) = a.custom_fields.iter().find(|d| d.name == name) {
+                return d.custom_field_id;
+            }
+            let id = Uuid::new_v4();
+            a.custom_fields.push(CustomFieldDef {
+                custom_field_id: id,
+                name: name.to_string(),
+                label: label.to_string(),
+                field_type: field_type.to_string(),
+                created_at: now,
+                updated_at: now,
+                import_drops_silently: false,
+            });
+            id
+        })
+    }
+
+    /// Removes the definition and every contact's value of it (contacts not bumped).
+    pub fn delete_custom_field(&self, id: Uuid) {
+        self.with(|a, _| {
+            a.custom_fields.retain(|d| d.custom_field_id != id);
+            let holders: Vec<Uuid> = a
+                .contacts
+                .iter()
+                .filter(|(_, c)| c.subs.custom_fields.iter().any(|f| f.custom_field_id == id))
+                .map(|(cid, _)| *cid)
+                .collect();
+            for cid in holders {
+                if let Some(mut c) = a.contact_mut(&cid) {
+                    c.subs.custom_fields.retain(|f| f.custom_field_id != id);
+                }
+            }
+        });
+    }
+
+    /// Sets (`Some`) or removes (`None`) a contact's value of a custom field and bumps the
+    /// contact's `updated_at`, as an edit in the Constant Contact UI does.
+    pub fn set_custom_field(&self, contact_id: Uuid, custom_field_id: Uuid, value: Option<&str>) {
+        self.with(|a, now| {
+            if let Some(mut c) = a.contact_mut(&contact_id) {
+                let cfs = &mut c.subs.custom_fields;
+                cfs.retain(|f| f.custom_field_id != custom_field_id);
+                if let Some(v) = value {
+                    cfs.push(CustomFieldValue {
+                        custom_field_id,
+                        value: Some(v.to_string()),
+                    });
+                }
+                c.core.updated_at = now;
+            }
+        });
+    }
+
+    /// From now on the import accepts `cf:<name>` of this field but stores nothing and
+    /// reports nothing (no counter, no `activity_errors` entry): only reading the contact
+    /// back shows the value missing.
+    pub fn drop_custom_field_silently(&self, custom_field_id: Uuid) {
+        self.with(|a, _| {
+            for d in a
+                .custom_fields
+                .iter_mut()
+                .filter(|d| d.custom_field_id == custom_field_id)
+            {
+                d.import_drops_silently = true;
+            }
+        });
+    }
+
+    /// The custom field definitions as (id, name), in creation order.
+    pub fn custom_fields(&self) -> Vec<(Uuid, String)> {
+        self.with(|a, _| {
+            a.custom_fields
+                .iter()
+                .map(|d| (d.custom_field_id, d.name.clone()))
+                .collect()
+        })
     }
 }
 

@@ -352,10 +352,10 @@ fn apply_import(
                 id
             }
         };
-        let cf_defs: Vec<(String, Uuid)> = acct
+        let cf_defs: Vec<(String, Uuid, bool)> = acct
             .custom_fields
             .iter()
-            .map(|c| (c.name.clone(), c.custom_field_id))
+            .map(|c| (c.name.clone(), c.custom_field_id, c.import_drops_silently))
             .collect();
         let Some(mut c) = acct.contact_mut(&id) else {
             continue;
@@ -420,7 +420,7 @@ fn new_import_contact(id: Uuid, email: &str, now: Ts) -> Contact {
 fn apply_properties(
     c: &mut Contact,
     o: &Map<String, Value>,
-    cf_defs: &[(String, Uuid)],
+    cf_defs: &[(String, Uuid, bool)],
     now: Ts,
     row: usize,
     errors: &mut Vec<String>,
@@ -543,10 +543,14 @@ fn apply_properties(
             continue;
         };
         let Some(value) = v.as_str() else { continue };
-        let Some((_, cf_id)) = cf_defs.iter().find(|(n, _)| n == name) else {
+        let Some((_, cf_id, dropped)) = cf_defs.iter().find(|(n, _, _)| n == name) else {
             errors.push(format!("Row {row}: unknown custom field '{name}'"));
             continue;
         };
+        if *dropped {
+            // `AccountCtl::drop_custom_field_silently`: accepted, stored nowhere.
+            continue;
+        }
         let cfs = &mut c.subs.custom_fields;
         if let Some(f) = cfs.iter_mut().find(|f| f.custom_field_id == *cf_id) {
             f.value = Some(value.to_string());

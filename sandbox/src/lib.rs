@@ -51,6 +51,7 @@ mod activities;
 mod contacts;
 mod control_api;
 mod cursor;
+mod custom_fields;
 mod faults;
 mod generator;
 mod handle;
@@ -306,6 +307,10 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v3/contacts", get(contacts::list_contacts))
         .route("/v3/contacts/{id}", get(contacts::get_contact))
         .route("/v3/contact_lists", get(lists::list_lists))
+        .route(
+            "/v3/contact_custom_fields",
+            get(custom_fields::list_custom_fields),
+        )
         .merge(oauth::routes())
         .merge(activities::routes())
         .merge(control_api::routes())

@@ -287,6 +287,13 @@ pub(crate) struct ListRec {
 pub(crate) struct CustomFieldDef {
     pub custom_field_id: Uuid,
     pub name: String,
+    pub label: String,
+    /// `type` in the API (string, date, single_select, ...).
+    pub field_type: String,
+    pub created_at: Ts,
+    pub updated_at: Ts,
+    /// Test knob: the import accepts `cf:<name>` but stores nothing and reports nothing.
+    pub import_drops_silently: bool,
 }
 
 /// Permission codes for [`Hot::perm`].

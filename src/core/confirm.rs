@@ -94,11 +94,12 @@ pub fn confirm(
                         .filter(|k| !s.dropped.contains(*k))
                         .filter_map(|k| {
                             let v = values.and_then(|m| m.get(k))?;
-                            let ok = holds(p, k, v).unwrap_or(true)
+                            let ok = holds(p, k, v, &input.custom_fields).unwrap_or(true)
                                 || changed_since(
                                     input.changes.get(&p.contact_id).map_or(&[][..], Vec::as_slice),
                                     submitted_at,
                                     k,
+                                    &input.custom_fields,
                                 );
                             (!ok).then(|| k.clone())
                         })
@@ -257,6 +258,44 @@ mod tests {
         );
         let v = confirm(&r, &[l], t(20), &i, &Counters::default());
         assert_eq!(v[0].1, Verdict::Completed(None));
+    }
+
+    #[test]
+    fn a_custom_field_value_is_verified_by_id() {
+        let l = Uuid::from_u128(7);
+        let shoe = Uuid::from_u128(0xCF);
+        let with_value = |v: &str| {
+            let mut p = primary("Ann", &[l], "implicit");
+            p.custom_fields = json!([{"custom_field_id": shoe.to_string(), "value": v}]);
+            let mut i = input(Some(p));
+            i.custom_fields.insert("shoe_size".into(), shoe);
+            i
+        };
+        let r = [row(1, "a@x.io", json!({"cf:shoe_size": "44"}))];
+        let c = Counters::default();
+        let ok = confirm(&r, &[l], t(20), &with_value("44"), &c);
+        assert_eq!(ok, vec![(1, Verdict::Completed(None))]);
+        let missing = confirm(&r, &[l], t(20), &with_value("38"), &c);
+        assert!(
+            matches!(&missing[0].1, Verdict::Failed(m) if m.contains("cf:shoe_size not applied")),
+            "{missing:?}"
+        );
+        // Changed in Constant Contact after the import: counts as applied.
+        let mut i = with_value("38");
+        i.changes.insert(
+            Uuid::from_u128(1),
+            vec![PrimaryChange {
+                at: t(30),
+                kind: "updated".into(),
+                field: Some("custom_fields".into()),
+                old_value: Some(json!([{"custom_field_id": shoe.to_string(), "value": "44"}])),
+                new_value: Some(json!([{"custom_field_id": shoe.to_string(), "value": "38"}])),
+            }],
+        );
+        assert_eq!(
+            confirm(&r, &[l], t(20), &i, &c)[0].1,
+            Verdict::Completed(None)
+        );
     }
 
     #[test]

@@ -126,7 +126,13 @@ pub struct GuardInput {
     /// Values this daemon pushed for an address (from `completed` rows): a Constant Contact
     /// change to exactly such a value is our own import coming back, not a conflict.
     pub pushed: HashMap<String, Vec<Map<String, Value>>>,
+    /// Constant Contact's custom field catalogue, name → `custom_field_id`: an import names
+    /// a custom field `cf:<name>`, the contact resource by id.
+    pub custom_fields: CustomFieldIds,
 }
+
+/// A custom field catalogue: name → `custom_field_id`.
+pub type CustomFieldIds = HashMap<String, Uuid>;
 
 /// One contact to import: the coalesced rows of one address.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,7 +222,8 @@ enum Aspect {
     Birthday,
     Phone(&'static str),
     Address(&'static str),
-    Custom,
+    /// One custom field, by id.
+    Custom(Uuid),
 }
 
 fn phone_kind(prop: &str) -> Option<&'static str> {
@@ -247,10 +254,16 @@ fn address_kind(prop: &str) -> Option<&'static str> {
     None
 }
 
-fn aspect_of(prop: &str) -> Option<Aspect> {
-    if prop.starts_with("cf:") {
-        return Some(Aspect::Custom);
+/// The aspect an import property writes; a `cf:<name>` the catalogue does not know has none.
+fn aspect_of(prop: &str, custom_fields: &CustomFieldIds) -> Option<Aspect> {
+    match prop.strip_prefix("cf:") {
+        Some(name) => custom_fields.get(name).copied().map(Aspect::Custom),
+        None => builtin_aspect(prop),
     }
+}
+
+/// The aspect of a property that is not a custom field.
+fn builtin_aspect(prop: &str) -> Option<Aspect> {
     for s in [
         "first_name",
         "last_name",
@@ -310,8 +323,32 @@ fn address_of(arr: &Value, kind: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn is_empty_array(v: &Value) -> bool {
-    v.is_null() || v.as_array().is_some_and(|a| a.is_empty())
+/// Each custom field of a contact's `custom_fields` array: id → its value and choices.
+fn custom_values(arr: &Value) -> BTreeMap<Uuid, Value> {
+    arr.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| {
+                    let id = Uuid::parse_str(str_of(f, "custom_field_id")?).ok()?;
+                    let value = f.get("value").cloned().unwrap_or(Value::Null);
+                    let choices = f.get("choice_ids").cloned().unwrap_or(Value::Null);
+                    Some((id, serde_json::json!([value, choices])))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of custom field `id` in a `custom_fields` array (`Null` when it has none).
+fn custom_value(arr: &Value, id: Uuid) -> Value {
+    arr.as_array()
+        .and_then(|a| {
+            a.iter().find(|f| {
+                str_of(f, "custom_field_id").and_then(|s| Uuid::parse_str(s).ok()) == Some(id)
+            })
+        })
+        .and_then(|f| f.get("value").cloned())
+        .unwrap_or(Value::Null)
 }
 
 /// The aspects a Constant Contact `updated` change touched.
@@ -324,7 +361,7 @@ fn aspects_changed(c: &PrimaryChange) -> Vec<Aspect> {
     let new = c.new_value.as_ref().unwrap_or(&null);
     match field {
         "first_name" | "last_name" | "job_title" | "company_name" | "anniversary" => {
-            aspect_of(field).into_iter().collect()
+            builtin_aspect(field).into_iter().collect()
         }
         "birthday_month" | "birthday_day" => vec![Aspect::Birthday],
         "phone_numbers" => ["home", "work", "mobile", "other"]
@@ -337,9 +374,17 @@ fn aspects_changed(c: &PrimaryChange) -> Vec<Aspect> {
             .filter(|k| address_of(old, k) != address_of(new, k))
             .map(Aspect::Address)
             .collect(),
-        // Imports name custom fields by name, the contact resource by id, and the store has
-        // no name-to-id map: any custom-field change wins over every `cf:` property.
-        "custom_fields" if old != new => vec![Aspect::Custom],
+        // Per field, by id: a change to one custom field wins over that `cf:` property only.
+        "custom_fields" => {
+            let (old, new) = (custom_values(old), custom_values(new));
+            old.keys()
+                .chain(new.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|id| old.get(id) != new.get(id))
+                .map(|id| Aspect::Custom(*id))
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -355,7 +400,7 @@ fn aspects_with_values(p: &Primary) -> Vec<Aspect> {
         "anniversary",
     ] {
         if p.scalars.get(s).is_some_and(|v| !v.is_null()) {
-            out.extend(aspect_of(s));
+            out.extend(builtin_aspect(s));
         }
     }
     if ["birthday_month", "birthday_day"]
@@ -374,9 +419,13 @@ fn aspects_with_values(p: &Primary) -> Vec<Aspect> {
             out.push(Aspect::Address(k));
         }
     }
-    if !is_empty_array(&p.custom_fields) {
-        out.push(Aspect::Custom);
-    }
+    let none = serde_json::json!([null, null]);
+    out.extend(
+        custom_values(&p.custom_fields)
+            .into_iter()
+            .filter(|(_, v)| *v != none)
+            .map(|(id, _)| Aspect::Custom(id)),
+    );
     out
 }
 
@@ -386,20 +435,26 @@ fn primary_value(p: &Primary, a: Aspect, prop: &str) -> Value {
         Aspect::Scalar(_) | Aspect::Birthday => p.scalars.get(prop).cloned().unwrap_or(Value::Null),
         Aspect::Phone(k) => serde_json::json!(phones_of(&p.phone_numbers, k)),
         Aspect::Address(k) => serde_json::json!(address_of(&p.street_addresses, k)),
-        Aspect::Custom => p.custom_fields.clone(),
+        Aspect::Custom(id) => custom_value(&p.custom_fields, id),
     }
 }
 
 /// Whether Constant Contact's copy `p` holds the pushed `value` of import property `prop`:
-/// `Some(true|false)`, or `None` where it cannot be told from the contact resource (custom
-/// fields are named by id there, by name in an import; `street2` is folded into `street`).
-pub fn holds(p: &Primary, prop: &str, value: &Value) -> Option<bool> {
+/// `Some(true|false)`, or `None` where it cannot be told from the contact resource
+/// (`street2` is folded into `street`; a `cf:<name>` missing from `custom_fields`, the
+/// catalogue, has no id to look the value up by).
+pub fn holds(
+    p: &Primary,
+    prop: &str,
+    value: &Value,
+    custom_fields: &CustomFieldIds,
+) -> Option<bool> {
     let text = |v: &Value| match v {
         Value::String(s) => s.trim().to_string(),
         Value::Null => String::new(),
         other => other.to_string(),
     };
-    match aspect_of(prop)? {
+    match aspect_of(prop, custom_fields)? {
         Aspect::Scalar(_) | Aspect::Birthday => {
             Some(text(p.scalars.get(prop).unwrap_or(&Value::Null)) == text(value))
         }
@@ -417,13 +472,31 @@ pub fn holds(p: &Primary, prop: &str, value: &Value) -> Option<bool> {
             let addr = arr.iter().find(|a| str_of(a, "kind") == Some(kind));
             Some(addr.and_then(|a| str_of(a, field)).unwrap_or("").trim() == text(value))
         }
-        Aspect::Custom => None,
+        Aspect::Custom(id) => {
+            let held = custom_value(&p.custom_fields, id);
+            if held.is_null()
+                && custom_values(&p.custom_fields)
+                    .get(&id)
+                    .is_some_and(|v| !v[1].is_null())
+            {
+                // A select-type field may come back as `choice_ids` only: the pushed text
+                // cannot be compared with those.
+                return None;
+            }
+            Some(text(&held) == text(value))
+        }
     }
 }
 
-/// True when a Constant Contact change after `since` touched what `prop` writes.
-pub fn changed_since(changes: &[PrimaryChange], since: DateTime<Utc>, prop: &str) -> bool {
-    let Some(a) = aspect_of(prop) else {
+/// True when a Constant Contact change after `since` touched what `prop` writes
+/// (`custom_fields` resolves a `cf:<name>` to the id the changes carry).
+pub fn changed_since(
+    changes: &[PrimaryChange],
+    since: DateTime<Utc>,
+    prop: &str,
+    custom_fields: &CustomFieldIds,
+) -> bool {
+    let Some(a) = aspect_of(prop, custom_fields) else {
         return false;
     };
     changes
@@ -470,12 +543,15 @@ pub fn check_row(
     fields: &Value,
     list_ids: &[Uuid],
     known_lists: &HashSet<Uuid>,
+    custom_fields: &CustomFieldIds,
 ) -> Result<Map<String, Value>, String> {
     let Some(obj) = fields.as_object() else {
         return Err("fields must be a JSON object of import property names".into());
     };
     let mut out = Map::with_capacity(obj.len());
     let mut custom = 0usize;
+    // Names the catalogue does not have: reported after the per-value checks.
+    let mut unknown: Vec<&str> = Vec::new();
     for (k, v) in obj {
         if k == "email" {
             match v.as_str() {
@@ -504,6 +580,9 @@ pub fn check_row(
                 ));
             }
             check_string(k, v, CUSTOM_VALUE_MAX)?;
+            if !custom_fields.contains_key(name) {
+                unknown.push(name);
+            }
         } else if k == "birthday_month" || k == "birthday_day" {
             let (lo, hi) = if k == "birthday_month" {
                 (1, 12)
@@ -526,6 +605,20 @@ pub fn check_row(
     if custom > MAX_CUSTOM_FIELDS {
         return Err(format!(
             "fields has {custom} custom fields; at most {MAX_CUSTOM_FIELDS} per contact"
+        ));
+    }
+    if !unknown.is_empty() {
+        // The import would refuse the row (the field must already exist): say so here,
+        // naming the field, rather than after a round trip.
+        let props: Vec<String> = unknown.iter().map(|n| format!("fields.cf:{n}")).collect();
+        let (noun, names) = if unknown.len() == 1 {
+            ("custom field", unknown[0].to_string())
+        } else {
+            ("custom fields", unknown.join(", "))
+        };
+        return Err(format!(
+            "{}: no {noun} named {names} in Constant Contact's catalogue",
+            props.join(", ")
         ));
     }
     if out.get("birthday_month").is_some_and(|v| !v.is_null())
@@ -663,7 +756,13 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
             )));
             continue;
         }
-        let mut fields = match check_row(&email, &row.fields, &row.list_ids, &input.known_lists) {
+        let mut fields = match check_row(
+            &email,
+            &row.fields,
+            &row.list_ids,
+            &input.known_lists,
+            &input.custom_fields,
+        ) {
             Ok(f) => f,
             Err(e) => {
                 out.failed.push(terminal(e));
@@ -765,18 +864,19 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
                 _ => {}
             }
         }
-        let dropped: Vec<String> = fields
+        let dropped: Vec<(String, Aspect)> = fields
             .keys()
-            .filter(|k| aspect_of(k).is_some_and(|a| changed.contains(&a)))
-            .cloned()
+            .filter_map(|k| {
+                let a = aspect_of(k, &input.custom_fields)?;
+                changed.contains(&a).then(|| (k.clone(), a))
+            })
             .collect();
-        for k in dropped {
+        for (k, a) in dropped {
             let Some(local) = fields.remove(&k) else {
                 continue;
             };
-            let a = aspect_of(&k).unwrap_or(Aspect::Custom);
             let remote = primary_value(p, a, &k);
-            if a != Aspect::Custom && remote == local {
+            if remote == local {
                 // Constant Contact already holds exactly this value: nothing to push,
                 // nothing to refuse.
                 continue;
@@ -1060,7 +1160,7 @@ fn is_echo(c: &PrimaryChange, echoes: Option<&Vec<Map<String, Value>>>) -> bool 
         return false;
     };
     if !matches!(
-        aspect_of(field),
+        builtin_aspect(field),
         Some(Aspect::Scalar(_)) | Some(Aspect::Birthday)
     ) {
         return false;
@@ -1101,8 +1201,32 @@ mod tests {
     fn input() -> GuardInput {
         GuardInput {
             known_lists: (1..=60).map(list).collect(),
+            custom_fields: catalogue(),
             ..Default::default()
         }
+    }
+
+    /// The id of the custom field named `name` in [`catalogue`].
+    fn cf(name: &str) -> Uuid {
+        catalogue()[name]
+    }
+
+    fn catalogue() -> CustomFieldIds {
+        ["shoe_size", "x", "a", "b", "c", "d"]
+            .iter()
+            .enumerate()
+            .map(|(n, name)| (name.to_string(), Uuid::from_u128(0xCF00 + n as u128)))
+            .collect()
+    }
+
+    /// A `custom_fields` array of (name, value) pairs.
+    fn cfs(values: &[(&str, &str)]) -> Value {
+        Value::Array(
+            values
+                .iter()
+                .map(|(n, v)| json!({"custom_field_id": cf(n).to_string(), "value": v}))
+                .collect(),
+        )
     }
 
     fn primary(id: u128, permission: &str, lists: &[u128]) -> Primary {
@@ -1462,31 +1586,146 @@ mod tests {
     }
 
     #[test]
-    fn custom_field_changes_win_over_every_cf_property() {
+    fn an_unknown_custom_field_name_fails_naming_it() {
+        let p = plan(
+            &[
+                row(1, "a@b.c", json!({"cf:shoe_size": "44"}), &[1]),
+                row(
+                    2,
+                    "b@b.c",
+                    json!({"cf:hat_size": "7", "first_name": "B"}),
+                    &[1],
+                ),
+                row(3, "c@b.c", json!({"cf:hat": "7", "cf:glove": "8"}), &[1]),
+            ],
+            &input(),
+        );
+        assert_eq!(p.items.len(), 1, "{:?}", p.failed);
+        assert_eq!(sent(&p)[0].row_ids, vec![1]);
+        assert_eq!(p.failed.len(), 2);
+        assert_eq!(
+            p.failed[0].reason,
+            "fields.cf:hat_size: no custom field named hat_size in Constant Contact's catalogue"
+        );
+        assert!(
+            p.failed[1].reason.contains("fields.cf:hat")
+                && p.failed[1].reason.contains("fields.cf:glove")
+                && p.failed[1].reason.contains("named glove, hat"),
+            "{:?}",
+            p.failed[1]
+        );
+        // An empty catalogue knows no name at all.
         let mut i = input();
-        i.contacts
-            .insert("a@b.c".into(), primary(5, "explicit", &[1]));
+        i.custom_fields.clear();
+        let p = plan(&[row(1, "a@b.c", json!({"cf:shoe_size": "44"}), &[1])], &i);
+        assert!(p.failed[0].reason.contains("shoe_size"), "{:?}", p.failed);
+    }
+
+    #[test]
+    fn a_change_to_one_custom_field_drops_only_that_cf_property() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[1]);
+        pr.custom_fields = cfs(&[("a", "9"), ("b", "2"), ("c", "3")]);
+        i.contacts.insert("a@b.c".into(), pr);
         i.changes.insert(
             Uuid::from_u128(5),
-            vec![change(
-                150,
-                "updated",
-                "custom_fields",
-                json!([]),
-                json!([{"custom_field_id": "x", "value": "1"}]),
-            )],
+            vec![
+                change(
+                    150,
+                    "updated",
+                    "custom_fields",
+                    cfs(&[("a", "1"), ("b", "2")]),
+                    cfs(&[("a", "9"), ("b", "2"), ("c", "3")]),
+                ),
+                // Before the row was queued: the row's value wins.
+                change(50, "updated", "custom_fields", cfs(&[]), cfs(&[("d", "0")])),
+            ],
         );
         let p = plan(
             &[row(
                 1,
                 "a@b.c",
-                json!({"cf:a": "1", "cf:b": "2", "last_name": "L"}),
+                // cf:c changed to exactly the row's value: nothing to push, no conflict.
+                json!({"cf:a": "5", "cf:b": "6", "cf:c": "3", "cf:d": "7", "last_name": "L"}),
                 &[1],
             )],
             &i,
         );
-        assert_eq!(sent(&p)[0].fields.len(), 1);
-        assert_eq!(p.conflicts.len(), 2);
+        let f = &sent(&p)[0].fields;
+        assert!(!f.contains_key("cf:a") && !f.contains_key("cf:c"), "{f:?}");
+        assert_eq!(f["cf:b"], "6");
+        assert_eq!(f["cf:d"], "7");
+        assert_eq!(f["last_name"], "L");
+        assert_eq!(p.conflicts.len(), 1, "{:?}", p.conflicts);
+        assert_eq!(p.conflicts[0].field, "cf:a");
+        assert_eq!(p.conflicts[0].local, "5");
+        assert_eq!(p.conflicts[0].primary, "9");
+        assert!(sent(&p)[0].notes[0].contains("cf:a"));
+    }
+
+    #[test]
+    fn a_contact_first_seen_after_the_row_keeps_only_the_custom_fields_it_has() {
+        let mut i = input();
+        let mut pr = primary(5, "explicit", &[]);
+        pr.custom_fields = cfs(&[("a", "theirs")]);
+        i.contacts.insert("a@b.c".into(), pr);
+        i.changes.insert(
+            Uuid::from_u128(5),
+            vec![PrimaryChange {
+                at: t(150),
+                kind: "created".into(),
+                field: None,
+                old_value: None,
+                new_value: None,
+            }],
+        );
+        let p = plan(
+            &[row(
+                1,
+                "a@b.c",
+                json!({"cf:a": "mine", "cf:b": "mine"}),
+                &[1],
+            )],
+            &i,
+        );
+        let f = &sent(&p)[0].fields;
+        assert!(!f.contains_key("cf:a"));
+        assert_eq!(f["cf:b"], "mine");
+        assert_eq!(p.conflicts[0].primary, "theirs");
+    }
+
+    #[test]
+    fn holds_compares_a_custom_field_value_by_id() {
+        let cat = catalogue();
+        let mut p = primary(5, "explicit", &[1]);
+        p.custom_fields = cfs(&[("a", " 44 "), ("b", "x")]);
+        assert_eq!(holds(&p, "cf:a", &json!("44"), &cat), Some(true));
+        assert_eq!(holds(&p, "cf:a", &json!("45"), &cat), Some(false));
+        assert_eq!(holds(&p, "cf:b", &json!("44"), &cat), Some(false));
+        // Known but without a value on the contact: not held.
+        assert_eq!(holds(&p, "cf:c", &json!("44"), &cat), Some(false));
+        // Not in the catalogue: cannot be told.
+        assert_eq!(holds(&p, "cf:zzz", &json!("44"), &cat), None);
+        // A select-type value given as choice ids only: cannot be told either.
+        p.custom_fields = json!([{"custom_field_id": cf("d").to_string(), "choice_ids": [3]}]);
+        assert_eq!(holds(&p, "cf:d", &json!("Apple"), &cat), None);
+    }
+
+    #[test]
+    fn changed_since_is_per_custom_field() {
+        let cat = catalogue();
+        let cs = [change(
+            150,
+            "updated",
+            "custom_fields",
+            cfs(&[("a", "1"), ("b", "2")]),
+            cfs(&[("a", "1"), ("b", "3")]),
+        )];
+        assert!(changed_since(&cs, t(100), "cf:b", &cat));
+        assert!(!changed_since(&cs, t(100), "cf:a", &cat));
+        assert!(!changed_since(&cs, t(200), "cf:b", &cat));
+        assert!(!changed_since(&cs, t(100), "cf:zzz", &cat));
+        assert!(!changed_since(&cs, t(100), "first_name", &cat));
     }
 
     #[test]
@@ -1609,7 +1848,7 @@ mod tests {
             &i,
         );
         assert_eq!(p.items.len(), 1);
-        assert_eq!(p.items[0].list_ids, [list(3)].into_iter().collect());
+        assert_eq!(sent(&p)[0].list_ids, [list(3)].into_iter().collect());
         // Already on every list: a field-only PUT.
         let p = plan(&[row(1, "a@b.c", json!({"job_title": "x"}), &[1])], &i);
         assert!(p.items.is_empty());
@@ -1840,7 +2079,51 @@ mod tests {
             })
     }
 
+    /// A contact's values of the custom fields a..d (None: no value).
+    fn arb_cf_values() -> impl Strategy<Value = Vec<Option<String>>> {
+        prop::collection::vec(prop::option::of("[a-c]"), 4)
+    }
+
+    fn cf_array(values: &[Option<String>]) -> Value {
+        let pairs: Vec<(&str, &str)> = ["a", "b", "c", "d"]
+            .iter()
+            .zip(values)
+            .filter_map(|(n, v)| v.as_deref().map(|v| (*n, v)))
+            .collect();
+        cfs(&pairs)
+    }
+
     proptest! {
+        #[test]
+        fn a_cf_property_is_dropped_exactly_when_its_own_field_changed(
+            old in arb_cf_values(),
+            new in arb_cf_values(),
+        ) {
+            let mut i = input();
+            let mut pr = primary(5, "explicit", &[1]);
+            pr.custom_fields = cf_array(&new);
+            i.contacts.insert("a@b.c".into(), pr);
+            i.changes.insert(
+                Uuid::from_u128(5),
+                vec![change(150, "updated", "custom_fields", cf_array(&old), cf_array(&new))],
+            );
+            // Local values never equal the primary's ("L" is not in [a-c]).
+            let fields = json!({"cf:a": "L", "cf:b": "L", "cf:c": "L", "cf:d": "L", "last_name": "L"});
+            let p = plan(&[row(1, "a@b.c", fields, &[1])], &i);
+            let all = sent(&p);
+            let item = &all[0];
+            for (n, name) in ["a", "b", "c", "d"].iter().enumerate() {
+                let k = format!("cf:{name}");
+                let changed = old[n] != new[n];
+                prop_assert_eq!(item.fields.contains_key(&k), !changed, "{}", k);
+                prop_assert_eq!(p.conflicts.iter().any(|c| c.field == k), changed, "{}", k);
+                prop_assert_eq!(
+                    changed_since(&i.changes[&Uuid::from_u128(5)], t(100), &k, &i.custom_fields),
+                    changed
+                );
+            }
+        }
+
         #[test]
         fn every_row_ends_in_exactly_one_place(rows in arb_rows(), input in arb_input()) {
             let p = plan(&rows, &input);

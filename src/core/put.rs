@@ -18,12 +18,14 @@
 //! address part and a custom field (its entry removed). `street2` cannot be written through
 //! a PUT (the contact resource has one `street` line): refused with a reason.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::guard::Primary;
+#[cfg(test)]
+use std::collections::HashMap;
 
 /// The core scalar properties a PUT overwrites.
 pub const CORE_SCALARS: &[&str] = &[
@@ -36,8 +38,7 @@ pub const CORE_SCALARS: &[&str] = &[
     "birthday_day",
 ];
 
-/// Custom field names (import `cf:<name>`) to ids.
-pub type CustomFieldIds = HashMap<String, Uuid>;
+pub use super::guard::CustomFieldIds;
 
 /// The properties a `null` may clear (through a PUT): everything but `street2`.
 pub fn clearable(prop: &str) -> bool {

@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::Auth;
-use super::dto::{ContactListsPage, ContactsPage};
+use super::dto::{ContactListsPage, ContactsPage, CustomFieldsPage};
 use super::error::{parse_error_body, Error};
 use super::limiter::{Budget, Pacer, RequestBudget, SharedPacer};
 
@@ -226,6 +226,11 @@ impl AccountClient {
     /// One page of the list catalogue.
     pub async fn lists_page(&self, url: Url) -> Result<ContactListsPage, Error> {
         self.get_json("GET /contact_lists", url).await
+    }
+
+    /// One page of the custom field catalogue.
+    pub async fn custom_fields_page(&self, url: Url) -> Result<CustomFieldsPage, Error> {
+        self.get_json("GET /contact_custom_fields", url).await
     }
 
     /// The next-page URL from an href.

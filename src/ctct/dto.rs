@@ -137,6 +137,32 @@ pub struct ContactList {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+/// `CustomFields`: one page of the custom field catalogue.
+#[derive(Debug, Default, Deserialize)]
+pub struct CustomFieldsPage {
+    #[serde(default)]
+    pub custom_fields: Vec<CustomField>,
+    #[serde(rename = "_links", default)]
+    pub links: Option<PagingLinks>,
+}
+
+/// `CustomField` (the parts ccsync keeps; `choices`, `metadata` and `version` are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CustomField {
+    pub custom_field_id: Uuid,
+    /// Read-only, unique, built from the label (spaces turned into `_`).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(rename = "type", default)]
+    pub field_type: Option<String>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_datetime")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
 /// Parses ISO-8601 date-times with `Z`, `+hh:mm` or `+hhmm` offsets, with or without
 /// fractional seconds.
 pub fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {

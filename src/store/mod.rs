@@ -4,6 +4,7 @@
 pub mod activities;
 pub mod changes;
 pub mod contacts;
+pub mod custom_fields;
 pub mod demo;
 pub mod lists;
 pub mod memberships;

@@ -71,9 +71,10 @@ pub async fn known_lists(
     Ok(ids.into_iter().collect())
 }
 
-/// Everything the guard reads for `rows` (besides the list catalogue): the contacts with
-/// those addresses, their memberships, their Constant Contact changes since the oldest row,
-/// the addresses with a push in flight, and what completed pushes wrote for them.
+/// Everything the guard reads for `rows` (besides the list catalogue): the custom field
+/// catalogue (name → id), the contacts with those addresses, their memberships, their
+/// Constant Contact changes since the oldest row, the addresses with a push in flight, and
+/// what completed pushes wrote for them.
 pub async fn guard_input(
     conn: &mut PgConnection,
     account: &str,
@@ -95,6 +96,7 @@ pub async fn guard_input(
     if emails.is_empty() {
         return Ok(input);
     }
+    input.custom_fields = super::custom_fields::name_map(&mut *conn, account).await?;
     // A deleted and a live contact may share an address: the live one (sorted last) wins.
     let contacts = sqlx::query(
         "SELECT contact_id, email, permission_to_send, opt_out_reason, deleted_at,

@@ -6,6 +6,7 @@
 //!
 //! The catalogue has no `updated_after` filter, so it is read whole each cycle; it is small
 //! (at most 1,000 lists per account), which also bounds the set of seen ids kept here.
+//! The job also syncs the custom field catalogue (`super::custom_fields`).
 
 use std::collections::HashSet;
 
@@ -65,8 +66,11 @@ pub async fn run_once(
 ) -> anyhow::Result<serde_json::Value> {
     let client = ctx.api.account(&account.id);
     let stats = sync_catalogue(ctx, &client, Some(run_id)).await?;
+    // The custom field catalogue is as small and as filterless: read whole every cycle too.
+    let custom_fields = super::custom_fields::sync_custom_fields(ctx, &client).await?;
     let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
     let mut out = serde_json::to_value(&stats)?;
+    out["custom_fields"] = serde_json::to_value(&custom_fields)?;
     if let Some(ids) = account.lists.ids() {
         // A configured list that Constant Contact does not have (or deleted) syncs nothing:
         // say so instead of silently mirroring fewer memberships.

@@ -7,10 +7,12 @@
 //! - `contacts`: the incremental pull and the page apply every sweep shares (`optouts`,
 //!   `deletes` and `reconcile` are sweeps of it);
 //! - `watermark`: the one place a watermark is advanced;
-//! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push.
+//! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push;
+//! - `custom_fields`: the custom field catalogue (name ↔ id), synced by the lists job.
 
 pub mod contacts;
 pub mod context;
+pub mod custom_fields;
 pub mod deletes;
 pub mod lists;
 pub mod optouts;
