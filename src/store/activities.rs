@@ -16,6 +16,8 @@ pub struct NewActivity<'a> {
     pub row_count: i32,
     pub body_bytes: i32,
     pub run_id: Uuid,
+    /// `contacts_json_import`, `remove_list_memberships` or `contact_delete`.
+    pub kind: &'a str,
 }
 
 pub async fn insert(
@@ -25,8 +27,8 @@ pub async fn insert(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO ccsync.import_activities
-            (activity_id, account_id, state, list_ids, row_count, body_bytes, run_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+            (activity_id, account_id, state, list_ids, row_count, body_bytes, run_id, kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (activity_id) DO NOTHING",
     )
     .bind(a.activity_id)
@@ -36,18 +38,20 @@ pub async fn insert(
     .bind(a.row_count)
     .bind(a.body_bytes)
     .bind(a.run_id)
+    .bind(a.kind)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Activities of `account` still in flight: (activity_id, submitted_at), oldest first.
+/// Activities of `account` still in flight: (activity_id, submitted_at, kind), oldest
+/// first.
 pub async fn open(
     conn: &mut PgConnection,
     account: &str,
-) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+) -> Result<Vec<(String, DateTime<Utc>, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT activity_id, submitted_at FROM ccsync.import_activities
+        "SELECT activity_id, submitted_at, kind FROM ccsync.import_activities
          WHERE account_id = $1 AND finished_at IS NULL ORDER BY submitted_at, activity_id",
     )
     .bind(account)

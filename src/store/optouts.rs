@@ -7,7 +7,7 @@ use crate::core::states::OutboundState;
 
 /// Marks `skipped` (with the refusal's reason) every `pending` outbound row of `account`
 /// whose email equals a refused one (case-insensitively) and that would add the contact to
-/// a list (non-empty `list_ids`), in one statement. Returns the number of rows skipped.
+/// a list (an `upsert` with non-empty `list_ids`), in one statement. Returns the number of rows skipped.
 pub async fn skip_pending_list_adds(
     conn: &mut PgConnection,
     account: &str,
@@ -24,7 +24,8 @@ pub async fn skip_pending_list_adds(
          FROM (SELECT DISTINCT ON (email) email, reason
                FROM UNNEST($2::text[], $3::text[]) AS x(email, reason)) AS u
          WHERE o.account_id = $1 AND o.state = $5
-           AND lower(o.email) = u.email AND cardinality(o.list_ids) > 0",
+           AND lower(o.email) = u.email AND cardinality(o.list_ids) > 0
+           AND o.op = 'upsert'",
     )
     .bind(account)
     .bind(emails)

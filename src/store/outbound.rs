@@ -606,3 +606,24 @@ pub async fn cancel_pending(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<
     .fetch_all(&mut *conn)
     .await
 }
+
+/// The lists each of `emails` (lower-case) is on in the store, for live contacts.
+pub async fn memberships_by_email(
+    conn: &mut PgConnection,
+    account: &str,
+    emails: &[String],
+) -> Result<HashMap<String, Vec<Uuid>>, sqlx::Error> {
+    let rows: Vec<(String, Vec<Uuid>)> = sqlx::query_as(
+        "SELECT c.email, coalesce(array_agg(m.list_id) FILTER (WHERE m.list_id IS NOT NULL), '{}')
+         FROM ccsync.contacts c
+         LEFT JOIN ccsync.list_memberships m
+                ON m.account_id = c.account_id AND m.contact_id = c.contact_id
+         WHERE c.account_id = $1 AND c.email = ANY($2) AND c.deleted_at IS NULL
+         GROUP BY c.email",
+    )
+    .bind(account)
+    .bind(emails)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
