@@ -48,8 +48,11 @@
 // `lists`, `activities`, `oauth`) → `import_engine`, `faults`, `limits` → `state` →
 // `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
 mod activities;
+mod bulk_delete;
+mod contact_put;
 mod contacts;
 mod control_api;
+mod control_write;
 mod cursor;
 mod faults;
 mod generator;
@@ -62,6 +65,8 @@ mod oauth_state;
 mod pipeline;
 mod respond;
 mod state;
+mod subscriber;
+mod triggers;
 mod types;
 
 use std::collections::{HashMap, VecDeque};
@@ -77,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 pub use handle::AccountCtl;
 pub use oauth::OAuthCtl;
 pub use oauth_state::{RefreshTokenPolicy, TokenRateLimit};
-pub use types::{Fault, RequestRecord};
+pub use types::{CoreField, Fault, RequestRecord, SubscriberAction, Trigger, TriggerId};
 
 use state::{Inner, Limits, State};
 
@@ -308,6 +313,8 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v3/contact_lists", get(lists::list_lists))
         .merge(oauth::routes())
         .merge(activities::routes())
+        .merge(contact_put::routes())
+        .merge(control_write::routes())
         .merge(control_api::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(
