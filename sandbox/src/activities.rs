@@ -453,10 +453,6 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
             "/v3/activities/remove_list_memberships",
             post(remove_list_memberships),
         )
-        .route(
-            "/v3/activities/contact_delete",
-            post(super::bulk_delete::contact_delete),
-        )
         .route("/v3/activities/{id}", get(get_activity))
         .route("/v3/activities", get(list_activities))
 }

@@ -8,7 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Extension;
+use axum::routing::post;
+use axum::{Extension, Router};
 use serde_json::Value;
 
 use super::activities::{parse_uuid_list, too_many_queued};
@@ -18,6 +19,10 @@ use super::import_engine::{
 use super::pipeline::AuthCtx;
 use super::respond::{bad_request, json};
 use super::state::{Inner, Job, Kind, Source};
+
+pub(crate) fn routes() -> Router<Arc<Inner>> {
+    Router::new().route("/v3/activities/contact_delete", post(contact_delete))
+}
 
 /// The limits come from the descriptions (the spec's `maxItems` are not trusted, see
 /// API-NOTES §13).
