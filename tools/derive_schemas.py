@@ -52,6 +52,9 @@ ROOTS = [
     "JsonImportContact",
     "ListActivityAddContacts",
     "ListActivityRemoveContacts",
+    "ContactPutRequest",
+    "ContactDelete",
+    "CustomFields",
     "APIErrorSchema",
     "AuthorizationErrorSchema",
 ]
@@ -93,6 +96,7 @@ ENUMS: dict[tuple[str, str], list[str]] = {
     ("EmailAddress", "confirm_status"): ["pending", "confirmed", "off"],
     ("ContactResource", "update_source"): CONTACT_OR_ACCOUNT,
     ("ContactResource", "create_source"): CONTACT_OR_ACCOUNT,
+    ("ContactPutRequest", "update_source"): CONTACT_OR_ACCOUNT,
     ("ContactResource", "sms_channel/update_source"): CONTACT_OR_ACCOUNT,
     ("ContactResource", "sms_channel/create_source"): CONTACT_OR_ACCOUNT,
     ("PhoneNumber", "kind"): ["home", "work", "mobile", "other"],

@@ -1,5 +1,6 @@
 //! Bulk activities over HTTP: `POST /v3/activities/contacts_json_import`,
 //! `POST /v3/activities/add_list_memberships`, `POST /v3/activities/remove_list_memberships`,
+//! `POST /v3/activities/contact_delete` (handler in `bulk_delete.rs`),
 //! `GET /v3/activities/{id}`, `GET /v3/activities`.
 //!
 //! The handlers parse and validate requests into `Job`s, queue them as activities and
@@ -86,7 +87,7 @@ fn items_within(body: &[u8], limit: usize) -> usize {
     count
 }
 
-fn parse_uuid_list(v: Option<&Value>, name: &str) -> Result<Vec<Uuid>, String> {
+pub(crate) fn parse_uuid_list(v: Option<&Value>, name: &str) -> Result<Vec<Uuid>, String> {
     let Some(v) = v else {
         return Err(format!("{name} is required"));
     };
@@ -128,7 +129,7 @@ fn validate_item(i: usize, v: &Value) -> Result<Map<String, Value>, String> {
     Ok(o.clone())
 }
 
-fn too_many_queued() -> Response {
+pub(crate) fn too_many_queued() -> Response {
     error_array(
         StatusCode::TOO_MANY_REQUESTS,
         "activities.queue_full",

@@ -21,6 +21,8 @@
 //! - `GET  /__control/accounts/{account}/imports` → every import request body
 //! - `GET  /__control/accounts/{account}/activities/{id}` → an activity
 //! - `GET  /__control/requests` → the request log
+//! - write-path controls (re-subscriptions, revivals, the membership switch, request
+//!   triggers, refusals): see `control_write.rs`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,18 +42,18 @@ use super::respond::{self, json};
 use super::state::Inner;
 use super::types::Fault;
 
-type Rejected<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+pub(crate) type Rejected<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
-fn ctl(inner: &Arc<Inner>, account: &str) -> AccountCtl {
+pub(crate) fn ctl(inner: &Arc<Inner>, account: &str) -> AccountCtl {
     inner.lock().account_mut(account);
     AccountCtl::new(Arc::clone(inner), account)
 }
 
-fn ok() -> Response {
+pub(crate) fn ok() -> Response {
     json(StatusCode::OK, &json!({"ok": true}))
 }
 
-fn bad_json(e: axum::extract::rejection::JsonRejection) -> Response {
+pub(crate) fn bad_json(e: axum::extract::rejection::JsonRejection) -> Response {
     respond::error_array(
         StatusCode::BAD_REQUEST,
         "control.bad_request",
@@ -323,7 +325,7 @@ async fn requests(State(inner): State<Arc<Inner>>) -> Response {
     json(StatusCode::OK, &log)
 }
 
-async fn loopback_only(req: Request, next: Next) -> Response {
+pub(crate) async fn loopback_only(req: Request, next: Next) -> Response {
     let allowed = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -9,9 +9,12 @@ use uuid::Uuid;
 use super::generator;
 use super::oauth;
 use super::state::{
-    trunc_ms, Account, Contact, ContactCore, ContactSubs, CustomFieldDef, CustomFieldValue,
-    EmailAddress, Inner, ListRec, State,
+    membership_moved, trunc_ms, Account, Contact, ContactCore, ContactSubs, CustomFieldDef,
+    CustomFieldValue, EmailAddress, Inner, ListRec, State,
 };
+use super::subscriber;
+use super::triggers;
+use super::types::{Trigger, TriggerId};
 
 /// Handle on one account of a running sandbox. Cheap to clone.
 #[derive(Clone)]
@@ -61,11 +64,16 @@ impl AccountCtl {
     pub fn create_contact(&self, email: &str, first_name: Option<&str>, list_ids: &[Uuid]) -> Uuid {
         self.with(|a, now| {
             if let Some(id) = a.by_email.get(&email.to_lowercase()).copied() {
+                let bump = a.membership_moves_updated_at;
                 if let Some(mut c) = a.contact_mut(&id) {
+                    let before = c.subs.list_memberships.len();
                     for l in list_ids {
                         if !c.subs.list_memberships.contains(l) {
                             c.subs.list_memberships.push(*l);
                         }
+                    }
+                    if c.subs.list_memberships.len() != before {
+                        membership_moved(bump, &mut c, now);
                     }
                 }
                 return id;
@@ -110,7 +118,8 @@ impl AccountCtl {
     }
 
     /// Edits the stored contact JSON (spec shape, all sub-resources), then bumps
-    /// `updated_at` (and `email_address.updated_at` if the address changed). An edit that
+    /// `updated_at` (and `email_address.updated_at` if the address or the permission
+    /// changed). An edit that
     /// no longer deserialises as a contact is ignored (with a warning).
     pub fn update_contact(&self, id: Uuid, f: impl FnOnce(&mut serde_json::Value)) {
         self.with(|a, now| {
@@ -119,6 +128,7 @@ impl AccountCtl {
                 return;
             };
             let old_email = old.core.email_address.address.clone();
+            let old_perm = old.core.email_address.permission_to_send.clone();
             let mut v = match serde_json::to_value(&*old.c) {
                 Ok(v) => v,
                 Err(e) => {
@@ -136,7 +146,9 @@ impl AccountCtl {
             };
             c.core.contact_id = id;
             c.core.updated_at = now;
-            if c.core.email_address.address != old_email {
+            if c.core.email_address.address != old_email
+                || c.core.email_address.permission_to_send != old_perm
+            {
                 c.core.email_address.updated_at = now;
             }
             a.replace_contact(c);
@@ -165,67 +177,35 @@ impl AccountCtl {
     /// `email_address.updated_at` = now. Contact `updated_at` is NOT bumped (as the real
     /// service); list memberships are kept.
     pub fn unsubscribe(&self, id: Uuid, reason: Option<&str>) {
-        self.with(|a, now| {
-            if let Some(mut c) = a.contact_mut(&id) {
-                let e = &mut c.core.email_address;
-                e.permission_to_send = "unsubscribed".into();
-                e.opt_out_source = Some("Contact".into());
-                e.opt_out_date = Some(now);
-                e.opt_out_reason = reason.map(str::to_string);
-                e.updated_at = now;
-            }
-        });
+        self.with(|a, now| subscriber::unsubscribe(a, id, reason, now));
     }
 
     /// The subscriber opts in again: permission explicit, opt_out_* cleared,
     /// `email_address.updated_at` and `opt_in_date` = now. Contact `updated_at` is not
     /// bumped (mirrors `unsubscribe`).
+    /// A re-subscription is recorded in [`AccountCtl::resubscriptions`].
     pub fn resubscribe(&self, id: Uuid) {
-        self.with(|a, now| {
-            if let Some(mut c) = a.contact_mut(&id) {
-                let e = &mut c.core.email_address;
-                e.permission_to_send = "explicit".into();
-                e.opt_out_source = None;
-                e.opt_out_date = None;
-                e.opt_out_reason = None;
-                e.opt_in_date = Some(now);
-                e.updated_at = now;
-            }
-        });
+        self.with(|a, now| subscriber::resubscribe(a, id, now));
     }
 
-    /// Removes one membership; bumps nothing.
+    /// Removes one membership; bumps nothing (unless
+    /// [`AccountCtl::set_membership_moves_updated_at`]).
     pub fn leave_list(&self, id: Uuid, list_id: Uuid) {
-        self.with(|a, _| {
-            if let Some(mut c) = a.contact_mut(&id) {
-                c.subs.list_memberships.retain(|l| *l != list_id);
-            }
-        });
+        self.with(|a, now| subscriber::leave_list(a, id, list_id, now));
     }
 
-    /// Adds one membership; bumps nothing. Adding a deleted contact revives it
-    /// (deleted_at removed, updated_at bumped).
+    /// Adds one membership; bumps nothing (unless
+    /// [`AccountCtl::set_membership_moves_updated_at`]). Adding a deleted contact revives
+    /// it (deleted_at removed, updated_at bumped).
     pub fn join_list(&self, id: Uuid, list_id: Uuid) {
-        self.with(|a, now| {
-            if let Some(mut c) = a.contact_mut(&id) {
-                if c.core.deleted_at.take().is_some() {
-                    c.core.updated_at = now;
-                }
-                if !c.subs.list_memberships.contains(&list_id) {
-                    c.subs.list_memberships.push(list_id);
-                }
-            }
-        });
+        self.with(|a, now| subscriber::join_list(a, id, list_id, now));
     }
 
-    /// `deleted_at` = today (a date), memberships cleared, `updated_at` bumped.
+    /// `deleted_at` = today (a date), memberships cleared, `updated_at` bumped (a
+    /// contact already deleted is left as it is).
     pub fn delete_contact(&self, id: Uuid) {
         self.with(|a, now| {
-            if let Some(mut c) = a.contact_mut(&id) {
-                c.core.deleted_at = Some(now.date_naive());
-                c.subs.list_memberships.clear();
-                c.core.updated_at = now;
-            }
+            subscriber::delete(a, id, now);
         });
     }
 
@@ -426,4 +406,49 @@ fn dedup(ids: &[Uuid]) -> Vec<Uuid> {
         }
     }
     out
+}
+
+// Write-path controls (re-subscriptions, revivals, the membership switch, request
+// triggers, refusals), kept in their own block.
+impl AccountCtl {
+    /// Every transition out of `unsubscribed` so far, from any write path (PUT, import,
+    /// control, triggers), in order: (contact id, `email_address.updated_at` after it).
+    pub fn resubscriptions(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        self.with(|a, _| a.transitions.resubscriptions.clone())
+    }
+
+    /// Every revival of a deleted contact so far (PUT with `update_source` Account,
+    /// import, add to a list, `join_list`, `restore_contact`), in order: (contact id,
+    /// `updated_at` after it).
+    pub fn revivals(&self) -> Vec<(Uuid, DateTime<Utc>)> {
+        self.with(|a, _| a.transitions.revivals.clone())
+    }
+
+    /// When `on`, every list-membership change (`leave_list`/`join_list`, the
+    /// add/remove_list_memberships activities, imports that add a list, triggers) bumps
+    /// the contact's `updated_at`. Default off: memberships move nothing (the worst case
+    /// for a syncer).
+    pub fn set_membership_moves_updated_at(&self, on: bool) {
+        self.with(|a, _| a.membership_moves_updated_at = on);
+    }
+
+    /// Installs a one-shot request trigger (see [`Trigger`]).
+    pub fn on_request(&self, trigger: Trigger) -> TriggerId {
+        self.with(|a, _| triggers::install(a, trigger))
+    }
+
+    /// Whether the trigger has fired (false for an unknown id).
+    pub fn trigger_fired(&self, id: TriggerId) -> bool {
+        self.with(|a, _| triggers::fired(a, id).unwrap_or(false))
+    }
+
+    /// Like [`AccountCtl::refuse_silently`], but the refused row is counted in
+    /// `correctable_count` instead of `error_count` (still named in no
+    /// `activity_errors` entry).
+    pub fn refuse_as_correctable(&self, email: &str) {
+        let key = email.trim().to_lowercase();
+        self.with(|a, _| {
+            a.correctable_refusals.insert(key);
+        });
+    }
 }

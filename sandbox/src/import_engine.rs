@@ -1,5 +1,5 @@
 //! The import engine: bulk activities (`contacts_json_import`, `add_list_memberships`,
-//! `remove_list_memberships`) as state transitions on the in-memory state. Pure logic on
+//! `remove_list_memberships`, `contact_delete`) as state transitions on the in-memory state. Pure logic on
 //! `state` types: no HTTP (the handlers are in `activities.rs`).
 //!
 //! Activities are processed lazily: whenever the account is touched (any API request or
@@ -14,8 +14,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::state::{
-    fmt_ts, Account, ActivityRec, Contact, ContactCore, ContactSubs, Counters, CustomFieldValue,
-    EmailAddress, Inner, Job, Kind, PhoneNumber, Source, State, StreetAddress, Ts,
+    fmt_ts, membership_moved, Account, ActivityRec, Contact, ContactCore, ContactSubs, Counters,
+    CustomFieldValue, EmailAddress, Inner, Job, Kind, PhoneNumber, Source, State, StreetAddress,
+    Ts,
 };
 
 /// More non-terminal activities than this per account → 429.
@@ -28,7 +29,8 @@ const RETENTION_DAYS: i64 = 10;
 pub(crate) enum Shape {
     /// `ActivityImport` (201 of contacts_json_import)
     Import,
-    /// `ActivityListsMembership` (201 of add/remove_list_memberships)
+    /// `ActivityListsMembership` (201 of add/remove_list_memberships) and
+    /// `ActivityDeleteStatus` (201 of contact_delete)
     Membership,
     /// `Activity` (GET)
     Activity,
@@ -77,6 +79,12 @@ pub(crate) fn to_json(a: &ActivityRec, shape: Shape) -> Value {
         }
         Kind::AddMembers | Kind::RemoveMembers => {
             if shape != Shape::Import {
+                s.insert("list_count".into(), json!(c.list_count));
+            }
+        }
+        Kind::Delete => {
+            // `list_count` only when the contacts were chosen by list.
+            if c.list_count > 0 {
                 s.insert("list_count".into(), json!(c.list_count));
             }
         }
@@ -162,6 +170,9 @@ fn complete(acct: &mut Account, id: Uuid, now: Ts) {
                         &mut counters,
                         &mut errors,
                     )
+                }
+                Some(Job::Delete { source }) => {
+                    apply_delete(acct, &source, now, &mut counters, &mut errors)
                 }
                 None => {}
             }
@@ -344,6 +355,10 @@ fn apply_import(
             counters.error_count += 1;
             continue;
         }
+        if acct.correctable_refusals.contains(&key) {
+            counters.correctable_count += 1;
+            continue;
+        }
         let id = match acct.by_email.get(&key).copied() {
             Some(id) => id,
             None => {
@@ -357,6 +372,7 @@ fn apply_import(
             .iter()
             .map(|c| (c.name.clone(), c.custom_field_id, c.import_drops_silently))
             .collect();
+        let bump = acct.membership_moves_updated_at;
         let Some(mut c) = acct.contact_mut(&id) else {
             continue;
         };
@@ -379,6 +395,8 @@ fn apply_import(
                 break;
             }
             c.subs.list_memberships.push(*l);
+            // (`updated_at` is bumped by every import row anyway.)
+            membership_moved(bump, &mut c, now);
         }
     }
 }
@@ -598,6 +616,7 @@ fn apply_members(
 ) {
     let ids = source_contacts(acct, source);
     counters.items_total_count = ids.len() as u64;
+    let bump = acct.membership_moves_updated_at;
     for id in ids {
         if exclude.contains(&id) {
             continue;
@@ -624,9 +643,33 @@ fn apply_members(
                     break;
                 }
                 c.subs.list_memberships.push(*l);
+                membership_moved(bump, &mut c, now);
             }
         } else {
+            let before = c.subs.list_memberships.len();
             c.subs.list_memberships.retain(|l| !list_ids.contains(l));
+            if c.subs.list_memberships.len() != before {
+                membership_moved(bump, &mut c, now);
+            }
+        }
+    }
+}
+
+/// `contact_delete`: each contact gets `deleted_at` = today, its memberships cleared and
+/// `updated_at` bumped (already deleted ones are left as they are); unknown ids are
+/// reported in `activity_errors`.
+fn apply_delete(
+    acct: &mut Account,
+    source: &Source,
+    now: Ts,
+    counters: &mut Counters,
+    errors: &mut Vec<String>,
+) {
+    let ids = source_contacts(acct, source);
+    counters.items_total_count = ids.len() as u64;
+    for id in ids {
+        if !super::subscriber::delete(acct, id, now) {
+            errors.push(format!("Contact {id} does not exist"));
         }
     }
 }

@@ -13,17 +13,18 @@
 //!   `client_id`/`client_secret` form fields), rotating single-use refresh tokens,
 //!   JWT-shaped access tokens with an `exp` claim (sandbox clock).
 //! - `GET /v3/contacts` (filters, include, include_count, cursor paging ordered by
-//!   contact_id), `GET /v3/contacts/{id}`, `GET /v3/contact_lists`.
+//!   contact_id), `GET /v3/contacts/{id}`, `PUT /v3/contacts/{id}` (see `contact_put.rs`),
+//!   `GET /v3/contact_lists`.
 //! - `POST /v3/activities/contacts_json_import`, `POST /v3/activities/add_list_memberships`,
-//!   `POST /v3/activities/remove_list_memberships`, `GET /v3/activities/{id}`,
-//!   `GET /v3/activities`.
+//!   `POST /v3/activities/remove_list_memberships`, `POST /v3/activities/contact_delete`,
+//!   `GET /v3/activities/{id}`, `GET /v3/activities`.
 //! - The control API under `/__control/` (loopback only, no auth; see `control_api.rs`) and
 //!   `GET /healthz`.
 //!
 //! Every `/v3/*` request goes through: bearer auth (401) → rate limit per API key
 //! (GCRA, burst 1, 10% jitter tolerance; 429 `throttled`) → daily quota (429
-//! `quota_exceeded`, resets at 00:00 UTC sandbox time) → injected faults → handler, and
-//! is logged in [`Sandbox::requests`].
+//! `quota_exceeded`, resets at 00:00 UTC sandbox time) → injected faults → request
+//! triggers ([`Trigger`]) → handler, and is logged in [`Sandbox::requests`].
 //!
 //! Choices where the real API is unconfirmed:
 //! - `updated_after`/`updated_before`/`created_*`/`optout_*` are strict bounds.
@@ -31,7 +32,13 @@
 //!   deleted and not unsubscribed; `unsubscribed`/`not_set`/`pending_confirmation`/
 //!   `temp_hold` = that email permission among contacts that are not deleted.
 //! - Unsubscribing (and resubscribing) does not bump the contact's `updated_at`, only
-//!   `email_address.updated_at`; list joins/leaves bump nothing; delete/restore bump it.
+//!   `email_address.updated_at`; list joins/leaves bump nothing (unless
+//!   [`AccountCtl::set_membership_moves_updated_at`]); delete/restore bump it.
+//! - PUT applies any permission sent, re-subscriptions included (the worst case); every
+//!   transition out of `unsubscribed` and every revival, from any path, is logged
+//!   ([`AccountCtl::resubscriptions`], [`AccountCtl::revivals`]).
+//! - Request bodies are not checked against the spec's `maxItems` (several are wrongly
+//!   0); the limits come from the descriptions (500 contact ids, 50 list ids).
 //! - A cursor carries the filters and the limit; other parameters next to `cursor` are
 //!   ignored. Last page: no `_links`.
 //! - Imports: new contacts get `implicit`/`Account`; existing ones keep their permission;
@@ -43,13 +50,17 @@
 //! - add_list_memberships skips unsubscribed contacts and revives deleted ones; neither
 //!   add nor remove bumps `updated_at` (except a revival).
 
-// Imports point one way (no cycles): `control_api` → `handle` (the Rust handle) →
-// `oauth`, `import_engine`, `generator`; the HTTP handlers (`pipeline`, `contacts`,
-// `lists`, `activities`, `oauth`) → `import_engine`, `faults`, `limits` → `state` →
+// Imports point one way (no cycles): `control_write` → `control_api` → `handle` (the
+// Rust handle) → `oauth`, `triggers`, `import_engine`, `generator`; the HTTP handlers
+// (`pipeline`, `contacts`, `contact_put`, `lists`, `bulk_delete` → `activities`, `oauth`)
+// → `triggers` → `import_engine` → `subscriber`, `faults`, `limits` → `state` →
 // `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
 mod activities;
+mod bulk_delete;
+mod contact_put;
 mod contacts;
 mod control_api;
+mod control_write;
 mod cursor;
 mod custom_fields;
 mod faults;
@@ -63,6 +74,8 @@ mod oauth_state;
 mod pipeline;
 mod respond;
 mod state;
+mod subscriber;
+mod triggers;
 mod types;
 
 use std::collections::{HashMap, VecDeque};
@@ -78,7 +91,7 @@ use tokio_util::sync::CancellationToken;
 pub use handle::AccountCtl;
 pub use oauth::OAuthCtl;
 pub use oauth_state::{RefreshTokenPolicy, TokenRateLimit};
-pub use types::{Fault, RequestRecord};
+pub use types::{CoreField, Fault, RequestRecord, SubscriberAction, Trigger, TriggerId};
 
 use state::{Inner, Limits, State};
 
@@ -313,6 +326,9 @@ fn router(inner: Arc<Inner>) -> Router {
         )
         .merge(oauth::routes())
         .merge(activities::routes())
+        .merge(contact_put::routes())
+        .merge(bulk_delete::routes())
+        .merge(control_write::routes())
         .merge(control_api::routes())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,4 +1,5 @@
-//! Middleware for every `/v3/*` request: auth, rate limit, daily quota, faults, logging.
+//! Middleware for every `/v3/*` request: auth, rate limit, daily quota, faults, request
+//! triggers, logging.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -144,6 +145,8 @@ pub(crate) async fn api_layer(
         Some(FaultAction::Truncate) | None => {}
     }
 
+    // Request triggers act on the account just before the handler sees the request.
+    super::triggers::fire(&inner, &mut inner.lock(), &account, &method, &path, &query);
     parts.extensions.insert(AuthCtx { account });
     let req = Request::from_parts(parts, Body::from(bytes));
     let resp = next.run(req).await;

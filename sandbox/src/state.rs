@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::types::{Fault, RequestRecord};
+use super::types::{Fault, RequestRecord, Trigger, TriggerId};
 
 pub(crate) type Ts = DateTime<Utc>;
 
@@ -362,6 +362,7 @@ pub(crate) struct ContactMut<'a> {
     slot: &'a mut Slot,
     version: &'a mut u64,
     idx: &'a mut TimeIndexes,
+    log: &'a mut TransitionLog,
 }
 
 impl std::ops::Deref for ContactMut<'_> {
@@ -380,9 +381,33 @@ impl std::ops::DerefMut for ContactMut<'_> {
 impl Drop for ContactMut<'_> {
     fn drop(&mut self) {
         self.idx.remove(self.id, &self.slot.hot);
+        let old = self.slot.hot;
         self.slot.hot = Hot::of(&self.slot.c);
+        self.log.note(self.id, &old, &self.slot.c);
         self.idx.add(self.id, &self.slot.hot);
         *self.version += 1;
+    }
+}
+
+/// Transitions recorded from every write path (HTTP, import, control, triggers): the
+/// contact left `unsubscribed` (a re-subscription, stamped with
+/// `email_address.updated_at`) or stopped being deleted (a revival, stamped with
+/// `updated_at`). Every path that makes such a change sets those stamps to now.
+#[derive(Default)]
+pub(crate) struct TransitionLog {
+    pub resubscriptions: Vec<(Uuid, Ts)>,
+    pub revivals: Vec<(Uuid, Ts)>,
+}
+
+impl TransitionLog {
+    fn note(&mut self, id: Uuid, old: &Hot, new: &Contact) {
+        if old.perm == PERM_UNSUBSCRIBED && perm_code(new.permission()) != PERM_UNSUBSCRIBED {
+            self.resubscriptions
+                .push((id, new.core.email_address.updated_at));
+        }
+        if old.deleted && !new.is_deleted() {
+            self.revivals.push((id, new.core.updated_at));
+        }
     }
 }
 
@@ -430,6 +455,16 @@ pub(crate) struct Account {
     /// counted in `error_count`, named in no `activity_errors` entry (the real format of
     /// those messages is unconfirmed, so a client must not depend on them).
     pub silent_refusals: std::collections::HashSet<String>,
+    /// Like `silent_refusals`, counted in `correctable_count` instead of `error_count`.
+    pub correctable_refusals: std::collections::HashSet<String>,
+    pub transitions: TransitionLog,
+    /// When true, every list-membership change bumps the contact's `updated_at` (default
+    /// false: memberships move nothing, the worst case for a syncer).
+    pub membership_moves_updated_at: bool,
+    /// Installed request triggers (see `triggers.rs`), fired ones included.
+    pub triggers: Vec<TriggerSlot>,
+    /// Next trigger id.
+    pub next_trigger: u64,
 }
 
 impl Account {
@@ -450,6 +485,9 @@ impl Account {
             // Same key (ms, id) as the new entry would be removed too: re-add after.
             self.idx.remove(id, &old.hot);
             self.idx.add(id, &hot);
+            if let Some(new) = self.contacts.get(&id) {
+                self.transitions.note(id, &old.hot, &new.c);
+            }
         }
         self.version += 1;
     }
@@ -469,12 +507,22 @@ impl Account {
     pub fn contact_mut(&mut self, id: &Uuid) -> Option<ContactMut<'_>> {
         let version = &mut self.version;
         let idx = &mut self.idx;
+        let log = &mut self.transitions;
         self.contacts.get_mut(id).map(|slot| ContactMut {
             id: *id,
             slot,
             version,
             idx,
+            log,
         })
+    }
+}
+
+/// A list-membership change on `c`: bumps `updated_at` when `bump` (the account's
+/// `membership_moves_updated_at`).
+pub(crate) fn membership_moved(bump: bool, c: &mut Contact, now: Ts) {
+    if bump {
+        c.core.updated_at = now;
     }
 }
 
@@ -487,6 +535,8 @@ pub(crate) enum Kind {
     Import,
     AddMembers,
     RemoveMembers,
+    /// `contact_delete`
+    Delete,
 }
 
 #[derive(Debug)]
@@ -507,6 +557,8 @@ pub(crate) enum Job {
         exclude: HashSet<Uuid>,
         list_ids: Vec<Uuid>,
     },
+    /// `contact_delete`: `ContactIds` or `ListIds`.
+    Delete { source: Source },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -542,6 +594,16 @@ impl ActivityRec {
     pub fn terminal(&self) -> bool {
         !matches!(self.state.as_str(), "initialized" | "processing")
     }
+}
+
+/// An installed request trigger and how far it got.
+#[derive(Debug)]
+pub(crate) struct TriggerSlot {
+    pub id: TriggerId,
+    pub trigger: Trigger,
+    /// Matching requests seen so far.
+    pub seen: usize,
+    pub fired: bool,
 }
 
 pub(crate) struct AccessToken {

@@ -67,3 +67,103 @@ mod duration_ms {
         Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }
+
+/// A one-shot request trigger (`AccountCtl::on_request`): before the `nth` (1-based)
+/// request of this account whose method is `method` and whose path starts with
+/// `path_prefix` (with or without `/v3`; "" matches every path), and whose raw query
+/// contains `query_contains` if set, the sandbox performs `action` on the account, then
+/// handles the request. Only requests that reach their handler count (not those refused
+/// by auth, the rate limit, the quota or an injected fault).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `GET`, `PUT`, `POST`, ... (case-insensitive)
+    pub method: String,
+    pub path_prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_contains: Option<String>,
+    /// Which matching request fires it (1 = the first).
+    #[serde(default = "first")]
+    pub nth: usize,
+    pub action: SubscriberAction,
+}
+
+fn first() -> usize {
+    1
+}
+
+impl Trigger {
+    /// Fires before the first `method` request under `path_prefix`.
+    pub fn new(method: &str, path_prefix: &str, action: SubscriberAction) -> Trigger {
+        Trigger {
+            method: method.to_string(),
+            path_prefix: path_prefix.to_string(),
+            query_contains: None,
+            nth: 1,
+            action,
+        }
+    }
+
+    /// Fires before the `n`-th matching request instead (1-based; 0 is taken as 1).
+    pub fn nth(mut self, n: usize) -> Trigger {
+        self.nth = n.max(1);
+        self
+    }
+
+    /// Only requests whose raw query string contains `s` match.
+    pub fn query_contains(mut self, s: &str) -> Trigger {
+        self.query_contains = Some(s.to_string());
+        self
+    }
+}
+
+/// Identifies an installed trigger within its account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TriggerId(pub u64);
+
+/// What a subscriber (or the account owner in the UI) does, as a trigger performs it.
+/// Same effects as the `AccountCtl` methods of the same name; membership changes follow
+/// the account's `membership_moves_updated_at` switch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SubscriberAction {
+    LeaveList {
+        contact_id: uuid::Uuid,
+        list_id: uuid::Uuid,
+    },
+    JoinList {
+        contact_id: uuid::Uuid,
+        list_id: uuid::Uuid,
+    },
+    Unsubscribe {
+        contact_id: uuid::Uuid,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Resubscribe {
+        contact_id: uuid::Uuid,
+    },
+    Delete {
+        contact_id: uuid::Uuid,
+    },
+    /// Sets one core field (`null` clears it) and bumps `updated_at`.
+    SetField {
+        contact_id: uuid::Uuid,
+        field: CoreField,
+        value: serde_json::Value,
+    },
+}
+
+/// The core contact fields a `SetField` action can set: strings, except the birthday
+/// parts (integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoreField {
+    FirstName,
+    LastName,
+    JobTitle,
+    CompanyName,
+    Anniversary,
+    BirthdayMonth,
+    BirthdayDay,
+}

@@ -131,6 +131,57 @@ pub fn confirm(
         .collect()
 }
 
+/// The verdict for every row of an ended `remove_list_memberships` (`op` =
+/// `RemoveFromLists`, `lists` the lists it named) or `contact_delete` (`Delete`), judged on
+/// the store after a read of the contacts. `named` are the activity's error messages: a row
+/// whose address one names fails with it.
+pub fn confirm_direct(
+    op: super::op::Op,
+    rows: &[OutboundRow],
+    lists: &[Uuid],
+    input: &GuardInput,
+    named: &[String],
+) -> Vec<(i64, Verdict)> {
+    use super::op::Op;
+    rows.iter()
+        .map(|r| {
+            let email = r.email.trim().to_lowercase();
+            if let Some(m) = named.iter().find(|m| m.to_lowercase().contains(&email)) {
+                return (r.id, Verdict::Failed(m.clone()));
+            }
+            let p = input.contacts.get(&email);
+            let v = match (op, p) {
+                (_, None) => Verdict::Completed(Some(
+                    "no contact with this address in Constant Contact after the request".into(),
+                )),
+                (Op::Delete, Some(p)) if p.deleted => Verdict::Completed(None),
+                (Op::Delete, Some(_)) => Verdict::Failed(
+                    "not deleted in Constant Contact after contact_delete completed".into(),
+                ),
+                (_, Some(p)) if p.deleted => {
+                    Verdict::Completed(Some("deleted in Constant Contact: on no list".into()))
+                }
+                (_, Some(p)) => {
+                    let still: Vec<String> = lists
+                        .iter()
+                        .filter(|l| p.memberships.contains(l))
+                        .map(Uuid::to_string)
+                        .collect();
+                    if still.is_empty() {
+                        Verdict::Completed(None)
+                    } else {
+                        Verdict::Failed(format!(
+                            "still on list {} in Constant Contact after remove_list_memberships completed",
+                            still.join(", ")
+                        ))
+                    }
+                }
+            };
+            (r.id, v)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

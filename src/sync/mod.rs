@@ -18,6 +18,7 @@ pub mod lists;
 pub mod optouts;
 pub mod pager;
 pub mod push;
+pub mod put;
 pub mod reads;
 pub mod reconcile;
 pub mod runner;

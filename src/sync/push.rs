@@ -31,13 +31,15 @@ use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use super::context::JobContext;
+use super::put::{write_all, PutStats, Write};
 use super::reads::{read_before_write, read_contacts, ReadStats};
 use crate::config::AccountSettings;
 use crate::core::activity::map_completion;
 use crate::core::batch::{self, Batch};
-use crate::core::confirm::{confirm, Submitted as SentRow, Verdict};
+use crate::core::confirm::{confirm, confirm_direct, Submitted as SentRow, Verdict};
 use crate::core::cycle::push_is_fresh;
-use crate::core::guard::{self, Terminal};
+use crate::core::guard::{self, Direct, Item, Terminal};
+use crate::core::op::Op;
 use crate::core::reads::Reader;
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
@@ -77,6 +79,16 @@ pub struct PushStats {
     pub activities_finished: u64,
     pub in_flight_left: u64,
     pub cannot_add_to_list: u64,
+    /// Field-only changes and application-side unsubscribes (`GET` + `PUT /contacts/{id}`).
+    pub put: PutStats,
+    /// `remove_list_memberships` and `contact_delete` requests, and their rows.
+    pub removals_submitted: u64,
+    pub deletes_submitted: u64,
+    /// Field-only rows pushed by an import naming only the lists the contact is on (above
+    /// `put_max_rows`), and the longest time between that read and the import's request.
+    pub fallback_rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_read_to_submit_ms: Option<u64>,
     /// Rows an ended import did not show in Constant Contact (contact, list or value
     /// missing on the read after it): `failed`, never `completed` on a counter's word.
     pub unconfirmed: u64,
@@ -104,6 +116,10 @@ pub struct DryPlan {
     pub conflicts: Vec<Value>,
     pub deferred: Vec<Value>,
     pub already_there: Vec<Value>,
+    /// Field-only changes that would go out as `PUT /contacts/{id}`.
+    pub puts: Vec<Value>,
+    /// Unsubscribes, list removals and deletes.
+    pub directs: Vec<Value>,
 }
 
 fn sample(out: &mut Vec<Value>, v: Value) {
@@ -223,9 +239,50 @@ async fn submit(
         let input = store::outbound::guard_input(&mut tx, &account, &rows, known.clone())
             .await
             .context("reading the pulled store for the guard")?;
-        let plan = guard::plan(&rows, &input);
+        let mut plan = guard::plan(&rows, &input);
+        let cf = input.custom_fields.clone();
+        let bases: super::put::Bases = plan
+            .puts
+            .iter()
+            .filter_map(|i| {
+                input
+                    .contacts
+                    .get(&i.email)
+                    .map(|p| (i.email.clone(), p.clone()))
+            })
+            .collect();
         drop(input);
         drop(rows);
+        // Above put_max_rows field-only changes in this run, the rest go out as imports
+        // naming only the lists the contact is on (read just before): two requests per
+        // contact would eat the day's budget.
+        let limit = s.put_max_rows;
+        let puts_so_far = stats.put.contacts - stats.put.unsubscribes;
+        let room = if limit == 0 {
+            usize::MAX
+        } else {
+            limit.saturating_sub(puts_so_far) as usize
+        };
+        let fallback: Vec<Item> = if plan.puts.len() > room {
+            let (keep, over): (Vec<Item>, Vec<Item>) = {
+                let mut n = 0usize;
+                std::mem::take(&mut plan.puts).into_iter().partition(|i| {
+                    let unsub = bases
+                        .get(&i.email)
+                        .is_some_and(|p| p.permission_to_send.as_deref() == Some("unsubscribed"));
+                    let nulls = i.fields.values().any(Value::is_null);
+                    let k = unsub || nulls || n < room;
+                    if !unsub && !nulls && n < room {
+                        n += 1;
+                    }
+                    k
+                })
+            };
+            plan.puts = keep;
+            over
+        } else {
+            Vec::new()
+        };
         let cut = batch::cut(plan.items, limits);
         let mut failed = plan.failed;
         for (item, size) in &cut.too_large {
@@ -286,6 +343,19 @@ async fn submit(
                            "local": c.local, "constant_contact": c.primary}),
                 );
             }
+            for i in plan.puts.iter().chain(&fallback) {
+                sample(
+                    &mut p.puts,
+                    json!({"rows": i.row_ids, "email": i.email, "fields": i.fields}),
+                );
+            }
+            for d in &plan.directs {
+                sample(
+                    &mut p.directs,
+                    json!({"op": d.op.as_str(), "rows": d.row_ids, "email": d.email,
+                           "list_ids": d.list_ids}),
+                );
+            }
             for b in &cut.batches {
                 let emails: Vec<&str> = b.items.iter().take(5).map(|i| i.email.as_str()).collect();
                 sample(
@@ -314,7 +384,55 @@ async fn submit(
             .await
             .context("logging conflicts and skipped rows")?;
         tx.commit().await.context("committing the push plan")?;
-        for b in cut.batches {
+        // Unsubscribes first, then field-only PUTs (each after a fresh GET).
+        let mut writes: Vec<Write<'_>> = plan
+            .directs
+            .iter()
+            .filter(|d| d.op == Op::Unsubscribe)
+            .map(Write::Unsubscribe)
+            .collect();
+        writes.extend(plan.puts.iter().filter_map(|item| {
+            bases
+                .get(&item.email)
+                .map(|base| Write::Fields { item, base })
+        }));
+        if stats.stopped.is_none() && !writes.is_empty() {
+            let filter = ctx
+                .settings
+                .accounts
+                .iter()
+                .find(|a| a.id == account)
+                .and_then(super::lists::lists_filter);
+            if let Some(why) = write_all(
+                ctx,
+                client,
+                run_id,
+                &cf,
+                filter.as_ref(),
+                &writes,
+                &mut stats.put,
+            )
+            .await?
+            {
+                stats.stopped = Some(why);
+            }
+        }
+        drop(writes);
+        for r in removal_requests(&plan.directs) {
+            if stats.stopped.is_some() || ctx.cancel.is_cancelled() {
+                stats.stopped.get_or_insert_with(|| "cancelled".into());
+                break;
+            }
+            send(ctx, client, run_id, r, stats).await?;
+        }
+        let (fallback, read_at) = if !fallback.is_empty() && stats.stopped.is_none() {
+            let (b, at) = fallback_batches(ctx, client, run_id, fallback, limits, stats).await?;
+            (b, Some(at))
+        } else {
+            (Vec::new(), None)
+        };
+        let fallback_from = cut.batches.len();
+        for (n, b) in cut.batches.into_iter().chain(fallback).enumerate() {
             if stats.stopped.is_some() {
                 // Left pending for the next run.
                 continue;
@@ -323,10 +441,111 @@ async fn submit(
                 stats.stopped = Some("cancelled".into());
                 continue;
             }
-            send_batch(ctx, client, run_id, b, stats).await?;
+            if let (Some(at), true) = (read_at, n >= fallback_from) {
+                let waited = at.elapsed().as_millis() as u64;
+                stats.fallback_read_to_submit_ms =
+                    Some(stats.fallback_read_to_submit_ms.unwrap_or(0).max(waited));
+            }
+            send(ctx, client, run_id, Request::import(b), stats).await?;
         }
     }
     Ok(())
+}
+
+/// The removals and deletes of a plan as requests: removals grouped by their exact list set
+/// (`remove_list_memberships` removes every contact of a request from every list of it),
+/// at most 500 contacts per request.
+fn removal_requests(directs: &[Direct]) -> Vec<Request> {
+    let mut out = Vec::new();
+    let mut groups: std::collections::BTreeMap<Vec<Uuid>, Vec<&Direct>> = Default::default();
+    let mut deletes: Vec<&Direct> = Vec::new();
+    for d in directs {
+        match d.op {
+            Op::RemoveFromLists => groups
+                .entry(d.list_ids.iter().copied().collect())
+                .or_default()
+                .push(d),
+            Op::Delete => deletes.push(d),
+            _ => {}
+        }
+    }
+    for (lists, ds) in groups {
+        for chunk in ds.chunks(DIRECT_MAX_CONTACTS) {
+            out.push(Request::direct(Kind::Remove, lists.clone(), chunk));
+        }
+    }
+    for chunk in deletes.chunks(DIRECT_MAX_CONTACTS) {
+        out.push(Request::direct(Kind::Delete, Vec::new(), chunk));
+    }
+    out
+}
+
+/// `source.contact_ids` of `remove_list_memberships`, `contact_ids` of `contact_delete`.
+const DIRECT_MAX_CONTACTS: usize = 500;
+
+/// Field-only changes above `put_max_rows`: each contact read again just before (per
+/// contact or per list, whichever is cheaper), then imported with exactly the lists it is on
+/// at that read — an import needs a list, and naming one the contact is on re-adds nobody.
+/// The window left open: a leave between this read and the import's processing would be
+/// undone (measured in `fallback_read_to_submit_ms`). Contacts on no list stay pending
+/// (the next run PUTs them).
+async fn fallback_batches(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    items: Vec<Item>,
+    limits: batch::Limits,
+    stats: &mut PushStats,
+) -> anyhow::Result<(Vec<Batch>, std::time::Instant)> {
+    let account = client.account();
+    let mut emails: Vec<String> = items.iter().map(|i| i.email.clone()).collect();
+    emails.sort_unstable();
+    emails.dedup();
+    let before = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::outbound::memberships_by_email(&mut conn, account, &emails)
+            .await
+            .context("reading memberships before the fallback read")?
+    };
+    let mut lists: Vec<Uuid> = before.values().flatten().copied().collect();
+    lists.sort_unstable();
+    lists.dedup();
+    let all_on = emails
+        .iter()
+        .all(|e| before.get(e).is_some_and(|l| !l.is_empty()));
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    read_contacts(ctx, client, run_id, None, &refs, &lists, all_on)
+        .await
+        .context("reading contacts just before a fallback import")?;
+    let now = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::outbound::memberships_by_email(&mut conn, account, &emails)
+            .await
+            .context("reading memberships after the fallback read")?
+    };
+    let read_at = std::time::Instant::now();
+    let mut ready = Vec::new();
+    for mut item in items {
+        let on: std::collections::BTreeSet<Uuid> = now
+            .get(&item.email)
+            .into_iter()
+            .flatten()
+            .copied()
+            .take(guard::MAX_LISTS)
+            .collect();
+        if on.is_empty() {
+            continue; // stays pending: PUT next run
+        }
+        stats.fallback_rows += item.row_ids.len() as u64;
+        item.notes.push(
+            "pushed by an import naming only the lists the contact was on at a read just              before it (more field-only rows than sync.put_max_rows in one run)"
+                .into(),
+        );
+        item.list_ids = on;
+        ready.push(item);
+    }
+    // Too large items cannot happen here: each was a valid PUT item, far below the limit.
+    Ok((batch::cut(ready, limits).batches, read_at))
 }
 
 fn split(ts: &[Terminal]) -> (Vec<i64>, Vec<Option<String>>) {
@@ -341,32 +560,101 @@ fn retry_backoff(ctx: &JobContext) -> (Duration, Duration) {
     (base, base.saturating_mul(64))
 }
 
-/// POSTs one batch and records the outcome.
-#[instrument(skip_all, fields(lists = b.list_ids.len(), rows = b.items.len()))]
-async fn send_batch(
+/// The kind of a bulk activity (`import_activities.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Import,
+    Remove,
+    Delete,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Import => "contacts_json_import",
+            Kind::Remove => "remove_list_memberships",
+            Kind::Delete => "contact_delete",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "remove_list_memberships" => Kind::Remove,
+            "contact_delete" => Kind::Delete,
+            _ => Kind::Import,
+        }
+    }
+}
+
+/// One bulk request and the rows it carries.
+struct Request {
+    kind: Kind,
+    list_ids: Vec<Uuid>,
+    /// (row id, reason to record with `submitted`).
+    rows: Vec<(i64, Option<String>)>,
+    contacts: usize,
+    /// The import body, or the contact ids of a removal / delete.
+    body: Vec<u8>,
+    contact_ids: Vec<Uuid>,
+}
+
+impl Request {
+    fn import(b: Batch) -> Request {
+        let mut rows = Vec::new();
+        for it in &b.items {
+            let note = (!it.notes.is_empty()).then(|| it.notes.join("; "));
+            for id in &it.row_ids {
+                rows.push((*id, note.clone()));
+            }
+        }
+        Request {
+            kind: Kind::Import,
+            list_ids: b.list_ids,
+            rows,
+            contacts: b.items.len(),
+            body: b.body,
+            contact_ids: Vec::new(),
+        }
+    }
+
+    fn direct(kind: Kind, list_ids: Vec<Uuid>, ds: &[&Direct]) -> Request {
+        Request {
+            kind,
+            list_ids,
+            rows: ds
+                .iter()
+                .flat_map(|d| d.row_ids.iter().map(|id| (*id, None)))
+                .collect(),
+            contacts: ds.len(),
+            body: Vec::new(),
+            contact_ids: ds.iter().map(|d| d.contact_id).collect(),
+        }
+    }
+}
+
+/// Sends one bulk request (import, list removal or delete) and records the outcome: the
+/// rows `submitted` with the activity in the same transaction that records the activity.
+#[instrument(skip_all, fields(kind = r.kind.as_str(), lists = r.list_ids.len(), rows = r.rows.len()))]
+async fn send(
     ctx: &JobContext,
     client: &AccountClient,
     run_id: Uuid,
-    b: Batch,
+    r: Request,
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
     let account = client.account().to_string();
-    let Batch {
-        list_ids,
-        items,
-        body,
-    } = b;
-    let bytes = body.len();
-    let mut ids = Vec::new();
-    let mut reasons = Vec::new();
-    for it in &items {
-        let note = (!it.notes.is_empty()).then(|| it.notes.join("; "));
-        for id in &it.row_ids {
-            ids.push(*id);
-            reasons.push(note.clone());
+    let bytes = r.body.len();
+    let (ids, reasons): (Vec<i64>, Vec<Option<String>>) = r.rows.into_iter().unzip();
+    let list_ids = r.list_ids;
+    let answer = match r.kind {
+        Kind::Import => client.contacts_json_import(r.body).await,
+        Kind::Remove => {
+            client
+                .remove_list_memberships(&r.contact_ids, &list_ids)
+                .await
         }
-    }
-    let answer = client.contacts_json_import(body).await;
+        Kind::Delete => client.contact_delete(&r.contact_ids).await,
+    };
     let mut tx = ctx
         .pool
         .begin()
@@ -391,17 +679,24 @@ async fn send_batch(
                     row_count: ids.len() as i32,
                     body_bytes: bytes as i32,
                     run_id,
+                    kind: r.kind.as_str(),
                 },
             )
             .await
-            .context("recording the import activity")?;
+            .context("recording the activity")?;
             tx.commit()
                 .await
-                .context("committing the submitted batch")?;
-            stats.batches_submitted += 1;
+                .context("committing the submitted request")?;
+            match r.kind {
+                Kind::Import => {
+                    stats.batches_submitted += 1;
+                    stats.bytes_submitted += bytes as u64;
+                }
+                Kind::Remove => stats.removals_submitted += 1,
+                Kind::Delete => stats.deletes_submitted += 1,
+            }
             stats.rows_submitted += ids.len() as u64;
-            stats.bytes_submitted += bytes as u64;
-            info!(activity_id = %activity.activity_id, contacts = items.len(), bytes, "import submitted");
+            info!(activity_id = %activity.activity_id, kind = r.kind.as_str(), contacts = r.contacts, bytes, "activity submitted");
         }
         Err(
             e @ (ApiError::TooManyActivities { .. }
@@ -411,17 +706,18 @@ async fn send_batch(
         ) => {
             // Nothing was done: the rows stay pending, untouched, for the next run.
             tx.rollback().await.ok();
-            warn!(error = %crate::telemetry::Chain(&e), "import not submitted; rows stay pending");
+            warn!(error = %crate::telemetry::Chain(&e), "activity not submitted; rows stay pending");
             stats.stopped = Some(e.to_string());
         }
         Err(e @ ApiError::Auth(_)) => {
             tx.rollback().await.ok();
-            return Err(e).context("submitting an import");
+            return Err(e).context("submitting an activity");
         }
         Err(e) => {
             // 400, 5xx, lost answer: counted as a failed attempt (retried with backoff, a
-            // dead letter after max_push_attempts). A lost answer may mean the import did
-            // run: sending it again later is safe (see the module comment).
+            // dead letter after max_push_attempts). A lost answer may mean the activity did
+            // run: the next run reads before it writes again, and the guard finds the
+            // effect already there (see the module comment).
             let (base, cap) = retry_backoff(ctx);
             let (retry, dead) = store::outbound::failed_attempt(
                 &mut tx,
@@ -435,7 +731,7 @@ async fn send_batch(
             .await
             .context("recording a failed submit")?;
             tx.commit().await.context("committing a failed submit")?;
-            warn!(error = %crate::telemetry::Chain(&e), retry, dead, "import submit failed");
+            warn!(error = %crate::telemetry::Chain(&e), retry, dead, "activity submit failed");
             stats.retrying += retry;
             stats.failed += dead;
         }
@@ -466,7 +762,8 @@ async fn poll(
             return Ok(());
         }
         let mut left = 0u64;
-        for (id, submitted_at) in open {
+        for (id, submitted_at, kind) in open {
+            let kind = Kind::parse(&kind);
             let age = (chrono::Utc::now() - submitted_at)
                 .to_std()
                 .unwrap_or_default();
@@ -487,9 +784,9 @@ async fn poll(
             match client.activity(&id).await {
                 Ok(a) if a.is_terminal() => {
                     if a.state == "completed" {
-                        read_back(ctx, client, run_id, &a.activity_id, stats).await?;
+                        read_back(ctx, client, run_id, &a.activity_id, kind, stats).await?;
                     }
-                    finish(ctx, &account, &a, stats).await?
+                    finish(ctx, &account, &a, kind, stats).await?
                 }
                 Ok(a) => {
                     let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
@@ -552,6 +849,7 @@ async fn read_back(
     client: &AccountClient,
     run_id: Uuid,
     activity_id: &str,
+    kind: Kind,
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
     let (rows, lists) = {
@@ -573,7 +871,12 @@ async fn read_back(
         return Ok(());
     }
     let sent_before = client.requests_sent();
-    let read = read_contacts(ctx, client, run_id, None, &emails, &lists, true)
+    // A deleted contact is seen only by a per-contact read (`status=all`).
+    let (lists, all_on) = match kind {
+        Kind::Delete => (Vec::new(), false),
+        _ => (lists, true),
+    };
+    let read = read_contacts(ctx, client, run_id, None, &emails, &lists, all_on)
         .await
         .context("reading the contacts of an ended import")?;
     stats.confirm_requests += client.requests_sent() - sent_before;
@@ -624,6 +927,7 @@ async fn finish(
     ctx: &JobContext,
     account: &str,
     a: &Activity,
+    kind: Kind,
     stats: &mut PushStats,
 ) -> anyhow::Result<()> {
     let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
@@ -632,7 +936,42 @@ async fn finish(
         .context("reading the rows of an activity")?;
     let messages = a.error_messages();
     let errors_json = a.activity_errors.as_ref().map(|e| json!(e));
-    if a.state == "completed" {
+    if a.state == "completed" && kind != Kind::Import {
+        let submitted = store::outbound::submitted_rows(&mut tx, &a.activity_id)
+            .await
+            .context("reading the rows of an activity")?;
+        let lists = store::activities::lists_and_submitted_at(&mut tx, &a.activity_id)
+            .await
+            .context("reading an ended activity")?
+            .map(|(l, _)| l)
+            .unwrap_or_default();
+        let input = store::outbound::guard_input(&mut tx, account, &submitted, Default::default())
+            .await
+            .context("reading the store after the activity")?;
+        let op = if kind == Kind::Delete {
+            Op::Delete
+        } else {
+            Op::RemoveFromLists
+        };
+        let verdicts = confirm_direct(op, &submitted, &lists, &input, &messages);
+        let (mut done, mut fail) = (vec![], vec![]);
+        for (id, v) in verdicts {
+            match v {
+                Verdict::Completed(note) => done.push((id, note)),
+                Verdict::Skipped(why) | Verdict::Failed(why) => fail.push((id, Some(why))),
+            }
+        }
+        let (ids, notes): (Vec<i64>, Vec<Option<String>>) = done.into_iter().unzip();
+        stats.completed += store::outbound::set_state(&mut tx, Submitted, &ids, Completed, &notes)
+            .await
+            .context("marking confirmed rows completed")?;
+        let (ids, why): (Vec<i64>, Vec<Option<String>>) = fail.into_iter().unzip();
+        let failed = store::outbound::set_state(&mut tx, Submitted, &ids, Failed, &why)
+            .await
+            .context("marking unconfirmed rows failed")?;
+        stats.failed += failed;
+        stats.unconfirmed += failed;
+    } else if a.state == "completed" {
         let counters = activity_counters(a);
         // Errors that name a row keep the API's message; every other row is judged on what
         // Constant Contact shows now (read by `read_back` just before).
@@ -716,10 +1055,16 @@ async fn finish(
         stats.retrying += retry;
     } else {
         let msg = if messages.is_empty() {
-            format!("import activity {} ended {}", a.activity_id, a.state)
+            format!(
+                "{} activity {} ended {}",
+                kind.as_str(),
+                a.activity_id,
+                a.state
+            )
         } else {
             format!(
-                "import activity {} ended {}: {}",
+                "{} activity {} ended {}: {}",
+                kind.as_str(),
                 a.activity_id,
                 a.state,
                 messages.join("; ")

@@ -10,15 +10,15 @@
 //! until that judgement commits: a crash in between re-reads and re-judges them next run
 //! (the value already there is then completed without a second PUT).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
-use super::context::JobContext;
 use super::contacts::{apply_page, updated_at_mark, PageSpec};
+use super::context::JobContext;
 use crate::core::guard::{Direct, Item, Primary};
 use crate::core::put::{plan_fields, primary_of, property_value, unsubscribe_body, CustomFieldIds};
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped};
@@ -55,13 +55,6 @@ impl Write<'_> {
         }
     }
 
-    fn email(&self) -> &str {
-        match self {
-            Write::Fields { item, .. } => &item.email,
-            Write::Unsubscribe(d) => &d.email,
-        }
-    }
-
     fn contact_id(&self) -> Option<Uuid> {
         match self {
             Write::Fields { item, .. } => item.contact_id,
@@ -90,6 +83,7 @@ pub async fn write_all(
     client: &AccountClient,
     run_id: Uuid,
     cf: &CustomFieldIds,
+    lists_filter: Option<&HashSet<Uuid>>,
     writes: &[Write<'_>],
     stats: &mut PutStats,
 ) -> anyhow::Result<Option<String>> {
@@ -98,7 +92,7 @@ pub async fn write_all(
         if ctx.cancel.is_cancelled() {
             return Ok(Some("cancelled".into()));
         }
-        let (end, log) = write_one(ctx, client, run_id, cf, w, stats).await?;
+        let (end, log) = write_one(ctx, client, run_id, cf, lists_filter, w, stats).await?;
         let ids = w.row_ids();
         let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
         store::outbound::append_changes(&mut tx, &account, run_id, &log)
@@ -177,11 +171,16 @@ async fn write_one(
     client: &AccountClient,
     run_id: Uuid,
     cf: &CustomFieldIds,
+    lists_filter: Option<&HashSet<Uuid>>,
     w: &Write<'_>,
     stats: &mut PutStats,
 ) -> anyhow::Result<(End, Vec<LocalChange>)> {
+    let apply = |contact: Value| apply(ctx, client, run_id, lists_filter, contact);
     let Some(id) = w.contact_id() else {
-        return Ok((End::Fail("internal: a PUT needs a contact id".into()), vec![]));
+        return Ok((
+            End::Fail("internal: a PUT needs a contact id".into()),
+            vec![],
+        ));
     };
     stats.contacts += 1;
     if matches!(w, Write::Unsubscribe(_)) {
@@ -194,7 +193,7 @@ async fn write_one(
     };
     let now = primary_of(&read);
     if now.deleted {
-        apply(ctx, client, run_id, &read).await?;
+        apply(read.clone()).await?;
         return Ok((
             End::Skip(
                 "deleted in Constant Contact (fresh read): not written, a PUT would revive the \
@@ -208,7 +207,7 @@ async fn write_one(
     let (body, check): (Value, Check) = match w {
         Write::Unsubscribe(d) => {
             if now.permission_to_send.as_deref() == Some("unsubscribed") {
-                apply(ctx, client, run_id, &read).await?;
+                apply(read.clone()).await?;
                 return Ok((
                     End::Done(Some("already unsubscribed in Constant Contact".into())),
                     log,
@@ -260,7 +259,7 @@ async fn write_one(
         Ok(v) => v,
         Err(e) => return Ok((api_end(e, "PUT /contacts/{id}")?, log)),
     };
-    apply(ctx, client, run_id, &answer).await?;
+    apply(answer.clone()).await?;
     // Confirm by reading: the answer is Constant Contact's copy after the write.
     let after = primary_of(&answer);
     let end = match check {
@@ -274,8 +273,7 @@ async fn write_one(
             let wrong: Vec<&String> = sent
                 .iter()
                 .filter(|(k, v)| {
-                    property_value(&after, k, cf)
-                        .is_some_and(|now| now != property_value_of(v))
+                    property_value(&after, k, cf).is_some_and(|now| now != property_value_of(v))
                 })
                 .map(|(k, _)| k)
                 .collect();
@@ -313,9 +311,10 @@ async fn apply(
     ctx: &JobContext,
     client: &AccountClient,
     run_id: Uuid,
-    contact: &Value,
+    lists_filter: Option<&HashSet<Uuid>>,
+    contact: Value,
 ) -> anyhow::Result<()> {
-    let c: Contact = match serde_json::from_value(contact.clone()) {
+    let c: Contact = match serde_json::from_value(contact) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "a contact Constant Contact returned does not decode; store not updated");
@@ -328,7 +327,7 @@ async fn apply(
     };
     let spec = PageSpec {
         account: client.account(),
-        lists_filter: None,
+        lists_filter,
         run_id,
         watermark_of: updated_at_mark,
     };

@@ -16,4 +16,5 @@ mod outbound_cli;
 mod push;
 mod push_reads;
 mod sandbox_api;
+mod sandbox_write;
 mod schema;
