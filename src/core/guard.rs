@@ -744,9 +744,10 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
             primary.is_some_and(|p| p.permission_to_send.as_deref() == Some("unsubscribed"));
         let has_fields = row.fields.as_object().is_some_and(|m| !m.is_empty());
         // Law 2 first: whatever else is wrong with the row, an unsubscribed contact is
-        // never added to a list; only field changes (through a PUT, which never touches
-        // permission) may go out.
-        if unsubscribed && !has_fields {
+        // never added to a list. A row that asks for a list is skipped (as the opt-out
+        // sweep skips it); only a field-only row goes out, through a PUT, which never
+        // touches permission.
+        if unsubscribed && (!has_fields || !row.list_ids.is_empty()) {
             let why = primary
                 .and_then(|p| p.opt_out_reason.as_deref())
                 .map(|r| format!(" (opt-out reason: {r})"))
@@ -777,14 +778,6 @@ pub fn plan(rows: &[OutboundRow], input: &GuardInput) -> GuardPlan {
         }
         let mut lists: BTreeSet<Uuid> = row.list_ids.iter().copied().collect();
         let mut notes = Vec::new();
-        if unsubscribed && !lists.is_empty() {
-            lists.clear();
-            notes.push(
-                "lists not added: unsubscribed in Constant Contact (never re-subscribed); \
-                 fields written through PUT"
-                    .to_string(),
-            );
-        }
         let Some(p) = primary else {
             // A brand-new contact: only an import creates it, and an import needs a list.
             if lists.is_empty() {
@@ -1281,18 +1274,20 @@ mod tests {
             &[
                 row(1, "u@example.com", json!({}), &[2]),
                 row(2, "U@example.com", json!({"first_name": "U"}), &[2]),
+                row(3, "U@example.com", json!({"first_name": "U"}), &[]),
             ],
             &i,
         );
         assert!(p.items.is_empty(), "never an import: {:?}", p.items);
-        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped.len(), 2);
+        assert!(p.skipped[1].reason.contains("never re-subscribed"));
         assert!(p.skipped[0].reason.contains("unsubscribed"));
         assert!(p.skipped[0].reason.contains("too many mails"));
         assert_eq!(p.skipped[0].contact_id, Some(Uuid::from_u128(9)));
         assert_eq!(p.puts.len(), 1);
         assert!(p.puts[0].list_ids.is_empty());
         assert_eq!(p.puts[0].fields["first_name"], "U");
-        assert!(p.puts[0].notes[0].contains("lists not added"));
+        assert_eq!(p.puts[0].row_ids, vec![3]);
     }
 
     #[test]

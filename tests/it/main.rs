@@ -18,3 +18,4 @@ mod push_reads;
 mod sandbox_api;
 mod sandbox_write;
 mod schema;
+mod write_path;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::helpers::Harness;
 
-async fn harness(contacts: usize) -> Harness {
+pub(crate) async fn harness(contacts: usize) -> Harness {
     Harness::with(contacts, |s| {
         s.sync.poll_initial = Duration::from_millis(20);
         s.sync.poll_max = Duration::from_millis(80);
@@ -20,7 +20,7 @@ async fn harness(contacts: usize) -> Harness {
 }
 
 /// `sync --job push`: the pulls, then the push; returns the push's stats.
-async fn push(h: &Harness) -> Value {
+pub(crate) async fn push(h: &Harness) -> Value {
     let reports = sync::run_cycle(&h.ctx, &h.settings.accounts, &[Job::Push]).await;
     let last = reports.last().expect("a report");
     assert_eq!(last.job, Job::Push, "{reports:?}");
@@ -30,7 +30,7 @@ async fn push(h: &Harness) -> Value {
     }
 }
 
-async fn state(h: &Harness, id: i64) -> (String, Option<String>) {
+pub(crate) async fn state(h: &Harness, id: i64) -> (String, Option<String>) {
     sqlx::query_as("SELECT state, reason FROM ccsync.outbound WHERE id = $1")
         .bind(id)
         .fetch_one(&h.db.pool)
@@ -39,7 +39,7 @@ async fn state(h: &Harness, id: i64) -> (String, Option<String>) {
 }
 
 /// A subscriber on at least one list: (id, email, a list it is on).
-fn member(h: &Harness) -> (Uuid, String, Uuid) {
+pub(crate) fn member(h: &Harness) -> (Uuid, String, Uuid) {
     for id in h.ctl.contact_ids() {
         let c = h.ctl.contact(id).unwrap();
         let on = h.ctl.memberships(id);
@@ -58,7 +58,7 @@ fn member(h: &Harness) -> (Uuid, String, Uuid) {
 }
 
 /// Every list added to a contact by a request the sandbox received after `from`.
-fn re_added(h: &Harness, email: &str, list: Uuid) -> bool {
+pub(crate) fn re_added(h: &Harness, email: &str, list: Uuid) -> bool {
     h.sb.requests().iter().any(|r| {
         r.method == "POST"
             && r.path.ends_with("/contacts_json_import")
@@ -73,7 +73,7 @@ fn re_added(h: &Harness, email: &str, list: Uuid) -> bool {
     })
 }
 
-async fn list_removed_logged(h: &Harness, contact: Uuid, list: Uuid) -> bool {
+pub(crate) async fn list_removed_logged(h: &Harness, contact: Uuid, list: Uuid) -> bool {
     h.count(&format!(
         "SELECT count(*) FROM ccsync.changes WHERE kind = 'list_removed' \
          AND contact_id = '{contact}' AND old_value = '\"{list}\"'::jsonb"

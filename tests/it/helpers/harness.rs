@@ -139,6 +139,27 @@ impl Harness {
         .unwrap_or_else(|e| panic!("queueing a row for {email}: {e}"))
     }
 
+    /// Queues an outbound row with an explicit `op`; returns its id.
+    pub async fn queue_op(
+        &self,
+        email: &str,
+        op: &str,
+        fields: serde_json::Value,
+        lists: &[uuid::Uuid],
+    ) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO ccsync.outbound (email, op, fields, list_ids) VALUES ($1, $2, $3, $4)
+             RETURNING id",
+        )
+        .bind(email)
+        .bind(op)
+        .bind(fields)
+        .bind(lists)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("queueing a {op} row for {email}: {e}"))
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.db.count(sql).await
     }
