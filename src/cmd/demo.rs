@@ -162,7 +162,7 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
             .flatten()
     });
     ctl.join_list(live[6].0, list_a);
-    ctl.set_updated_at(live[6].0, sb.now());
+    ctl.join_list(live[4].0, list_b);
 
     println!("\n1. first cycle: pull contacts, opt-outs, deletes, lists (nothing to push yet)");
     let mut failed = report(&sync::run_cycle(&ctx, &accounts, Job::cycle()).await);
@@ -170,7 +170,15 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     println!("\n2. the application queues local changes (one INSERT each into ccsync.outbound)");
     let queue = |email: String, fields: serde_json::Value, lists: Vec<uuid::Uuid>, what: &str| {
         println!("   {email:<40} {what}");
-        (email, fields, lists)
+        ("upsert", email, fields, lists)
+    };
+    let queue_op = |op: &'static str,
+                    email: String,
+                    fields: serde_json::Value,
+                    lists: Vec<uuid::Uuid>,
+                    what: &str| {
+        println!("   {email:<40} {what} (op {op})");
+        (op, email, fields, lists)
     };
     let mut rows = Vec::new();
     for n in 1..=5 {
@@ -205,6 +213,33 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         vec![list_a],
         "invalid address",
     ));
+    rows.push(queue(
+        live[1].1.clone(),
+        serde_json::json!({"company_name": "Field-only Ltd"}),
+        vec![],
+        "field-only change, no list (GET + PUT)",
+    ));
+    rows.push(queue_op(
+        "unsubscribe",
+        live[2].1.clone(),
+        serde_json::json!({"opt_out_reason": "asked by phone"}),
+        vec![],
+        "unsubscribe collected by the application",
+    ));
+    rows.push(queue_op(
+        "remove_from_lists",
+        live[4].1.clone(),
+        serde_json::json!({}),
+        vec![list_b],
+        "remove from list B",
+    ));
+    rows.push(queue_op(
+        "delete",
+        live[5].1.clone(),
+        serde_json::json!({}),
+        vec![],
+        "delete the contact",
+    ));
     if let Some(e) = already_out {
         rows.push(queue(
             e,
@@ -213,10 +248,17 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
             "contact who opted out long ago",
         ));
     }
-    for (email, fields, lists) in &rows {
-        store::demo::queue_outbound(&mut *pool.acquire().await?, account, email, fields, lists)
-            .await
-            .context("queueing an outbound row")?;
+    for (op, email, fields, lists) in &rows {
+        store::demo::queue_outbound(
+            &mut *pool.acquire().await?,
+            account,
+            op,
+            email,
+            fields,
+            lists,
+        )
+        .await
+        .context("queueing an outbound row")?;
     }
 
     println!("\n3. meanwhile subscribers act in Constant Contact: an edit of the same field, an opt-out, leaving list A, a delete");
@@ -224,10 +266,9 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         c["job_title"] = serde_json::json!("Their own title")
     });
     ctl.unsubscribe(live[3].0, Some("demo: no more mail"));
+    // The sandbox moves no clock on a membership change (unconfirmed for the real service):
+    // the incremental pull cannot see this leave; the push's read before write does.
     ctl.leave_list(live[6].0, list_a);
-    // The sandbox moves no clock on a membership change (unconfirmed for the real service;
-    // the weekly reconcile repairs what the incremental pull cannot see).
-    ctl.set_updated_at(live[6].0, sb.now());
     ctl.delete_contact(live[7].0);
 
     println!(
@@ -278,6 +319,35 @@ pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
         ctl.contact(live[0].0)
             .map(|c| c["job_title"].to_string())
             .unwrap_or_default()
+    );
+    println!("\nconfirmed in Constant Contact (read back from the sandbox):");
+    let c = |id: uuid::Uuid| ctl.contact(id).unwrap_or_default();
+    println!(
+        "  {:<40} company_name {} (field-only PUT; still on {} lists)",
+        live[1].1,
+        c(live[1].0)["company_name"],
+        ctl.memberships(live[1].0).len()
+    );
+    println!(
+        "  {:<40} permission_to_send {} (opt_out_reason {})",
+        live[2].1,
+        c(live[2].0)["email_address"]["permission_to_send"],
+        c(live[2].0)["email_address"]["opt_out_reason"]
+    );
+    println!(
+        "  {:<40} on list B: {}",
+        live[4].1,
+        ctl.memberships(live[4].0).contains(&list_b)
+    );
+    println!(
+        "  {:<40} deleted_at {}",
+        live[5].1,
+        c(live[5].0)["deleted_at"]
+    );
+    println!(
+        "  re-subscriptions seen by the sandbox: {}; contacts revived: {}",
+        ctl.resubscriptions().len(),
+        ctl.revivals().len()
     );
     let mut conn = pool.acquire().await?;
     let by_kind = store::demo::changes_by_kind(&mut conn, account).await?;

@@ -260,12 +260,22 @@ fn summarize(s: &serde_json::Value) -> String {
         "failed",
         "retrying",
         "in_flight_left",
+        "removals_submitted",
+        "deletes_submitted",
+        "fallback_rows",
         "stopped",
     ];
-    keys.iter()
+    let mut out: Vec<String> = keys
+        .iter()
         .filter_map(|k| s.get(*k).map(|v| format!("{k}={v}")))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    // The PUT path (field-only changes, unsubscribes), when it did anything.
+    if let Some(p) = s.get("put").filter(|p| p["contacts"].as_u64() > Some(0)) {
+        for k in ["contacts", "puts", "completed", "skipped", "failed"] {
+            out.push(format!("put.{k}={}", p[k]));
+        }
+    }
+    out.join(" ")
 }
 
 /// The dry-run plan of a push: what would be pushed, skipped or refused, and why.
@@ -293,6 +303,27 @@ fn print_push_plan(plan: &serde_json::Value) {
             text(b, "rows"),
             text(b, "bytes"),
             text(b, "list_ids")
+        );
+    }
+    for p in list("puts") {
+        println!(
+            "    would PUT   {} {} (rows {}): GET, then PUT /contacts/{{id}}",
+            text(&p, "email"),
+            text(&p, "fields"),
+            text(&p, "rows")
+        );
+    }
+    for d in list("directs") {
+        println!(
+            "    would {:<5} {} (rows {}) {}",
+            match text(&d, "op").as_str() {
+                "unsubscribe" => "unsub".to_string(),
+                "remove_from_lists" => "remove".to_string(),
+                other => other.to_string(),
+            },
+            text(&d, "email"),
+            text(&d, "rows"),
+            text(&d, "list_ids")
         );
     }
     for (label, key) in [

@@ -464,6 +464,17 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     d.to_std().ok().map(|d| d.min(Duration::from_secs(3600)))
 }
 
+fn bad_url(what: &str) -> Error {
+    Error::Status {
+        endpoint: "url",
+        status: 0,
+        items: vec![super::error::ApiErrorItem {
+            error_key: "ccsync.bad_url".into(),
+            error_message: format!("cannot build the URL of {what}"),
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,16 +484,5 @@ mod tests {
         assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None); // past
         assert!(parse_retry_after("soon").is_none());
-    }
-}
-
-fn bad_url(what: &str) -> Error {
-    Error::Status {
-        endpoint: "url",
-        status: 0,
-        items: vec![super::error::ApiErrorItem {
-            error_key: "ccsync.bad_url".into(),
-            error_message: format!("cannot build the URL of {what}"),
-        }],
     }
 }

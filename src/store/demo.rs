@@ -33,14 +33,17 @@ pub async fn forget_account(conn: &mut PgConnection, account: &str) -> Result<()
 pub async fn queue_outbound(
     conn: &mut PgConnection,
     account: &str,
+    op: &str,
     email: &str,
     fields: &Value,
     list_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO ccsync.outbound (account_id, email, fields, list_ids) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO ccsync.outbound (account_id, op, email, fields, list_ids)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(account)
+    .bind(op)
     .bind(email)
     .bind(fields)
     .bind(list_ids)

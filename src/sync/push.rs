@@ -97,12 +97,27 @@ pub struct PushStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confirm_reader: Option<Reader>,
     pub api_requests: u64,
+    /// Where the requests went (the rest of `total`: fallback reads, failed submits).
+    pub requests: RequestCounts,
     /// Why submitting stopped early (queue full, quota, cancel), if it did.
     pub stopped: Option<String>,
     pub dry_run: bool,
     /// Only with `--dry-run`: what would be pushed or skipped, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<DryPlan>,
+}
+
+/// The requests of one push run by purpose.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestCounts {
+    pub reads_before_write: u64,
+    pub put_reads: u64,
+    pub puts: u64,
+    /// Imports, list removals and deletes accepted.
+    pub submits: u64,
+    pub polls: u64,
+    pub confirms: u64,
+    pub total: u64,
 }
 
 /// What a dry run would do.
@@ -175,7 +190,20 @@ pub async fn run_once(
     } else {
         poll(ctx, &client, run_id, &mut stats).await?;
     }
+    stats.completed += stats.put.completed;
+    stats.skipped += stats.put.skipped;
+    stats.failed += stats.put.failed;
+    stats.retrying += stats.put.retrying;
     stats.api_requests = client.requests_sent();
+    stats.requests = RequestCounts {
+        reads_before_write: stats.read_before_write.as_ref().map_or(0, |r| r.requests),
+        put_reads: stats.put.reads,
+        puts: stats.put.puts,
+        submits: stats.batches_submitted + stats.removals_submitted + stats.deletes_submitted,
+        polls: stats.activities_polled,
+        confirms: stats.confirm_requests,
+        total: stats.api_requests,
+    };
     Ok(serde_json::to_value(stats)?)
 }
 
