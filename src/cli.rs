@@ -139,6 +139,13 @@ pub enum BenchCommand {
         #[arg(long)]
         sandbox: Option<String>,
     },
+    /// Requests one push spends per row kind (reads before, PUTs, imports, polls,
+    /// confirmations), against the in-process sandbox.
+    Push {
+        /// Rows per push (repeat for several sizes).
+        #[arg(long = "rows", default_values_t = [1usize, 100, 10_000])]
+        rows: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,3 +1,5 @@
+//! `ccsync bench push`: the requests one push spends per row kind and size.
+//!
 //! `ccsync bench pull`: end-to-end pull throughput with rate limiting off, the share spent
 //! applying pages to PostgreSQL, API requests and this process's peak RSS.
 //!
@@ -34,6 +36,7 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     telemetry::init(&log);
     match what {
         BenchCommand::Pull { contacts, sandbox } => pull(contacts, sandbox).await,
+        BenchCommand::Push { rows } => push(&rows).await,
     }
 }
 
@@ -123,6 +126,152 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
         },
         rss_before as f64 / 1024.0
     );
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The row kinds `bench push` measures.
+const PUSH_KINDS: &[(&str, &str)] = &[
+    ("new", "new contacts on a list (import)"),
+    (
+        "add_list",
+        "existing contacts, a field and a list they are not on (read + import)",
+    ),
+    (
+        "field_only",
+        "existing contacts, a field only (GET + PUT; import fallback above put_max_rows)",
+    ),
+];
+
+async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
+    let account = "bench";
+    let (db_url, pool) = demo_pool("ccsync_bench").await?;
+    println!(
+        "bench push: requests per push run (in-process sandbox, rate limiting off)\n\
+         {:<11} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8}",
+        "kind",
+        "rows",
+        "reads",
+        "put_gets",
+        "puts",
+        "submits",
+        "polls",
+        "confirms",
+        "total",
+        "fallback",
+        "seconds"
+    );
+    for &n in sizes {
+        for (kind, _) in PUSH_KINDS {
+            forget_account(&pool, account).await?;
+            let sb = Sandbox::start(SandboxConfig {
+                contacts: 0,
+                ..SandboxConfig::default()
+            })
+            .await?;
+            let ctl = sb.account(account);
+            ctl.generate(n.max(50) + 50, 8, 11);
+            let mut settings = sandbox_settings(
+                &sb.api_base(),
+                &sb.token_url(),
+                ctl.seed_refresh_token(),
+                account,
+                &db_url,
+            )?;
+            settings.sync.poll_initial = std::time::Duration::from_millis(100);
+            settings.sync.poll_max = std::time::Duration::from_millis(400);
+            let settings = Arc::new(settings);
+            let ctx = crate::startup::job_context(
+                settings.clone(),
+                pool.clone(),
+                CancellationToken::new(),
+                false,
+            )?;
+            let first = sync::run_cycle(&ctx, &settings.accounts, Job::cycle()).await;
+            if first
+                .iter()
+                .any(|r| matches!(r.outcome, Outcome::Failed(_)))
+            {
+                super::status::print_reports(&first, false);
+                anyhow::bail!("the first cycle failed");
+            }
+            let lists = ctl.list_ids();
+            let members: Vec<(String, Vec<uuid::Uuid>)> = ctl
+                .contact_ids()
+                .into_iter()
+                .filter_map(|id| {
+                    let c = ctl.contact(id)?;
+                    let e = &c["email_address"];
+                    (e["permission_to_send"] != "unsubscribed" && c["deleted_at"].is_null())
+                        .then(|| Some((e["address"].as_str()?.to_lowercase(), ctl.memberships(id))))
+                        .flatten()
+                })
+                .collect();
+            let mut conn = pool.acquire().await.context("acquiring a connection")?;
+            for i in 0..n {
+                let (email, fields, rows_lists) = match *kind {
+                    "new" => (
+                        format!("bench.new.{i}@example.org"),
+                        serde_json::json!({"first_name": "New"}),
+                        vec![lists[i % lists.len()]],
+                    ),
+                    _ => {
+                        let Some((email, on)) = members.get(i % members.len().max(1)) else {
+                            anyhow::bail!("the bench sandbox has no subscribed contact");
+                        };
+                        let off = lists.iter().find(|l| !on.contains(l)).copied();
+                        let ls = match (*kind, off) {
+                            ("add_list", Some(l)) => vec![l],
+                            _ => vec![],
+                        };
+                        (
+                            email.clone(),
+                            serde_json::json!({"job_title": format!("T{i}")}),
+                            ls,
+                        )
+                    }
+                };
+                crate::store::demo::queue_outbound(
+                    &mut conn,
+                    account,
+                    "upsert",
+                    &email,
+                    &fields,
+                    &rows_lists,
+                )
+                .await
+                .context("queueing a bench row")?;
+            }
+            drop(conn);
+            let started = Instant::now();
+            let reports = sync::run_cycle(&ctx, &settings.accounts, &[Job::Push]).await;
+            let secs = started.elapsed().as_secs_f64();
+            let Some(Outcome::Succeeded(s)) = reports.last().map(|r| r.outcome.clone()) else {
+                super::status::print_reports(&reports, false);
+                anyhow::bail!("the push did not succeed");
+            };
+            let r = &s["requests"];
+            println!(
+                "{:<11} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>8} {:>8.2}",
+                kind,
+                n,
+                r["reads_before_write"],
+                r["put_reads"],
+                r["puts"],
+                r["submits"],
+                r["polls"],
+                r["confirms"],
+                r["total"],
+                s["fallback_rows"],
+                secs
+            );
+            sb.shutdown();
+        }
+    }
+    println!("\nkinds:");
+    for (k, what) in PUSH_KINDS {
+        println!("  {k:<11} {what}");
+    }
     pool.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -101,15 +101,16 @@ async fn report_left_alone(
 
 fn print_rows(rows: &[store::outbound::QueueRow]) {
     println!(
-        "{:>8} {:<12} {:<32} {:<10} {:>8} {:<21} {:<21} {:<38} REASON",
-        "ID", "ACCOUNT", "EMAIL", "STATE", "ATTEMPTS", "CREATED", "UPDATED", "ACTIVITY"
+        "{:>8} {:<12} {:<32} {:<17} {:<10} {:>8} {:<21} {:<21} {:<38} REASON",
+        "ID", "ACCOUNT", "EMAIL", "OP", "STATE", "ATTEMPTS", "CREATED", "UPDATED", "ACTIVITY"
     );
     for r in rows {
         println!(
-            "{:>8} {:<12} {:<32} {:<10} {:>8} {:<21} {:<21} {:<38} {}",
+            "{:>8} {:<12} {:<32} {:<17} {:<10} {:>8} {:<21} {:<21} {:<38} {}",
             r.id,
             r.account,
             r.email,
+            r.op,
             r.state,
             r.attempts,
             ts(r.created_at),

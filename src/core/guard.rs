@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::op::Op;
-use super::put::clearable;
+use super::properties::clearable;
 
 /// `JsonImportContact.email` allows 50 characters (the contact resource allows 80; the
 /// stricter import schema is the one we must satisfy).

@@ -9,7 +9,8 @@
 //! - `batch`: cutting a push into imports under the API's limits;
 //! - `membership`: the reconcile's membership diff;
 //! - `activity`: mapping an ended import activity back to its rows;
-//! - `op`, `put`: what a row asks for, and the body of a `PUT /contacts/{id}` onto a fresh read;
+//! - `op`, `properties`, `put`: what a row asks for, the import properties it may name, and
+//!   the body of a `PUT /contacts/{id}` onto a fresh read;
 //! - `confirm`: whether Constant Contact shows a pushed row's effect after the import;
 //! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
@@ -27,6 +28,7 @@ pub mod membership;
 pub mod merge;
 pub mod op;
 pub mod optouts;
+pub mod properties;
 pub mod put;
 pub mod reads;
 pub mod states;

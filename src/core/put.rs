@@ -27,60 +27,9 @@ use super::guard::Primary;
 #[cfg(test)]
 use std::collections::HashMap;
 
-/// The core scalar properties a PUT overwrites.
-pub const CORE_SCALARS: &[&str] = &[
-    "first_name",
-    "last_name",
-    "job_title",
-    "company_name",
-    "anniversary",
-    "birthday_month",
-    "birthday_day",
-];
-
 pub use super::guard::CustomFieldIds;
-
-/// The properties a `null` may clear (through a PUT): everything but `street2`.
-pub fn clearable(prop: &str) -> bool {
-    prop != "street2"
-        && !prop.ends_with("_street2")
-        && (CORE_SCALARS.contains(&prop)
-            || prop.starts_with("cf:")
-            || phone_kind(prop).is_some()
-            || address_part(prop).is_some())
-}
-
-fn phone_kind(prop: &str) -> Option<&'static str> {
-    Some(match prop {
-        "phone" | "other_phone" => "other",
-        "home_phone" => "home",
-        "work_phone" => "work",
-        "mobile_phone" => "mobile",
-        _ => return None,
-    })
-}
-
-/// (kind, field of the street address) of an import address property.
-fn address_part(prop: &str) -> Option<(&'static str, &'static str)> {
-    let (kind, rest) = if let Some(r) = prop.strip_prefix("home_") {
-        ("home", r)
-    } else if let Some(r) = prop.strip_prefix("work_") {
-        ("work", r)
-    } else if let Some(r) = prop.strip_prefix("other_") {
-        ("other", r)
-    } else {
-        ("home", prop)
-    };
-    let field = match rest {
-        "street" => "street",
-        "city" => "city",
-        "state" => "state",
-        "zip" => "postal_code",
-        "country" => "country",
-        _ => return None,
-    };
-    Some((kind, field))
-}
+use super::properties::{address_part, phone_kind};
+pub use super::properties::{clearable, CORE_SCALARS};
 
 fn text(v: &Value) -> Value {
     match v {

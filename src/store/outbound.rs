@@ -476,6 +476,7 @@ pub struct QueueRow {
     pub id: i64,
     pub account: String,
     pub email: String,
+    pub op: String,
     pub state: String,
     pub attempts: i32,
     pub reason: Option<String>,
@@ -496,6 +497,7 @@ pub async fn list(
         String,
         String,
         String,
+        String,
         i32,
         Option<String>,
         Option<String>,
@@ -503,7 +505,7 @@ pub async fn list(
         DateTime<Utc>,
     );
     let rows: Vec<R> = sqlx::query_as(
-        "SELECT id, account_id, email, state, attempts, reason, activity_id, created_at, updated_at
+        "SELECT id, account_id, email, op, state, attempts, reason, activity_id, created_at, updated_at
          FROM ccsync.outbound
          WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR account_id = $2)
          ORDER BY created_at DESC, id DESC LIMIT $3",
@@ -516,11 +518,23 @@ pub async fn list(
     Ok(rows
         .into_iter()
         .map(
-            |(id, account, email, state, attempts, reason, activity_id, created_at, updated_at)| {
+            |(
+                id,
+                account,
+                email,
+                op,
+                state,
+                attempts,
+                reason,
+                activity_id,
+                created_at,
+                updated_at,
+            )| {
                 QueueRow {
                     id,
                     account,
                     email,
+                    op,
                     state,
                     attempts,
                     reason,
