@@ -12,6 +12,8 @@ pub enum Reader {
     PerContact,
     /// Every page of each list's members (memberships and permissions of all of them).
     PerList,
+    /// Per list for the contacts on some list, per contact for the others.
+    Mixed,
 }
 
 /// The reader and what it costs, for `sync_runs.stats`.

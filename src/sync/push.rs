@@ -87,6 +87,7 @@ pub struct PushStats {
     /// Field-only rows pushed by an import naming only the lists the contact is on (above
     /// `put_max_rows`), and the longest time between that read and the import's request.
     pub fallback_rows: u64,
+    pub fallback_reads: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_read_to_submit_ms: Option<u64>,
     /// Rows an ended import did not show in Constant Contact (contact, list or value
@@ -111,6 +112,8 @@ pub struct PushStats {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestCounts {
     pub reads_before_write: u64,
+    /// Reads just before a fallback import (above `put_max_rows`).
+    pub fallback_reads: u64,
     pub put_reads: u64,
     pub puts: u64,
     /// Imports, list removals and deletes accepted.
@@ -197,6 +200,7 @@ pub async fn run_once(
     stats.api_requests = client.requests_sent();
     stats.requests = RequestCounts {
         reads_before_write: stats.read_before_write.as_ref().map_or(0, |r| r.requests),
+        fallback_reads: stats.fallback_reads,
         put_reads: stats.put.reads,
         puts: stats.put.puts,
         submits: stats.batches_submitted + stats.removals_submitted + stats.deletes_submitted,
@@ -542,9 +546,11 @@ async fn fallback_batches(
         .iter()
         .all(|e| before.get(e).is_some_and(|l| !l.is_empty()));
     let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let sent_before = client.requests_sent();
     read_contacts(ctx, client, run_id, None, &refs, &lists, all_on)
         .await
         .context("reading contacts just before a fallback import")?;
+    stats.fallback_reads += client.requests_sent() - sent_before;
     let now = {
         let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
         store::outbound::memberships_by_email(&mut conn, account, &emails)

@@ -55,28 +55,57 @@ pub async fn read_before_write(
     if targets.is_empty() {
         return Ok(stats);
     }
-    let lists: Vec<Uuid> = targets
+    // Contacts the store has on some list are seen by reading the lists they are on and the
+    // lists the rows name (each member's page carries all its memberships and its
+    // permission); the others can only be read one by one. Each group takes the cheaper
+    // reader.
+    let (on_some, on_none): (Vec<&ReadTarget>, Vec<&ReadTarget>) = targets
         .iter()
-        .flat_map(|t| t.lists.iter().copied())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let all_on_lists = targets
-        .iter()
-        .all(|t| t.on_lists_in_store.iter().any(|l| t.lists.contains(l)));
-    let emails: Vec<&str> = targets.iter().map(|t| t.email.as_str()).collect();
+        .partition(|t| !t.on_lists_in_store.is_empty());
     let sent_before = client.requests_sent();
-    let read = read_contacts(
-        ctx,
-        client,
-        run_id,
-        lists_filter,
-        &emails,
-        &lists,
-        all_on_lists,
-    )
-    .await
-    .context("reading the contacts the push adds to lists")?;
+    let mut read: Option<Read> = None;
+    for (group, all_on_lists) in [(on_some, true), (on_none, false)] {
+        if group.is_empty() {
+            continue;
+        }
+        let lists: Vec<Uuid> = group
+            .iter()
+            .flat_map(|t| t.lists.iter().chain(&t.on_lists_in_store).copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let emails: Vec<&str> = group.iter().map(|t| t.email.as_str()).collect();
+        let r = read_contacts(
+            ctx,
+            client,
+            run_id,
+            lists_filter,
+            &emails,
+            &lists,
+            all_on_lists,
+        )
+        .await
+        .context("reading the contacts the push adds to lists")?;
+        read = Some(match read {
+            None => r,
+            Some(a) => Read {
+                plan: ReadPlan {
+                    reader: if a.plan.reader == r.plan.reader {
+                        a.plan.reader
+                    } else {
+                        Reader::Mixed
+                    },
+                    requests: a.plan.requests + r.plan.requests,
+                    alternative_requests: a.plan.alternative_requests + r.plan.alternative_requests,
+                },
+                leaves: a.leaves + r.leaves,
+                changes_written: a.changes_written + r.changes_written,
+            },
+        });
+    }
+    let Some(read) = read else {
+        return Ok(stats);
+    };
     stats.plan = Some(read.plan);
     stats.leaves_found = read.leaves;
     stats.changes_written = read.changes_written;
@@ -125,7 +154,8 @@ pub async fn read_contacts(
             let r = reconcile::refresh_lists(ctx, client, account, lists, run_id).await?;
             (r.memberships_removed, r.changes_written)
         }
-        Reader::PerContact => {
+        // `choose` never answers Mixed (that is two reads put together).
+        Reader::PerContact | Reader::Mixed => {
             let spec = PageSpec {
                 account,
                 lists_filter,
