@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::op::Op;
-use super::properties::clearable;
+use super::properties::{clearable, phone_kind};
 
 /// `JsonImportContact.email` allows 50 characters (the contact resource allows 80; the
 /// stricter import schema is the one we must satisfy).
@@ -224,16 +224,6 @@ enum Aspect {
     Address(&'static str),
     /// One custom field, by id.
     Custom(Uuid),
-}
-
-fn phone_kind(prop: &str) -> Option<&'static str> {
-    Some(match prop {
-        "phone" | "other_phone" => "other",
-        "home_phone" => "home",
-        "work_phone" => "work",
-        "mobile_phone" => "mobile",
-        _ => return None,
-    })
 }
 
 const ADDRESS_PARTS: &[&str] = &["street", "street2", "city", "state", "zip", "country"];

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::client::AccountClient;
+use super::client::{bad_url, AccountClient};
 use super::error::Error;
 
 /// The activity states that end an activity.
@@ -117,17 +117,6 @@ impl AccountClient {
             .endpoint(&format!("activities/{id}"))
             .map_err(|_| bad_url("activities/{id}"))?;
         self.get_json("GET /activities/{id}", url).await
-    }
-}
-
-fn bad_url(path: &str) -> Error {
-    Error::Status {
-        endpoint: "url",
-        status: 0,
-        items: vec![super::error::ApiErrorItem {
-            error_key: "ccsync.bad_url".into(),
-            error_message: format!("cannot build the URL of {path}"),
-        }],
     }
 }
 

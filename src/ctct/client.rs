@@ -464,7 +464,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     d.to_std().ok().map(|d| d.min(Duration::from_secs(3600)))
 }
 
-fn bad_url(what: &str) -> Error {
+pub(crate) fn bad_url(what: &str) -> Error {
     Error::Status {
         endpoint: "url",
         status: 0,

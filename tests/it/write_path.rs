@@ -19,6 +19,19 @@ fn requests(h: &Harness, method: &str, path_part: &str) -> Vec<ccsync::sandbox::
         .collect()
 }
 
+/// Live (not deleted) contacts: (id, lower-case address, contact JSON).
+fn live(h: &Harness) -> Vec<(Uuid, String, Value)> {
+    h.ctl
+        .contact_ids()
+        .into_iter()
+        .filter_map(|c| {
+            let v = h.ctl.contact(c)?;
+            let e = v["email_address"]["address"].as_str()?.to_lowercase();
+            v["deleted_at"].is_null().then_some((c, e, v))
+        })
+        .collect()
+}
+
 fn imports(h: &Harness) -> usize {
     requests(h, "POST", "contacts_json_import").len()
 }
@@ -217,24 +230,7 @@ async fn remove_from_lists_and_delete_are_activities_confirmed_by_reading() {
     let h = harness(30).await;
     let (cid, email, on, _) = ready(&h).await;
     // A second member to delete.
-    let (did, demail) = h
-        .ctl
-        .contact_ids()
-        .into_iter()
-        .filter(|c| *c != cid)
-        .find_map(|c| {
-            let v = h.ctl.contact(c)?;
-            v["deleted_at"].is_null().then(|| {
-                (
-                    c,
-                    v["email_address"]["address"]
-                        .as_str()
-                        .unwrap()
-                        .to_lowercase(),
-                )
-            })
-        })
-        .unwrap();
+    let (did, demail, _) = live(&h).into_iter().find(|(c, _, _)| *c != cid).unwrap();
     let kept: Vec<Uuid> = h
         .ctl
         .memberships(cid)
@@ -329,27 +325,11 @@ async fn above_put_max_rows_field_changes_fall_back_to_an_import_of_lists_the_co
     .await;
     h.run_ok(ccsync::sync::Job::Contacts).await;
     h.run_ok(ccsync::sync::Job::Lists).await;
-    let members: Vec<(Uuid, String, Vec<Uuid>)> = h
-        .ctl
-        .contact_ids()
+    let members: Vec<(Uuid, String, Vec<Uuid>)> = live(&h)
         .into_iter()
-        .filter_map(|c| {
-            let v = h.ctl.contact(c)?;
-            let on = h.ctl.memberships(c);
-            (v["deleted_at"].is_null()
-                && v["email_address"]["permission_to_send"] != "unsubscribed"
-                && !on.is_empty())
-            .then(|| {
-                (
-                    c,
-                    v["email_address"]["address"]
-                        .as_str()
-                        .unwrap()
-                        .to_lowercase(),
-                    on,
-                )
-            })
-        })
+        .filter(|(_, _, v)| v["email_address"]["permission_to_send"] != "unsubscribed")
+        .map(|(c, e, _)| (c, e, h.ctl.memberships(c)))
+        .filter(|(_, _, on)| !on.is_empty())
         .take(3)
         .collect();
     assert_eq!(members.len(), 3);
@@ -413,22 +393,9 @@ async fn interleaving(seed: u64) {
     h.run_ok(ccsync::sync::Job::Contacts).await;
     h.run_ok(ccsync::sync::Job::Lists).await;
     let lists = h.ctl.list_ids();
-    let contacts: Vec<(Uuid, String)> = h
-        .ctl
-        .contact_ids()
+    let contacts: Vec<(Uuid, String)> = live(&h)
         .into_iter()
-        .filter_map(|c| {
-            let v = h.ctl.contact(c)?;
-            v["deleted_at"].is_null().then(|| {
-                (
-                    c,
-                    v["email_address"]["address"]
-                        .as_str()
-                        .unwrap()
-                        .to_lowercase(),
-                )
-            })
-        })
+        .map(|(c, e, _)| (c, e))
         .take(4)
         .collect();
     // (contact, list) pairs the subscriber left and has not re-joined since.

@@ -128,15 +128,7 @@ impl Harness {
 
     /// Queues an outbound row as the application does; returns its id.
     pub async fn queue(&self, email: &str, fields: serde_json::Value, lists: &[uuid::Uuid]) -> i64 {
-        sqlx::query_scalar(
-            "INSERT INTO ccsync.outbound (email, fields, list_ids) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(email)
-        .bind(fields)
-        .bind(lists)
-        .fetch_one(&self.db.pool)
-        .await
-        .unwrap_or_else(|e| panic!("queueing a row for {email}: {e}"))
+        self.queue_op(email, "upsert", fields, lists).await
     }
 
     /// Queues an outbound row with an explicit `op`; returns its id.
