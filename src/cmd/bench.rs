@@ -148,7 +148,7 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
     println!(
         "bench push: requests per push run (in-process sandbox, rate limiting off)\n\
-         {:<11} {:>6} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>9} {:>8}",
+         {:<11} {:>6} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>9} {:>10} {:>8}",
         "kind",
         "rows",
         "reads",
@@ -160,6 +160,7 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
         "confirms",
         "total",
         "fb_rows",
+        "fb_window",
         "seconds"
     );
     for &n in sizes {
@@ -256,7 +257,7 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
             };
             let r = |k: &str| s["requests"][k].as_u64().unwrap_or(0);
             println!(
-                "{:<11} {:>6} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>9} {:>8.2}",
+                "{:<11} {:>6} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>9} {:>10} {:>8.2}",
                 kind,
                 n,
                 r("reads_before_write"),
@@ -268,12 +269,16 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
                 r("confirms"),
                 r("total"),
                 s["fallback_rows"].as_u64().unwrap_or(0),
+                s["fallback_read_to_submit_ms"]
+                    .as_u64()
+                    .map_or("-".to_string(), |ms| format!("{ms} ms")),
                 secs
             );
             sb.shutdown();
         }
     }
-    println!("\nkinds:");
+    println!("\nfb_reads/fb_rows/fb_window: the import fallback above sync.put_max_rows (reads just before it, rows it carried, longest read-to-request time)");
+    println!("kinds:");
     for (k, what) in PUSH_KINDS {
         println!("  {k:<11} {what}");
     }
