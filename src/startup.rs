@@ -237,7 +237,9 @@ async fn retention_loop(
                 _ = cancel.cancelled() => return,
             }
         };
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let wait = (next - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             r = settings.changed() => { if r.is_err() { return } continue }
@@ -272,7 +274,12 @@ async fn prune_once(
     }
     let pruned = result.context("pruning old rows")?;
     for p in pruned.iter().filter(|p| p.rows > 0) {
-        info!(table = p.table, deleted = p.rows, batches = p.batches, "retention: pruned old rows");
+        info!(
+            table = p.table,
+            deleted = p.rows,
+            batches = p.batches,
+            "retention: pruned old rows"
+        );
         ::metrics::counter!("ccsync_retention_deleted_rows_total", "table" => p.table)
             .increment(p.rows);
     }

@@ -47,7 +47,11 @@ pub fn table(pruned: &[Pruned], dry_run: bool) -> String {
     let total: u64 = pruned.iter().map(|p| p.rows).sum();
     out.push_str(&format!(
         "{total} row(s) {}\n",
-        if dry_run { "would be deleted (dry run)" } else { "deleted" }
+        if dry_run {
+            "would be deleted (dry run)"
+        } else {
+            "deleted"
+        }
     ));
     out
 }

@@ -212,7 +212,11 @@ fn human_bytes(n: i64) -> String {
     let mut v = n as f64;
     for unit in ["B", "KiB", "MiB", "GiB"] {
         if v < 1024.0 {
-            return if unit == "B" { format!("{n} B") } else { format!("{v:.1} {unit}") };
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
         }
         v /= 1024.0;
     }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use ccsync::sandbox::SandboxConfig;
 use ccsync::store::retention::{self, Policy, Pruned, Table};
 use ccsync::sync::{self, Job, Outcome};
-use ccsync::sandbox::SandboxConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -108,7 +108,10 @@ async fn old_rows_go_in_batches_newer_ones_stay_and_zero_keeps_forever() {
 
     let p = prune(&db.pool, Table::Changes, &policy).await;
     assert_eq!(p.rows, 10);
-    assert_eq!(p.batches, 4, "3 + 3 + 3 + 1: batches smaller than the total");
+    assert_eq!(
+        p.batches, 4,
+        "3 + 3 + 3 + 1: batches smaller than the total"
+    );
     let left = ids(&db.pool, "SELECT DISTINCT email FROM ccsync.changes").await;
     assert_eq!(left, vec!["new".to_string()]);
     assert_eq!(db.count("SELECT count(*) FROM ccsync.changes").await, 5);
@@ -151,7 +154,11 @@ async fn old_rows_go_in_batches_newer_ones_stay_and_zero_keeps_forever() {
         1,
         "an unfinished claim is kept (a replica takes it over)"
     );
-    assert_eq!(db.count("SELECT count(*) FROM ccsync.schedule_claims").await, 2);
+    assert_eq!(
+        db.count("SELECT count(*) FROM ccsync.schedule_claims")
+            .await,
+        2
+    );
     db.cleanup().await;
 }
 
@@ -196,7 +203,10 @@ async fn changes_and_completed_rows_the_push_guard_reads_are_kept() {
     assert!(left.contains(&echo), "the echo check reads it");
     assert!(left.contains(&recent), "younger than the age");
     for gone in [stale, failed, skipped, other] {
-        assert!(!left.contains(&gone), "row {gone} should be pruned: {left:?}");
+        assert!(
+            !left.contains(&gone),
+            "row {gone} should be pruned: {left:?}"
+        );
     }
     assert_eq!(
         db.count("SELECT count(*) FROM ccsync.outbound WHERE state IN ('pending', 'submitted')")
