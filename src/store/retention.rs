@@ -44,11 +44,14 @@ pub enum Table {
     ScheduleClaims,
 }
 
-/// The oldest `created_at` among an account's rows still to be pushed or confirmed
-/// (`infinity` when there is none). `t` is the pruned row.
-const OLDEST_OPEN: &str = "coalesce((SELECT min(o.created_at) FROM ccsync.outbound o
-         WHERE o.account_id = t.account_id AND o.state IN ('pending', 'submitted')),
-         'infinity'::timestamptz)";
+/// Per account, the oldest `created_at` among its rows still to be pushed or confirmed:
+/// computed once per statement (not once per candidate row) and joined as `f`.
+const FLOOR_CTE: &str = "WITH floor AS (
+         SELECT account_id, min(created_at) AS since FROM ccsync.outbound
+         WHERE state IN ('pending', 'submitted') GROUP BY account_id)";
+const FLOOR_JOIN: &str = "LEFT JOIN floor f ON f.account_id = t.account_id";
+/// Before the floor (`infinity` when the account has nothing open).
+const BEFORE_FLOOR: &str = "coalesce(f.since, 'infinity'::timestamptz)";
 
 impl Table {
     pub const ALL: [Table; 6] = [
@@ -84,14 +87,22 @@ impl Table {
         }
     }
 
+    /// `(WITH …, JOIN …)` the predicate needs around `ccsync.<table> t`.
+    fn floor(self) -> (&'static str, &'static str) {
+        match self {
+            Table::Changes | Table::Outbound => (FLOOR_CTE, FLOOR_JOIN),
+            _ => ("", ""),
+        }
+    }
+
     /// Rows of `t` that may go; `$1` is the age in days.
     fn predicate(self) -> String {
         let older = |col: &str| format!("t.{col} < now() - make_interval(days => $1)");
         match self {
-            Table::Changes => format!("{} AND t.at < {OLDEST_OPEN}", older("at")),
+            Table::Changes => format!("{} AND t.at < {BEFORE_FLOOR}", older("at")),
             Table::Outbound => format!(
                 "t.state IN ('completed', 'skipped', 'failed') AND {}
-                 AND (t.state <> 'completed' OR t.updated_at < {OLDEST_OPEN})",
+                 AND (t.state <> 'completed' OR t.updated_at < {BEFORE_FLOOR})",
                 older("updated_at")
             ),
             Table::ImportActivities => format!(
@@ -155,9 +166,10 @@ pub async fn prune_table(
     }
     let days_i = i32::try_from(days).unwrap_or(i32::MAX);
     let (name, pred) = (table.name(), table.predicate());
+    let (with, join) = table.floor();
     if dry_run {
         let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM ccsync.{name} t WHERE {pred}"
+            "{with} SELECT count(*) FROM ccsync.{name} t {join} WHERE {pred}"
         ))
         .bind(days_i)
         .fetch_one(&mut *conn)
@@ -168,7 +180,7 @@ pub async fn prune_table(
     let batch = i64::from(policy.batch_size.max(1));
     let sql = format!(
         "DELETE FROM ccsync.{name} WHERE ctid = ANY(ARRAY(
-             SELECT t.ctid FROM ccsync.{name} t WHERE {pred} LIMIT $2))"
+             {with} SELECT t.ctid FROM ccsync.{name} t {join} WHERE {pred} LIMIT $2))"
     );
     while keep_going() {
         let n = sqlx::query(&sql)
