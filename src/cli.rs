@@ -76,6 +76,16 @@ pub enum Command {
         #[arg(long)]
         no_migrate: bool,
     },
+    /// Deletes old bookkeeping rows by `[retention]` (what the push still needs is kept)
+    /// and prints the rows deleted per table.
+    Prune {
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per account and job: watermark, last run and outcome, API requests used today.
     Status {
         #[arg(long)]

@@ -41,6 +41,8 @@ pub struct Settings {
     pub accounts: Vec<AccountSettings>,
     pub sync: SyncSettings,
     pub schedule: ScheduleSettings,
+    /// `[retention]`: how long bookkeeping rows are kept.
+    pub retention: RetentionSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
     /// Encryption of stored OAuth tokens (optional).
@@ -170,6 +172,74 @@ pub struct ScheduleSettings {
     pub lists: String,
     pub push: String,
     pub reconcile: String,
+    /// When the daemon prunes old bookkeeping (`[retention]`); not a per-account job.
+    pub retention: String,
+}
+
+/// `[retention]`: per table, days rows are kept (`0` keeps forever), and the rows deleted
+/// per statement. Signed so that a negative value is refused naming its key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    pub changes_days: i64,
+    pub sync_runs_days: i64,
+    /// Terminal rows only (`completed`, `skipped`, `failed`).
+    pub outbound_days: i64,
+    /// Finished activities only.
+    pub import_activities_days: i64,
+    pub api_usage_days: i64,
+    pub schedule_claims_days: i64,
+    pub batch_size: i64,
+}
+
+/// The most days a table may keep (a century); beyond is a typo.
+pub const MAX_RETENTION_DAYS: i64 = 36_500;
+/// The largest `retention.batch_size` (larger batches hold locks too long).
+pub const MAX_RETENTION_BATCH: i64 = 100_000;
+
+impl RetentionSettings {
+    /// `(key, days)` pairs.
+    pub fn days(&self) -> [(&'static str, i64); 6] {
+        [
+            ("changes_days", self.changes_days),
+            ("sync_runs_days", self.sync_runs_days),
+            ("outbound_days", self.outbound_days),
+            ("import_activities_days", self.import_activities_days),
+            ("api_usage_days", self.api_usage_days),
+            ("schedule_claims_days", self.schedule_claims_days),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, days) in self.days() {
+            if !(0..=MAX_RETENTION_DAYS).contains(&days) {
+                return Err(ConfigError::invalid(
+                    format!("retention.{key}"),
+                    format!("must be 0..={MAX_RETENTION_DAYS} days (0 keeps forever), not {days}"),
+                ));
+            }
+        }
+        if !(1..=MAX_RETENTION_BATCH).contains(&self.batch_size) {
+            return Err(ConfigError::invalid(
+                "retention.batch_size",
+                format!("must be 1..={MAX_RETENTION_BATCH}, not {}", self.batch_size),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The policy the store applies (call after `validate`; out-of-range values clamp).
+    pub fn policy(&self) -> crate::store::retention::Policy {
+        let d = |v: i64| u32::try_from(v.clamp(0, MAX_RETENTION_DAYS)).unwrap_or(0);
+        crate::store::retention::Policy {
+            changes_days: d(self.changes_days),
+            sync_runs_days: d(self.sync_runs_days),
+            outbound_days: d(self.outbound_days),
+            import_activities_days: d(self.import_activities_days),
+            api_usage_days: d(self.api_usage_days),
+            schedule_claims_days: d(self.schedule_claims_days),
+            batch_size: u32::try_from(self.batch_size.clamp(1, MAX_RETENTION_BATCH)).unwrap_or(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +421,9 @@ impl Settings {
         for (key, expr) in self.schedule.entries() {
             parse_cron(expr).map_err(|m| ConfigError::invalid(format!("schedule.{key}"), m))?;
         }
+        parse_cron(&self.schedule.retention)
+            .map_err(|m| ConfigError::invalid("schedule.retention", m))?;
+        self.retention.validate()?;
         if self.server.max_concurrent_accounts == 0 {
             return Err(ConfigError::invalid(
                 "server.max_concurrent_accounts",
@@ -499,6 +572,12 @@ impl Settings {
         for (k, v) in self.schedule.entries() {
             out.push_str(&format!("{k} = {v:?}\n"));
         }
+        out.push_str(&format!("retention = {:?}\n", self.schedule.retention));
+        out.push_str("\n[retention]\n");
+        for (k, v) in self.retention.days() {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str(&format!("batch_size = {}\n", self.retention.batch_size));
         out.push_str(&format!(
             "\n[server]\nlisten = \"{}\"\nshutdown_grace = {:?}\nmax_concurrent_accounts = {}\nready_failing_after = {:?}\nmetrics_interval = {:?}\n\n[log]\nformat = \"{:?}\"\nlevel = {:?}\n",
             self.server.listen,
@@ -618,6 +697,26 @@ mod tests {
         s.schedule.deletes = "*/5 * * * *".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("schedule.deletes"), "{e}");
+    }
+
+    #[test]
+    fn bad_retention_names_the_key() {
+        let mut s = defaults();
+        s.retention.changes_days = -1;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("retention.changes_days"), "{e}");
+        let mut s = defaults();
+        s.retention.outbound_days = MAX_RETENTION_DAYS + 1;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("retention.outbound_days"), "{e}");
+        let mut s = defaults();
+        s.retention.batch_size = 0;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("retention.batch_size"), "{e}");
+        let mut s = defaults();
+        s.schedule.retention = "daily".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("schedule.retention"), "{e}");
     }
 
     #[test]

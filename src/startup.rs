@@ -139,7 +139,11 @@ impl Application {
             aux.clone(),
         ));
         let watchdog = tokio::spawn(ops::notify::watchdog_loop(heartbeat, aux.clone()));
-        let prune = tokio::spawn(prune_loop(pool.clone(), aux.clone()));
+        let prune = tokio::spawn(retention_loop(
+            pool.clone(),
+            settings_rx.clone(),
+            aux.clone(),
+        ));
 
         started.store(true, Ordering::Relaxed);
         let summary = format!(
@@ -212,28 +216,74 @@ impl Application {
     }
 }
 
-/// How long finished schedule claims are kept (they only prevent a tick from running
-/// twice, which matters for seconds; a week leaves room for inspection).
-const KEEP_CLAIMS: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Deletes old finished claims every hour, so that `schedule_claims` stays bounded.
-async fn prune_loop(pool: PgPool, cancel: CancellationToken) {
+/// Prunes old bookkeeping (`[retention]`) at each tick of `schedule.retention`, in one
+/// replica at a time (a session advisory lock; a replica that finds it taken skips the
+/// tick). Not a per-account job: it is one global pass with its own cron entry, so it has
+/// no `sync_runs` rows or claims of its own. Reloaded settings apply from the next tick.
+async fn retention_loop(
+    pool: PgPool,
+    mut settings: watch::Receiver<Arc<Settings>>,
+    cancel: CancellationToken,
+) {
     loop {
-        match pool.acquire().await {
-            Ok(mut conn) => match store::schedule::prune(&mut conn, KEEP_CLAIMS).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "pruned old schedule claims"),
-                Err(e) => {
-                    warn!(error = %crate::telemetry::Chain(&e), "cannot prune schedule claims")
-                }
-            },
-            Err(e) => warn!(error = %crate::telemetry::Chain(&e), "cannot prune schedule claims"),
-        }
+        let current = settings.borrow_and_update().clone();
+        let next = crate::config::parse_cron(&current.schedule.retention)
+            .ok()
+            .and_then(|c| c.find_next_occurrence(&chrono::Utc::now(), false).ok());
+        let Some(next) = next else {
+            warn!("schedule.retention has no next occurrence; pruning is off");
+            tokio::select! {
+                r = settings.changed() => if r.is_err() { return } else { continue },
+                _ = cancel.cancelled() => return,
+            }
+        };
+        let wait = (next - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(wait) => {}
+            r = settings.changed() => { if r.is_err() { return } continue }
             _ = cancel.cancelled() => return,
         }
+        if let Err(e) = prune_once(&pool, &current, &cancel).await {
+            warn!(error.message = %format!("{e:#}"), "retention: pruning failed; retried at the next tick");
+        }
     }
+}
+
+/// One scheduled prune, under the retention lock.
+async fn prune_once(
+    pool: &PgPool,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("acquiring a connection")?;
+    if !store::retention::try_lock(&mut conn)
+        .await
+        .context("taking the retention lock")?
+    {
+        info!("retention: another replica is pruning; skipped");
+        return Ok(());
+    }
+    let policy = settings.retention.policy();
+    let result =
+        store::retention::prune_all(&mut conn, &policy, false, &|| !cancel.is_cancelled()).await;
+    if let Err(e) = store::retention::unlock(&mut conn).await {
+        warn!(error = %crate::telemetry::Chain(&e), "cannot release the retention lock; closing its connection");
+        drop(conn.detach());
+    }
+    let pruned = result.context("pruning old rows")?;
+    for p in pruned.iter().filter(|p| p.rows > 0) {
+        info!(
+            table = p.table,
+            deleted = p.rows,
+            batches = p.batches,
+            "retention: pruned old rows"
+        );
+        ::metrics::counter!("ccsync_retention_deleted_rows_total", "table" => p.table)
+            .increment(p.rows);
+    }
+    Ok(())
 }
 
 /// Applies what a reload may change live: accounts, schedules, limits and everything the

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod healthcheck;
 pub mod migrate;
 pub mod outbound;
+pub mod prune;
 pub mod run;
 pub mod sandbox;
 pub mod status;
@@ -49,6 +50,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Command::Auth { what } => auth::run(settings, what).await,
                 Command::Migrate => migrate::run(&settings).await,
                 Command::Status { json } => status::run(&settings, json).await,
+                Command::Prune { dry_run, json } => prune::run(&settings, dry_run, json).await,
                 Command::Outbound { action, list } => outbound::run(&settings, action, list).await,
                 Command::Sync {
                     account,

@@ -55,6 +55,9 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
     let reasons = store::status::outbound_top_reasons(&mut conn, TOP_REASONS).await?;
     let in_flight = store::status::activities_in_flight(&mut conn).await?;
     let tokens = store::tokens::info(&mut conn).await?;
+    let tables = store::retention::table_sizes(&mut conn)
+        .await
+        .context("reading table sizes")?;
     let used: i64 = usage.iter().map(|(_, n)| n).sum();
     let limit = settings.constant_contact.daily_request_limit as i64;
     let now = Utc::now();
@@ -95,6 +98,11 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
         "outbound": outbound_json(&outbound, &reasons),
         "activities_in_flight": in_flight.iter().map(|(a, n)| json!({"account": a, "activities": n})).collect::<Vec<_>>(),
         "tokens": tokens,
+        "tables": tables,
+        "retention": {
+            "cron_utc": settings.schedule.retention,
+            "days": settings.retention.days().iter().map(|(k, v)| (k.trim_end_matches("_days").to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
         "schedule": settings.schedule.entries().iter().map(|(job, expr)| json!({
             "job": job, "cron_utc": expr, "next_run_at": next_run(job),
         })).collect::<Vec<_>>(),
@@ -175,6 +183,14 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
             a["account"], a["activities"]
         );
     }
+    for t in v["tables"].as_array().into_iter().flatten() {
+        println!(
+            "table {:<18} {:>10} rows {:>10}",
+            t["table"].as_str().unwrap_or("-"),
+            t["rows"],
+            human_bytes(t["bytes"].as_i64().unwrap_or(0))
+        );
+    }
     for t in v["tokens"].as_array().into_iter().flatten() {
         println!(
             "tokens {}: access expires {}, refresh {}{}",
@@ -189,6 +205,22 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
         );
     }
     Ok(())
+}
+
+/// `12.3 MiB`.
+fn human_bytes(n: i64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
 }
 
 /// Prints what a `sync` did.

@@ -51,6 +51,7 @@ pub const NAMES: &[&str] = &[
     "ccsync_config_poll_timeout_seconds",
     "ccsync_config_daily_request_limit",
     "ccsync_token_refreshes_total",
+    "ccsync_retention_deleted_rows_total",
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -205,6 +206,10 @@ fn describe() {
     describe_counter!(
         "ccsync_token_refreshes_total",
         "OAuth token refreshes by account and outcome: ok, reauth_required, failed"
+    );
+    describe_counter!(
+        "ccsync_retention_deleted_rows_total",
+        "Rows the scheduled prune deleted, by table ([retention])"
     );
 }
 

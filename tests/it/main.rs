@@ -15,6 +15,7 @@ mod optouts;
 mod outbound_cli;
 mod push;
 mod push_reads;
+mod retention;
 mod sandbox_api;
 mod sandbox_write;
 mod schema;
