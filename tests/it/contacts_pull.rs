@@ -581,6 +581,15 @@ async fn a_write_whose_answer_does_not_decode_is_not_sent_again() {
     h.finish().await;
 }
 
+/// `kind, contact_id, reason, record, run_id` of a `poison_records` row.
+type PoisonRow = (
+    String,
+    Option<Uuid>,
+    String,
+    serde_json::Value,
+    Option<Uuid>,
+);
+
 fn poison_total(rendered: &str) -> u64 {
     rendered
         .lines()
@@ -613,13 +622,7 @@ async fn poison_contacts_are_skipped_and_recorded_and_the_rest_of_the_page_appli
     assert_eq!(stats["poison"], 2, "{stats}");
     assert_eq!(stats["created"], 30, "the rest of the page applied");
     assert_eq!(h.count("SELECT count(*) FROM ccsync.contacts").await, 30);
-    let rows: Vec<(
-        String,
-        Option<Uuid>,
-        String,
-        serde_json::Value,
-        Option<Uuid>,
-    )> = sqlx::query_as(
+    let rows: Vec<PoisonRow> = sqlx::query_as(
         "SELECT kind, contact_id, reason, record, run_id FROM ccsync.poison_records
              WHERE account_id = 'default' ORDER BY id",
     )
