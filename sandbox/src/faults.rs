@@ -18,6 +18,8 @@ pub(crate) enum FaultAction {
     Throttle,
     Reset,
     Truncate,
+    NotJson { cut: bool },
+    Inject(Vec<serde_json::Value>),
 }
 
 /// Does `prefix` match `path`? Prefixes may be given with or without the `/v3` base.
@@ -96,6 +98,26 @@ pub(crate) fn plan(st: &mut State, path: &str) -> FaultPlan {
                 if prefix_matches(path_prefix, path) && *times > 0 =>
             {
                 plan.action = Some(FaultAction::Truncate);
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::NotJson {
+                path_prefix,
+                times,
+                cut,
+            }) if prefix_matches(path_prefix, path) && *times > 0 => {
+                plan.action = Some(FaultAction::NotJson { cut: *cut });
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::InjectContacts {
+                path_prefix,
+                contacts,
+                times,
+            }) if prefix_matches(path_prefix, path) && *times > 0 => {
+                plan.action = Some(FaultAction::Inject(contacts.clone()));
                 *times -= 1;
                 consumed = *times == 0;
                 terminal = true;

@@ -142,7 +142,14 @@ pub(crate) async fn api_layer(
             log(&inner, method, path, query, 0, acct, json_body);
             return reset_response();
         }
-        Some(FaultAction::Truncate) | None => {}
+        Some(FaultAction::NotJson { cut: false }) => {
+            log(&inner, method, path, query, 200, acct, json_body);
+            return not_json_response();
+        }
+        Some(FaultAction::Truncate)
+        | Some(FaultAction::NotJson { cut: true })
+        | Some(FaultAction::Inject(_))
+        | None => {}
     }
 
     // Request triggers act on the account just before the handler sees the request.
@@ -152,10 +159,64 @@ pub(crate) async fn api_layer(
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     log(&inner, method, path, query, status, acct, json_body);
-    if matches!(plan.action, Some(FaultAction::Truncate)) {
-        return truncate_response(resp).await;
+    match plan.action {
+        Some(FaultAction::Truncate) => truncate_response(resp).await,
+        Some(FaultAction::NotJson { cut: true }) => cut_response(resp).await,
+        Some(FaultAction::Inject(contacts)) if resp.status().is_success() => {
+            inject_contacts(resp, contacts).await
+        }
+        _ => resp,
     }
+}
+
+/// `200` with a complete HTML body, as a proxy in front of the API might answer.
+fn not_json_response() -> Response {
+    let mut resp = Response::new(Body::from(
+        "<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>",
+    ));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
     resp
+}
+
+/// The answer's first half only, with a `Content-Length` that matches it: a complete HTTP
+/// answer whose JSON is cut short.
+async fn cut_response(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let full = match to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return reset_response(),
+    };
+    let half = full.slice(0..full.len() / 2);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(half.len() as u64));
+    Response::from_parts(parts, Body::from(half))
+}
+
+/// The answer with `contacts` appended to its `contacts` array (unchanged if it has none).
+async fn inject_contacts(resp: Response, contacts: Vec<serde_json::Value>) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let full = match to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return reset_response(),
+    };
+    let mut v: serde_json::Value = match serde_json::from_slice(&full) {
+        Ok(v) => v,
+        Err(_) => return Response::from_parts(parts, Body::from(full)),
+    };
+    if let Some(arr) = v.get_mut("contacts").and_then(|c| c.as_array_mut()) {
+        arr.extend(contacts);
+    }
+    let bytes = match serde_json::to_vec(&v) {
+        Ok(b) => b,
+        Err(_) => return Response::from_parts(parts, Body::from(full)),
+    };
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(bytes.len() as u64),
+    );
+    Response::from_parts(parts, Body::from(bytes))
 }
 
 fn log(

@@ -41,6 +41,23 @@ pub enum Fault {
     Reset { path_prefix: String, times: usize },
     /// 200 with a `Content-Length` of the full body but only half the bytes.
     TruncateBody { path_prefix: String, times: usize },
+    /// 200 with a complete body (a matching `Content-Length`) that is not JSON, `times`
+    /// times: a proxy's HTML error page, or with `cut` the real answer cut in half (as a
+    /// truncating proxy would hand it on).
+    NotJson {
+        path_prefix: String,
+        times: usize,
+        #[serde(default)]
+        cut: bool,
+    },
+    /// Appends these raw JSON values, as they are, to the `contacts` array of the next
+    /// `times` matching successful answers (for contacts Constant Contact should never send:
+    /// no `contact_id`, an `email_address` without `address`, ...).
+    InjectContacts {
+        path_prefix: String,
+        contacts: Vec<serde_json::Value>,
+        times: usize,
+    },
     /// Let `ok` matching requests through, then answer `status` until `clear_faults`.
     FailAfter {
         path_prefix: String,

@@ -245,16 +245,15 @@ impl AccountClient {
         })
     }
 
-    /// GET with retries; idempotent, so transport failures and 5xx are retried.
+    /// GET with retries; idempotent, so transport failures, 5xx and a `200` whose body is
+    /// not the JSON expected (a proxy's error page, a cut body) are retried.
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         url: Url,
     ) -> Result<T, Error> {
-        let bytes = self
-            .send(endpoint, reqwest::Method::GET, url, None, true)
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, source })
+        self.send(endpoint, reqwest::Method::GET, url, None, true)
+            .await
     }
 
     /// POST of a JSON body. Only `throttled` answers (nothing was done) are retried: a bulk
@@ -265,10 +264,8 @@ impl AccountClient {
         url: Url,
         body: Vec<u8>,
     ) -> Result<T, Error> {
-        let bytes = self
-            .send(endpoint, reqwest::Method::POST, url, Some(body), false)
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, source })
+        self.send(endpoint, reqwest::Method::POST, url, Some(body), false)
+            .await
     }
 
     /// PUT of a JSON body; like a POST, retried only on `throttled` (a PUT overwrites the
@@ -280,10 +277,8 @@ impl AccountClient {
         url: Url,
         body: Vec<u8>,
     ) -> Result<T, Error> {
-        let bytes = self
-            .send(endpoint, reqwest::Method::PUT, url, Some(body), false)
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|source| Error::Decode { endpoint, source })
+        self.send(endpoint, reqwest::Method::PUT, url, Some(body), false)
+            .await
     }
 
     /// `GET /contacts/{id}` with every sub-resource, as Constant Contact sent it (a PUT
@@ -315,14 +310,17 @@ impl AccountClient {
         self.put_json("PUT /contacts/{id}", url, bytes).await
     }
 
-    async fn send(
+    /// Sends with the retry policy and decodes the answer as `T`. A success answer that
+    /// does not decode counts as a failed attempt: retried when `idempotent` (a GET), and
+    /// returned as it is otherwise (a write's effect is unknown; it is never re-sent).
+    async fn send<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         method: reqwest::Method,
         url: Url,
         body: Option<Vec<u8>>,
         idempotent: bool,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<T, Error> {
         let api = &self.api;
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(api.min_delay)
@@ -364,16 +362,19 @@ impl AccountClient {
                     .body(b.clone());
             }
             let result = match req.send().await {
-                Ok(resp) => classify(endpoint, resp).await,
+                Ok(resp) => classify(endpoint, resp).await.and_then(|bytes| {
+                    serde_json::from_slice::<T>(&bytes)
+                        .map_err(|source| Error::Decode { endpoint, source })
+                }),
                 Err(source) => {
                     metrics::counter!("ccsync_api_requests_total", "endpoint" => endpoint, "status" => "transport_error").increment(1);
                     Err(Error::Transport { endpoint, source })
                 }
             };
             let err = match result {
-                Ok(bytes) => {
+                Ok(value) => {
                     debug!(endpoint, "request ok");
-                    return Ok(bytes);
+                    return Ok(value);
                 }
                 Err(e) => e,
             };

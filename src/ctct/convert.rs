@@ -7,9 +7,23 @@ use serde_json::{json, Value};
 
 use super::dto::Contact;
 use crate::core::contact::{ContactRow, Incoming};
+use crate::core::sanitize::strip_nul_row;
 
-/// Converts the API's contact into the local row shape (email lower-cased).
+/// Converts the API's contact into the local row shape (email lower-cased, NULs removed:
+/// PostgreSQL refuses them).
 pub fn to_incoming(c: &Contact) -> Incoming {
+    to_incoming_noted(c).0
+}
+
+/// [`to_incoming`], and the columns that lost NUL characters on the way (for the caller
+/// to record).
+pub fn to_incoming_noted(c: &Contact) -> (Incoming, Vec<&'static str>) {
+    let mut incoming = convert(c);
+    let stripped = strip_nul_row(&mut incoming.row);
+    (incoming, stripped)
+}
+
+fn convert(c: &Contact) -> Incoming {
     let e = c.email_address.as_ref();
     let arr = |v: &Option<Value>| match v {
         Some(Value::Null) | None => json!([]),
@@ -69,5 +83,32 @@ pub fn activity_counters(a: &super::activities::Activity) -> crate::core::activi
         error_count: a.counter("error_count"),
         correctable_count: a.counter("correctable_count"),
         cannot_add_to_list_count: a.counter("cannot_add_to_list_count"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nuls_from_the_api_are_removed_and_named_at_the_edge() {
+        // As the wire carries it: JSON `\u0000` escapes.
+        let v: Value = serde_json::from_str(
+            r#"{"contact_id": "4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
+                "email_address": {"address": "A@B.C"},
+                "first_name": "Ann\u0000e",
+                "custom_fields": [{"custom_field_id": "x", "value": "v\u0000"}]}"#,
+        )
+        .unwrap();
+        let c = Contact::from_value(&v).unwrap();
+        let (i, fields) = to_incoming_noted(&c);
+        assert_eq!(i.row.first_name.as_deref(), Some("Anne"));
+        assert_eq!(i.row.email.as_deref(), Some("a@b.c"));
+        assert_eq!(
+            i.row.custom_fields,
+            json!([{"custom_field_id": "x", "value": "v"}])
+        );
+        assert_eq!(fields, vec!["first_name", "custom_fields"]);
+        assert_eq!(to_incoming(&c), i);
     }
 }

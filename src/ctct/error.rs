@@ -57,8 +57,9 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
-    /// A success answer that is not the JSON we expect (e.g. a truncated body).
-    #[error("cannot decode the answer of {endpoint}")]
+    /// A success answer that is not the JSON we expect (a proxy's error page, a body cut
+    /// short with a matching `Content-Length`). Retried on GETs, never on writes.
+    #[error("cannot decode the answer of {endpoint}: a success status with a body that is not the expected JSON")]
     Decode {
         endpoint: &'static str,
         #[source]
@@ -140,5 +141,14 @@ mod tests {
         assert!(!s(404).is_retryable());
         assert!(Error::Throttled { retry_after: None }.is_retryable());
         assert!(!Error::QuotaExceeded { source_of: "api" }.is_retryable());
+        let decode = Error::Decode {
+            endpoint: "GET /contacts",
+            source: serde_json::from_slice::<serde_json::Value>(b"<html>").unwrap_err(),
+        };
+        assert!(
+            decode.is_retryable(),
+            "a GET retries it; writes never re-send"
+        );
+        assert!(decode.to_string().contains("GET /contacts"), "{decode}");
     }
 }

@@ -52,6 +52,7 @@ pub const NAMES: &[&str] = &[
     "ccsync_config_daily_request_limit",
     "ccsync_token_refreshes_total",
     "ccsync_retention_deleted_rows_total",
+    "ccsync_poison_records_total",
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -202,6 +203,10 @@ fn describe() {
     describe_gauge!(
         "ccsync_config_daily_request_limit",
         "constant_contact.daily_request_limit, for alert rules"
+    );
+    describe_counter!(
+        "ccsync_poison_records_total",
+        "Contacts of a page skipped as not storable (no contact_id, no address), by account; each one a row of ccsync.poison_records"
     );
     describe_counter!(
         "ccsync_token_refreshes_total",

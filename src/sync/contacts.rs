@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 use uuid::Uuid;
 
 use super::context::JobContext;
@@ -27,7 +27,8 @@ use crate::core::contact::{ContactRow, Incoming};
 use crate::core::job::Job;
 use crate::core::merge::{self, PageStats};
 use crate::core::optouts::newly_unsubscribed;
-use crate::ctct::convert::to_incoming;
+use crate::core::sanitize::BadInput;
+use crate::ctct::convert::to_incoming_noted;
 use crate::ctct::dto::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
 use crate::store;
@@ -41,6 +42,10 @@ pub struct PullStats {
     pub changes_written: u64,
     /// Pending outbound rows marked `skipped` because their contact unsubscribed.
     pub outbound_skipped: u64,
+    /// Page elements skipped as not storable contacts (`poison_records`, kind `poison`).
+    pub poison: u64,
+    /// Contact columns stored with NUL characters removed (kind `nul_removed`).
+    pub nul_removed: u64,
     pub api_requests: u64,
     pub contacts_count: Option<u64>,
     /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
@@ -228,6 +233,12 @@ pub async fn pull(
             stats.contacts += applied.stats;
             stats.changes_written += applied.changes_written;
             stats.outbound_skipped += applied.outbound_skipped;
+            stats.poison += applied.poison;
+            stats.nul_removed += applied.nul_removed;
+            if applied.poison > 0 && !ctx.dry_run {
+                metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
+                    .increment(applied.poison);
+            }
             if let Some(b) = &bar {
                 b.inc(applied.stats.seen);
             } else if last_progress.elapsed() >= Duration::from_secs(10) {
@@ -271,6 +282,10 @@ pub struct PageApplied {
     pub stats: PageStats,
     pub changes_written: u64,
     pub outbound_skipped: u64,
+    /// Elements skipped as not storable contacts.
+    pub poison: u64,
+    /// Columns stored with NUL characters removed.
+    pub nul_removed: u64,
     /// Memberships the page removed (the contact is no longer on the list).
     pub memberships_removed: u64,
     /// The page's largest `watermark_of` (what the walk's watermark may advance to once
@@ -287,7 +302,33 @@ pub async fn apply_page(
     page: &ContactsPage,
 ) -> anyhow::Result<PageApplied> {
     let account = spec.account;
-    let incoming: Vec<Incoming> = page.contacts.iter().map(to_incoming).collect();
+    let mut notes: Vec<BadInput> = page
+        .rejected
+        .iter()
+        .map(|r| BadInput::poison(r.reason.clone(), r.record.clone()))
+        .collect();
+    let poison = notes.len() as u64;
+    let mut incoming: Vec<Incoming> = Vec::with_capacity(page.contacts.len());
+    for c in &page.contacts {
+        let (i, stripped) = to_incoming_noted(c);
+        notes.extend(
+            stripped
+                .into_iter()
+                .map(|field| BadInput::nul_removed(i.row.contact_id, field)),
+        );
+        incoming.push(i);
+    }
+    let nul_removed = notes.len() as u64 - poison;
+    for n in &notes {
+        warn!(
+            account,
+            kind = n.kind.as_str(),
+            contact_id = ?n.contact_id,
+            field = n.field,
+            reason = %n.reason,
+            "bad input from Constant Contact"
+        );
+    }
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
     let mut tx = ctx.pool.begin().await?;
@@ -313,6 +354,7 @@ pub async fn apply_page(
     let refusals = newly_unsubscribed(&incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
+    store::poison::append(&mut tx, account, Some(spec.run_id), &notes).await?;
     if ctx.dry_run {
         tx.rollback().await?;
     } else {
@@ -322,6 +364,8 @@ pub async fn apply_page(
         stats: plan.stats,
         changes_written: written,
         outbound_skipped,
+        poison,
+        nul_removed,
         memberships_removed: plan.remove_memberships.len() as u64,
         max_seen,
     })

@@ -192,6 +192,7 @@ pub async fn read_by_email(
                 .await
                 .with_context(|| format!("reading {email} from Constant Contact"))?;
             page.contacts.extend(found.contacts);
+            page.rejected.extend(found.rejected);
         }
         let applied = apply_page(ctx, spec, &page).await?;
         leaves += applied.memberships_removed;

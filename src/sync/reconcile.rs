@@ -243,7 +243,7 @@ async fn reconcile_group(
     let mut pages = Pager::new(client, first);
     while let Some(p) = pages.next().await? {
         let (page, last) = (p.page, p.last);
-        let ids: Vec<Uuid> = page.contacts.iter().map(|c| c.contact_id).collect();
+        let ids: Vec<Uuid> = page.seen_ids();
         // Staged outside the page's transaction, so a dry run still compares correctly.
         store::memberships::stage_seen(conn, &ids).await?;
         apply_group_page(ctx, conn, account, &page, &scope, run_id, stats).await?;
@@ -380,7 +380,7 @@ async fn unsubscribed_sweep(
     let mut pages = Pager::new(client, first);
     while let Some(p) = pages.next().await? {
         let (page, last) = (p.page, p.last);
-        let ids: Vec<Uuid> = page.contacts.iter().map(|c| c.contact_id).collect();
+        let ids: Vec<Uuid> = page.seen_ids();
         store::memberships::stage_seen(conn, &ids).await?;
         let applied = contacts::apply_page(ctx, &spec, &page).await?;
         max_seen = max_seen.max(applied.max_seen);

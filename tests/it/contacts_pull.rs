@@ -466,3 +466,231 @@ async fn a_second_run_of_the_same_job_is_skipped_while_one_holds_the_lock() {
 }
 
 use sqlx::Connection;
+
+// ---- Bad input from the API: answers that do not decode, poison records, NULs ----
+
+#[tokio::test]
+async fn pages_answered_200_with_a_body_that_is_not_json_are_retried_and_every_contact_stored() {
+    let h = Harness::new(1_100).await;
+    // A proxy's HTML page, then the real answer cut in half: both complete 200 answers.
+    h.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+        cut: false,
+    });
+    h.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+        cut: true,
+    });
+    let stats = h.run_ok(Job::Contacts).await;
+    assert_eq!(stats["created"], 1_100, "{stats}");
+    assert_eq!(stats["pages"], 3);
+    assert_eq!(h.count("SELECT count(*) FROM ccsync.contacts").await, 1_100);
+    assert_eq!(
+        contacts_requests(&h),
+        3 + 2,
+        "each undecodable answer cost one retry"
+    );
+    assert!(
+        h.sb.requests().iter().all(|r| r.status == 200),
+        "the faults answered 200"
+    );
+    assert_eq!(
+        watermark(&h, "contacts").await,
+        Some(sandbox_max_updated_at(&h))
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_page_that_never_decodes_fails_the_run_naming_the_endpoint_and_keeps_the_watermark() {
+    let h = Harness::new(20).await;
+    h.run_ok(Job::Contacts).await;
+    let before = watermark(&h, "contacts").await;
+    assert!(before.is_some());
+    let id = h.ctl.create_contact("late@example.com", Some("Late"), &[]);
+    let requests_before = contacts_requests(&h);
+    h.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts".into(),
+        times: 1_000,
+        cut: false,
+    });
+    let r = h.run(Job::Contacts).await;
+    let Outcome::Failed(err) = &r.outcome else {
+        panic!("expected failure: {:?}", r.outcome)
+    };
+    assert!(err.contains("GET /contacts"), "names the endpoint: {err}");
+    assert!(err.contains("not the expected JSON"), "{err}");
+    let max_retries = h.settings.constant_contact.max_retries as usize;
+    assert_eq!(
+        contacts_requests(&h) - requests_before,
+        max_retries + 1,
+        "bounded by the retry policy"
+    );
+    assert_eq!(
+        watermark(&h, "contacts").await,
+        before,
+        "watermark unchanged"
+    );
+    assert_eq!(
+        h.count(&format!(
+            "SELECT count(*) FROM ccsync.contacts WHERE contact_id = '{id}'"
+        ))
+        .await,
+        0
+    );
+    h.sb.clear_faults();
+    h.run_ok(Job::Contacts).await;
+    assert_eq!(first_name(&h, id).await.as_deref(), Some("Late"));
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_does_not_decode_is_not_sent_again() {
+    let h = Harness::new(3).await;
+    let client = h.ctx.api.account("default");
+    let id = h.ctl.contact_ids()[0];
+    let read = client.contact(id).await.unwrap();
+    let body = serde_json::json!({
+        "email_address": {"address": read["email_address"]["address"]},
+        "first_name": "Written",
+        "update_source": "Contact",
+    });
+    // The PUT is applied, then its answer is cut: its effect is unknown to the client.
+    h.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts/".into(),
+        times: 5,
+        cut: true,
+    });
+    let err = client.put_contact(id, &body).await.unwrap_err();
+    assert!(
+        matches!(err, ccsync::ctct::Error::Decode { endpoint, .. } if endpoint == "PUT /contacts/{id}"),
+        "{err:?}"
+    );
+    let puts = h.sb.requests().iter().filter(|r| r.method == "PUT").count();
+    assert_eq!(
+        h.ctl.contact(id).unwrap()["first_name"],
+        "Written",
+        "the PUT took effect; only its answer was bad"
+    );
+    assert_eq!(
+        puts, 1,
+        "a write is never re-sent after an answer that does not decode"
+    );
+    h.finish().await;
+}
+
+/// `kind, contact_id, reason, record, run_id` of a `poison_records` row.
+type PoisonRow = (
+    String,
+    Option<Uuid>,
+    String,
+    serde_json::Value,
+    Option<Uuid>,
+);
+
+fn poison_total(rendered: &str) -> u64 {
+    rendered
+        .lines()
+        .filter(|l| {
+            l.starts_with("ccsync_poison_records_total{") && l.contains("account=\"default\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn poison_contacts_are_skipped_and_recorded_and_the_rest_of_the_page_applies() {
+    let metrics = ccsync::ops::metrics::install().unwrap();
+    let counted_before = poison_total(&metrics.render());
+    let h = Harness::new(30).await;
+    let no_address = Uuid::new_v4();
+    h.sb.inject(Fault::InjectContacts {
+        path_prefix: "/v3/contacts".into(),
+        contacts: vec![
+            serde_json::json!({"email_address": {"address": "no-id@example.com"},
+                               "first_name": "No\u{0}Id"}),
+            serde_json::json!({"contact_id": no_address.to_string(),
+                               "email_address": {"permission_to_send": "implicit"},
+                               "updated_at": "2099-01-01T00:00:00Z"}),
+        ],
+        times: 1,
+    });
+    let stats = h.run_ok(Job::Contacts).await;
+    assert_eq!(stats["poison"], 2, "{stats}");
+    assert_eq!(stats["created"], 30, "the rest of the page applied");
+    assert_eq!(h.count("SELECT count(*) FROM ccsync.contacts").await, 30);
+    let rows: Vec<PoisonRow> = sqlx::query_as(
+        "SELECT kind, contact_id, reason, record, run_id FROM ccsync.poison_records
+             WHERE account_id = 'default' ORDER BY id",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "poison");
+    assert_eq!(rows[0].1, None);
+    assert_eq!(rows[0].2, "no contact_id");
+    assert_eq!(rows[0].3["email_address"]["address"], "no-id@example.com");
+    assert_eq!(rows[0].3["first_name"], "NoId", "kept storable");
+    assert_eq!(rows[1].1, Some(no_address));
+    assert_eq!(rows[1].2, "email_address has no address");
+    assert!(rows.iter().all(|r| r.4.is_some()), "the run is named");
+    assert_eq!(
+        watermark(&h, "contacts").await,
+        Some(sandbox_max_updated_at(&h)),
+        "a skipped element does not move the watermark"
+    );
+    assert!(
+        poison_total(&metrics.render()) >= counted_before + 2,
+        "{}",
+        metrics.render()
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn nul_characters_are_removed_recorded_and_never_fail_the_page() {
+    let h = Harness::new(5).await;
+    let field = h
+        .ctl
+        .create_custom_field("shoe_size", "Shoe size", "string");
+    let id = h
+        .ctl
+        .create_contact("nul@example.com", Some("Ann\u{0}e"), &[]);
+    h.ctl.set_custom_field(id, field, Some("4\u{0}2"));
+    let raw = h.ctl.contact(id).unwrap();
+    assert_eq!(raw["first_name"], "Ann\u{0}e", "the sandbox holds the NUL");
+    let stats = h.run_ok(Job::Contacts).await;
+    assert_eq!(stats["created"], 6, "{stats}");
+    assert_eq!(stats["nul_removed"], 2, "{stats}");
+    assert_eq!(first_name(&h, id).await.as_deref(), Some("Anne"));
+    let cf: serde_json::Value =
+        sqlx::query_scalar("SELECT custom_fields FROM ccsync.contacts WHERE contact_id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(cf[0]["value"], "42", "{cf}");
+    let notes: Vec<(String, Option<Uuid>, Option<String>)> =
+        sqlx::query_as("SELECT kind, contact_id, field FROM ccsync.poison_records ORDER BY field")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        notes,
+        vec![
+            ("nul_removed".into(), Some(id), Some("custom_fields".into())),
+            ("nul_removed".into(), Some(id), Some("first_name".into())),
+        ]
+    );
+    // The next run reads the same NULs again: the stored row does not change.
+    h.ctl
+        .update_contact(id, |v| v["last_name"] = serde_json::json!("Smith"));
+    let stats = h.run_ok(Job::Contacts).await;
+    assert_eq!(stats["updated"], 1, "{stats}");
+    assert_eq!(first_name(&h, id).await.as_deref(), Some("Anne"));
+    h.finish().await;
+}

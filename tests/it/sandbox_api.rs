@@ -837,6 +837,67 @@ async fn fault_latency_reset_truncate() {
 }
 
 #[tokio::test]
+async fn fault_not_json_and_inject_contacts() {
+    let env = start(30, 2).await;
+    let raw = |env: &Env, q: &'static str| {
+        let req = env
+            .http
+            .get(format!("{}/contacts{q}", env.sb.api_base()))
+            .bearer_auth(&env.token);
+        async move {
+            let resp = req.send().await.expect("an answer");
+            let status = resp.status();
+            let declared = resp.content_length();
+            let body = resp.bytes().await.expect("a complete body");
+            (status, declared, body)
+        }
+    };
+    env.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+        cut: false,
+    });
+    let (status, declared, body) = raw(&env, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(declared, Some(body.len() as u64), "a complete answer");
+    assert!(serde_json::from_slice::<Value>(&body).is_err(), "not JSON");
+    assert!(String::from_utf8_lossy(&body).contains("<html>"));
+
+    env.sb.inject(Fault::NotJson {
+        path_prefix: "/v3/contacts".into(),
+        times: 1,
+        cut: true,
+    });
+    let (status, declared, body) = raw(&env, "?limit=30").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(declared, Some(body.len() as u64), "a complete answer");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.starts_with("{"),
+        "the real answer's first half: {text}"
+    );
+    assert!(serde_json::from_slice::<Value>(&body).is_err(), "cut JSON");
+    env.get_ok("/v3/contacts", "Contacts").await;
+
+    env.sb.inject(Fault::InjectContacts {
+        path_prefix: "/v3/contacts".into(),
+        contacts: vec![serde_json::json!({"email_address": {"address": "no-id@example.com"}})],
+        times: 1,
+    });
+    let (_, v) = env.get("/v3/contacts?limit=10").await;
+    let contacts = v["contacts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(contacts.len(), 11, "the page and the injected element");
+    assert_eq!(
+        contacts[10]["email_address"]["address"],
+        "no-id@example.com"
+    );
+    let (_, v) = env.get("/v3/contacts?limit=10").await;
+    assert_eq!(v["contacts"].as_array().map(Vec::len), Some(10), "used up");
+    let statuses: Vec<u16> = env.sb.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200, 200, 200, 200]);
+}
+
+#[tokio::test]
 async fn control_http_api() {
     let env = start(5, 2).await;
     let base = format!("http://{}", env.sb.addr());
