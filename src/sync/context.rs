@@ -25,3 +25,12 @@ pub struct JobContext {
     /// Show a progress bar on a terminal (`sync`, `demo`); never in the daemon.
     pub progress: bool,
 }
+
+impl JobContext {
+    /// Backoff of a failed push attempt: `poll_max · 2^attempts`, at most 64 × `poll_max`
+    /// (imports, bulk activities and PUTs alike).
+    pub fn retry_backoff(&self) -> (std::time::Duration, std::time::Duration) {
+        let base = self.settings.sync.poll_max;
+        (base, base.saturating_mul(64))
+    }
+}

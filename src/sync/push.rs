@@ -22,7 +22,6 @@
 //! contacts pull (and opt-out sweep) of the account did not succeed after the previous push.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -588,12 +587,6 @@ fn split(ts: &[Terminal]) -> (Vec<i64>, Vec<Option<String>>) {
         .unzip()
 }
 
-/// Backoff of a failed attempt: `poll_max · 2^attempts`, at most 64 × `poll_max`.
-fn retry_backoff(ctx: &JobContext) -> (Duration, Duration) {
-    let base = ctx.settings.sync.poll_max;
-    (base, base.saturating_mul(64))
-}
-
 /// The kind of a bulk activity (`import_activities.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -752,7 +745,7 @@ async fn send(
             // dead letter after max_push_attempts). A lost answer may mean the activity did
             // run: the next run reads before it writes again, and the guard finds the
             // effect already there (see the module comment).
-            let (base, cap) = retry_backoff(ctx);
+            let (base, cap) = ctx.retry_backoff();
             let (retry, dead) = store::outbound::failed_attempt(
                 &mut tx,
                 Pending,
@@ -931,7 +924,7 @@ async fn finish_abandoned(
         .await
         .context("reading the rows of an abandoned activity")?;
     let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
-    let (base, cap) = retry_backoff(ctx);
+    let (base, cap) = ctx.retry_backoff();
     let (retry, dead) = store::outbound::failed_attempt(
         &mut tx,
         Submitted,
@@ -1064,7 +1057,7 @@ async fn finish(
         let failed = store::outbound::set_state(&mut tx, Submitted, &fail_ids, Failed, &fail_why)
             .await
             .context("marking unconfirmed rows failed")?;
-        let (base, cap) = retry_backoff(ctx);
+        let (base, cap) = ctx.retry_backoff();
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
             Submitted,
@@ -1105,7 +1098,7 @@ async fn finish(
             )
         };
         let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
-        let (base, cap) = retry_backoff(ctx);
+        let (base, cap) = ctx.retry_backoff();
         let (retry, dead) = store::outbound::failed_attempt(
             &mut tx,
             Submitted,

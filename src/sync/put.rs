@@ -100,30 +100,12 @@ pub async fn write_all(
             .context("logging PUT conflicts")?;
         stats.conflicts += log.len() as u64;
         let reasons = |r: Option<String>| vec![r; ids.len()];
-        let stop = match end {
-            End::Done(note) => {
-                stats.completed +=
-                    store::outbound::set_state(&mut tx, Pending, ids, Completed, &reasons(note))
-                        .await
-                        .context("marking written rows completed")?;
-                None
-            }
-            End::Skip(why) => {
-                stats.skipped +=
-                    store::outbound::set_state(&mut tx, Pending, ids, Skipped, &reasons(Some(why)))
-                        .await
-                        .context("marking rows skipped")?;
-                None
-            }
-            End::Fail(why) => {
-                stats.failed +=
-                    store::outbound::set_state(&mut tx, Pending, ids, Failed, &reasons(Some(why)))
-                        .await
-                        .context("marking rows failed")?;
-                None
-            }
+        let (state, reason, counter) = match end {
+            End::Done(note) => (Completed, note, &mut stats.completed),
+            End::Skip(why) => (Skipped, Some(why), &mut stats.skipped),
+            End::Fail(why) => (Failed, Some(why), &mut stats.failed),
             End::Retry(why) => {
-                let base = ctx.settings.sync.poll_max;
+                let (base, cap) = ctx.retry_backoff();
                 let (retry, dead) = store::outbound::failed_attempt(
                     &mut tx,
                     Pending,
@@ -131,20 +113,24 @@ pub async fn write_all(
                     &why,
                     ctx.settings.sync.max_push_attempts as i32,
                     base,
-                    base.saturating_mul(64),
+                    cap,
                 )
                 .await
                 .context("recording a failed PUT")?;
                 stats.retrying += retry;
                 stats.failed += dead;
-                None
+                tx.commit().await.context("committing a failed PUT")?;
+                continue;
             }
-            End::Stop(why) => Some(why),
+            End::Stop(why) => {
+                tx.commit().await.context("committing PUT conflicts")?;
+                return Ok(Some(why));
+            }
         };
+        *counter += store::outbound::set_state(&mut tx, Pending, ids, state, &reasons(reason))
+            .await
+            .with_context(|| format!("marking written rows {}", state.as_str()))?;
         tx.commit().await.context("committing a written contact")?;
-        if stop.is_some() {
-            return Ok(stop);
-        }
     }
     Ok(None)
 }
