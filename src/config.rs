@@ -82,6 +82,10 @@ pub struct CtctSettings {
     pub api_base: String,
     /// OAuth2 token endpoint.
     pub token_url: String,
+    /// Allows plain `http` for a non-loopback `api_base` / `token_url` (a sandbox on a
+    /// private network); loopback hosts may always use `http`.
+    #[serde(default)]
+    pub insecure_http: bool,
     /// The application's API key (OAuth client id).
     pub client_id: String,
     #[serde(default)]
@@ -373,6 +377,14 @@ impl Settings {
             if !matches!(u.scheme(), "http" | "https") {
                 return Err(ConfigError::invalid(key, "must be an http(s) URL"));
             }
+            if u.scheme() == "http" && !is_loopback(&u) && !self.constant_contact.insecure_http {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be https for a host other than loopback (tokens and the client \
+                     secret travel in it); set constant_contact.insecure_http = true to allow \
+                     plain http on a private network",
+                ));
+            }
         }
         let c = &self.constant_contact;
         if !(c.requests_per_second >= 0.0 && c.requests_per_second.is_finite()) {
@@ -547,8 +559,8 @@ impl Settings {
             self.database.max_connections
         ));
         out.push_str(&format!(
-            "[constant_contact]\napi_base = {:?}\ntoken_url = {:?}\nclient_id = {:?}\nclient_secret = {}\nrequests_per_second = {}\ndaily_request_limit = {}\n\n",
-            c.api_base, c.token_url, c.client_id, set(c.client_secret.is_some()), c.requests_per_second, c.daily_request_limit
+            "[constant_contact]\napi_base = {:?}\ntoken_url = {:?}\ninsecure_http = {}\nclient_id = {:?}\nclient_secret = {}\nrequests_per_second = {}\ndaily_request_limit = {}\n\n",
+            c.api_base, c.token_url, c.insecure_http, c.client_id, set(c.client_secret.is_some()), c.requests_per_second, c.daily_request_limit
         ));
         for a in &self.accounts {
             out.push_str(&format!(
@@ -663,6 +675,16 @@ mod toml_like {
                 .iter()
                 .any(|(k, pw)| k == key || (key == "password" && *pw))
         }
+    }
+}
+
+/// A URL whose host is `localhost` or a loopback address (plain http stays allowed there).
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
