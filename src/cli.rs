@@ -115,8 +115,13 @@ pub enum Command {
     },
     /// Run the local Constant Contact fake.
     Sandbox {
+        /// Loopback only unless `--allow-remote` is given.
         #[arg(long, default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
+        /// Allow a `--listen` address other than loopback (e.g. 0.0.0.0 in a container):
+        /// whoever reaches it can read its secrets and drive its control API.
+        #[arg(long)]
+        allow_remote: bool,
         /// Generated contacts in the default account.
         #[arg(long, default_value_t = 1000)]
         contacts: usize,

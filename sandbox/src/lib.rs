@@ -347,14 +347,43 @@ async fn fallback() -> axum::response::Response {
     )
 }
 
+/// The sandbox prints its client secret and seed refresh token and answers its control API
+/// to anyone who reaches it: a bind address other than loopback needs `allow_remote`.
+#[derive(Debug)]
+pub struct RemoteBindRefused(pub SocketAddr);
+
+impl std::fmt::Display for RemoteBindRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refusing to listen on {}: the sandbox serves its secrets and its control API to \
+             anyone who can reach it; listen on 127.0.0.1 or ::1, or pass --allow-remote",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for RemoteBindRefused {}
+
+/// `Ok` for a loopback address, or for any address when `allow_remote` is set.
+pub fn check_bind(listen: SocketAddr, allow_remote: bool) -> Result<(), RemoteBindRefused> {
+    if allow_remote || listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(RemoteBindRefused(listen))
+    }
+}
+
 /// Serves the sandbox until `shutdown` is cancelled (`ccsync sandbox`). Prints the
 /// API base, the token URL, the client credentials and a seed refresh token for the
 /// "default" account on stdout.
 pub async fn run_standalone(
     cfg: SandboxConfig,
     listen: SocketAddr,
+    allow_remote: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    check_bind(listen, allow_remote)?;
     let (client_id, client_secret) = (cfg.client_id.clone(), cfg.client_secret.clone());
     let sb = Sandbox::start_on(cfg, listen).await?;
     let rt = sb.default_account().seed_refresh_token();

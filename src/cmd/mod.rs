@@ -30,10 +30,11 @@ pub async fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Sandbox {
             listen,
+            allow_remote,
             contacts,
             seed,
             rate,
-        } => sandbox::sandbox(listen, contacts, seed, rate).await,
+        } => sandbox::sandbox(listen, allow_remote, contacts, seed, rate).await,
         Command::Demo { contacts } => demo::run(contacts).await,
         Command::Bench { what } => bench::run(what).await,
         Command::CheckConfig => return check_config::run(config_path.as_deref()),

@@ -5,17 +5,24 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cmd::exit::EX_USAGE;
 use crate::config::Settings;
 use crate::sandbox::SandboxConfig;
 use crate::telemetry;
 
-/// `ccsync sandbox`.
+/// `ccsync sandbox`. A `--listen` address other than loopback without `--allow-remote`
+/// exits 2 (usage) before anything is bound.
 pub async fn sandbox(
     listen: SocketAddr,
+    allow_remote: bool,
     contacts: usize,
     seed: u64,
     rate: f64,
 ) -> anyhow::Result<ExitCode> {
+    if let Err(e) = crate::sandbox::check_bind(listen, allow_remote) {
+        eprintln!("ccsync sandbox: {e}");
+        return Ok(ExitCode::from(EX_USAGE));
+    }
     let mut log = Settings::load_unvalidated(None)?.log;
     log.level = "info".into();
     telemetry::init(&log);
@@ -32,6 +39,6 @@ pub async fn sandbox(
         requests_per_second: (rate > 0.0).then_some(rate),
         ..SandboxConfig::default()
     };
-    crate::sandbox::run_standalone(cfg, listen, cancel).await?;
+    crate::sandbox::run_standalone(cfg, listen, allow_remote, cancel).await?;
     Ok(ExitCode::SUCCESS)
 }
