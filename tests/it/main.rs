@@ -19,4 +19,5 @@ mod retention;
 mod sandbox_api;
 mod sandbox_write;
 mod schema;
+mod security;
 mod write_path;
