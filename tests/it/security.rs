@@ -105,6 +105,15 @@ async fn a_demo_cycle_at_trace_level_prints_no_token_or_secret() {
             "no completed `{op}` row: {by_op:?}"
         );
     }
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM ccsync.outbound WHERE account_id = 'demo'
+             AND fields->>'company_name' = 'Field-only Ltd' AND state = 'completed'"
+        )
+        .await,
+        1,
+        "the field-only row went through GET + PUT"
+    );
     // The tokens the demo was given and kept (its store has no key: plain text there).
     let (access, refresh, encrypted): (Option<String>, Option<String>, bool) = sqlx::query_as(
         "SELECT access_token, refresh_token, encrypted FROM ccsync.oauth_tokens
