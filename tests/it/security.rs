@@ -69,9 +69,14 @@ fn the_token_shape_scanner_finds_what_the_sandbox_mints() {
 #[tokio::test]
 async fn a_demo_cycle_at_trace_level_prints_no_token_or_secret() {
     let db = TestDb::new().await;
+    // A password in the database URL (the test server trusts local connections and ignores
+    // it): one more secret the output must not show.
+    let db_password = "Db-Pa55word-7f3e9";
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_password(Some(db_password)).unwrap();
     let out = Ccsync::with_args(["demo", "--contacts", "200"])
         .log("trace")
-        .env("CCSYNC__DATABASE__URL", &db.url)
+        .env("CCSYNC__DATABASE__URL", url.as_str())
         .output()
         .await;
     let all = text(&out);
@@ -129,6 +134,7 @@ async fn a_demo_cycle_at_trace_level_prints_no_token_or_secret() {
         ("the access token", access.as_str()),
         ("the refresh token", refresh.as_str()),
         ("the client secret", &SandboxConfig::default().client_secret),
+        ("the database password", db_password),
     ] {
         assert!(!all.contains(secret), "{what} reached the demo's output");
     }
@@ -525,4 +531,38 @@ fn the_systemd_unit_exposure_is_at_most_2() {
         .unwrap_or_else(|| panic!("no exposure figure in:\n{all}"));
     eprintln!("systemd-analyze security exposure of ccsync.service: {figure}");
     assert!(figure <= 2.0, "exposure {figure} > 2.0:\n{all}");
+}
+
+/// Both units as systemd itself reads them (`systemd-analyze verify`, the binary path
+/// pointed at the test build): no unknown key, no bad value, no missing dependency.
+#[test]
+fn the_systemd_units_verify_without_a_warning() {
+    let tool = Path::new("/usr/bin/systemd-analyze");
+    if !tool.exists() {
+        eprintln!("skipped: /usr/bin/systemd-analyze is not installed");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ccsync-units-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut units = Vec::new();
+    for name in ["ccsync.service", "ccsync-token-key.service"] {
+        let text = read_repo_file(&format!("systemd/{name}"))
+            .replace("/usr/bin/ccsync", env!("CARGO_BIN_EXE_ccsync"));
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        units.push(path);
+    }
+    let out = std::process::Command::new(tool)
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.trim().is_empty(), "systemd-analyze verify said:\n{all}");
 }
