@@ -108,10 +108,16 @@ pub enum Command {
         #[command(subcommand)]
         what: AuthCommand,
     },
-    /// Exit 0 when the daemon's /readyz answers 200 (Docker HEALTHCHECK).
+    /// Exit 0 when the daemon is alive (Docker HEALTHCHECK): GETs /livez at the configured
+    /// `[server] listen` (0.0.0.0 / [::] become loopback), or /readyz with --ready.
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:9187/readyz")]
-        url: String,
+        /// Check this URL instead of the configured listener.
+        #[arg(long)]
+        url: Option<String>,
+        /// Check readiness (/readyz: every account authorised, no job failing too long)
+        /// instead of liveness.
+        #[arg(long)]
+        ready: bool,
     },
     /// Run the local Constant Contact fake.
     Sandbox {

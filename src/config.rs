@@ -295,8 +295,22 @@ impl Settings {
         Ok(settings)
     }
 
+    /// `server.listen` alone (defaults, then `path`, then `CCSYNC__SERVER__LISTEN`), for
+    /// `ccsync healthcheck`, which must not need the database or Constant Contact settings.
+    pub fn load_listen(path: Option<&Path>) -> Result<SocketAddr, ConfigError> {
+        let cfg = Self::sources(path)?;
+        cfg.get::<SocketAddr>("server.listen")
+            .map_err(|e| ConfigError::invalid("server.listen", e.to_string()))
+    }
+
     /// Loads without validating (for `check-config`, which reports problems itself).
     pub fn load_unvalidated(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::sources(path)?
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    fn sources(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(p) = path {
             if !p.exists() {
@@ -313,10 +327,8 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        let cfg = builder
+        builder
             .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
-        cfg.try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))
     }
 

@@ -120,6 +120,7 @@ impl Application {
             settings: settings_rx.clone(),
             started: started.clone(),
             stopping: stopping.clone(),
+            heartbeat: heartbeat.clone(),
         };
         let server = {
             let aux = aux.clone();

@@ -38,7 +38,16 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Demo { contacts } => demo::run(contacts).await,
         Command::Bench { what } => bench::run(what).await,
         Command::CheckConfig => return check_config::run(config_path.as_deref()),
-        Command::Healthcheck { url } => healthcheck::healthcheck(&url).await,
+        Command::Healthcheck { url, ready } => {
+            let url = match url {
+                Some(u) => u,
+                None => match healthcheck::configured_url(config_path.as_deref(), ready) {
+                    Ok(u) => u,
+                    Err(e) => return config_error(&e),
+                },
+            };
+            healthcheck::healthcheck(&url).await
+        }
         command => {
             let settings = match Settings::load(config_path.as_deref()) {
                 Ok(s) => s,

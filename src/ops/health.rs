@@ -1,6 +1,9 @@
-//! The operations listener: `/healthz` (the process is alive and serving), `/readyz`
-//! (started, not stopping, database reachable, no account needing re-authorisation, no
-//! job failing longer than its threshold) and `/metrics` (Prometheus text).
+//! The operations listener: `/healthz` (the process is serving HTTP), `/livez` (liveness:
+//! the process serves and its scheduler loop ticked recently — what a container
+//! orchestrator should restart on; an account needing re-authorisation or an unreachable
+//! database does not make it fail, restarting would not help), `/readyz` (started, not
+//! stopping, database reachable, no account needing re-authorisation, no job failing longer
+//! than its threshold: each problem named, per account) and `/metrics` (Prometheus text).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::core::cycle::Schedule;
+use crate::ops::heartbeat::Heartbeat;
 use crate::store;
 use crate::sync::Job;
 
@@ -32,11 +36,18 @@ pub struct OpsState {
     pub started: Arc<AtomicBool>,
     /// Set when the shutdown begins.
     pub stopping: Arc<AtomicBool>,
+    /// The scheduler loop's heartbeat (`/livez`).
+    pub heartbeat: Arc<Heartbeat>,
 }
+
+/// `/livez` fails once the scheduler loop (which beats every second) has been silent this
+/// long.
+pub const LIVENESS_STALE_AFTER: Duration = Duration::from_secs(30);
 
 pub fn router(state: OpsState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -44,6 +55,26 @@ pub fn router(state: OpsState) -> Router {
 
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "alive"}))
+}
+
+async fn livez(State(s): State<OpsState>) -> Response {
+    let age = s.heartbeat.age();
+    let alive = is_alive(age);
+    let status = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "alive": alive,
+        "scheduler_heartbeat_age_ms": age.as_millis() as u64,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Liveness from the heartbeat's age.
+pub fn is_alive(heartbeat_age: Duration) -> bool {
+    heartbeat_age <= LIVENESS_STALE_AFTER
 }
 
 async fn metrics(State(s): State<OpsState>) -> Response {
@@ -136,6 +167,13 @@ pub fn threshold(base: Duration, period: Option<Duration>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_follows_the_scheduler_heartbeat() {
+        assert!(is_alive(Duration::ZERO));
+        assert!(is_alive(LIVENESS_STALE_AFTER));
+        assert!(!is_alive(LIVENESS_STALE_AFTER + Duration::from_millis(1)));
+    }
 
     #[test]
     fn the_threshold_is_the_longer_of_the_setting_and_three_periods() {

@@ -49,6 +49,8 @@ pub enum StoreError {
     },
     #[error("cannot run migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("migrations are pending and this database role may not apply them: run `ccsync migrate` as the schema owner (README, \"Database role\")")]
+    MigrateDenied(#[source] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }
@@ -123,9 +125,61 @@ pub async fn relax_commit_durability(conn: &mut PgConnection) -> Result<(), sqlx
 }
 
 /// Runs the migrations (sqlx takes an advisory lock, so replicas may race safely).
+///
+/// When every embedded migration is already applied (same checksums, none failed, none
+/// unknown to this build) nothing else runs: no `CREATE TABLE IF NOT EXISTS`, no lock, so
+/// a runtime role without DDL rights starts on a schema its owner migrated. Otherwise the
+/// migrations run, and a role that may not apply them gets an error saying who must.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    if migrations_applied(pool).await? {
+        return Ok(());
+    }
+    match MIGRATOR.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_permission_denied(&e) => Err(StoreError::MigrateDenied(e)),
+        Err(e) => Err(StoreError::Migrate(e)),
+    }
+}
+
+/// Whether `_sqlx_migrations` (read only) already holds exactly what this build would apply.
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, StoreError> {
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        match sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(rows) => rows,
+            // 42P01: no such table (a new database); 42501: not readable by this role.
+            Err(sqlx::Error::Database(d))
+                if matches!(d.code().as_deref(), Some("42P01") | Some("42501")) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let ours: Vec<_> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .collect();
+    let all_ours = ours.iter().all(|m| {
+        applied
+            .iter()
+            .any(|(v, sum, ok)| *v == m.version && *ok && sum.as_slice() == &*m.checksum)
+    });
+    let none_foreign = applied
+        .iter()
+        .all(|(v, _, _)| ours.iter().any(|m| m.version == *v));
+    Ok(all_ours && none_foreign)
+}
+
+fn is_permission_denied(e: &sqlx::migrate::MigrateError) -> bool {
+    match e {
+        sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(d))
+        | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(d), _) => {
+            d.code().as_deref() == Some("42501")
+        }
+        _ => false,
+    }
 }
 
 /// Creates the database named in `opts` when it does not exist (used by `ccsync demo`).

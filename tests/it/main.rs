@@ -7,6 +7,8 @@ mod contacts_pull;
 mod crash;
 mod custom_fields;
 mod daemon;
+mod db_role;
+mod healthcheck;
 mod helpers;
 mod lists_reconcile;
 mod monitoring;
