@@ -20,6 +20,8 @@ pub(crate) enum FaultAction {
     Truncate,
     NotJson { cut: bool },
     Inject(Vec<serde_json::Value>),
+    Extra(serde_json::Value),
+    SlowAnswer(Duration),
 }
 
 /// Does `prefix` match `path`? Prefixes may be given with or without the `/v3` base.
@@ -118,6 +120,26 @@ pub(crate) fn plan(st: &mut State, path: &str) -> FaultPlan {
                 times,
             }) if prefix_matches(path_prefix, path) && *times > 0 => {
                 plan.action = Some(FaultAction::Inject(contacts.clone()));
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::ExtraFields {
+                path_prefix,
+                fields,
+                times,
+            }) if prefix_matches(path_prefix, path) && *times > 0 => {
+                plan.action = Some(FaultAction::Extra(fields.clone()));
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::SlowAnswer {
+                path_prefix,
+                delay,
+                times,
+            }) if prefix_matches(path_prefix, path) && *times > 0 => {
+                plan.action = Some(FaultAction::SlowAnswer(*delay));
                 *times -= 1;
                 consumed = *times == 0;
                 terminal = true;

@@ -149,6 +149,8 @@ pub(crate) async fn api_layer(
         Some(FaultAction::Truncate)
         | Some(FaultAction::NotJson { cut: true })
         | Some(FaultAction::Inject(_))
+        | Some(FaultAction::Extra(_))
+        | Some(FaultAction::SlowAnswer(_))
         | None => {}
     }
 
@@ -164,6 +166,13 @@ pub(crate) async fn api_layer(
         Some(FaultAction::NotJson { cut: true }) => cut_response(resp).await,
         Some(FaultAction::Inject(contacts)) if resp.status().is_success() => {
             inject_contacts(resp, contacts).await
+        }
+        Some(FaultAction::Extra(fields)) if resp.status().is_success() => {
+            super::fault_answers::extra_fields(resp, &fields).await
+        }
+        Some(FaultAction::SlowAnswer(delay)) => {
+            tokio::time::sleep(delay).await;
+            resp
         }
         _ => resp,
     }

@@ -7,6 +7,7 @@ mod contacts_pull;
 mod crash;
 mod custom_fields;
 mod daemon;
+mod faults;
 mod helpers;
 mod lists_reconcile;
 mod monitoring;
