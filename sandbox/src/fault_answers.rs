@@ -6,13 +6,12 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::pipeline::MAX_BODY;
-
 /// Merges the members of `fields` into the answer's top-level object and into every
 /// object of its top-level arrays; an answer that is not a JSON object passes unchanged.
-pub(crate) async fn extra_fields(resp: Response, fields: &Value) -> Response {
+/// `max_body` bounds the answer read.
+pub(crate) async fn extra_fields(resp: Response, fields: &Value, max_body: usize) -> Response {
     let (mut parts, body) = resp.into_parts();
-    let Ok(full) = to_bytes(body, MAX_BODY).await else {
+    let Ok(full) = to_bytes(body, max_body).await else {
         return Response::from_parts(parts, Body::empty());
     };
     let Ok(mut v) = serde_json::from_slice::<Value>(&full) else {

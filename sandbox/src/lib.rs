@@ -54,7 +54,7 @@
 // Rust handle) → `oauth`, `triggers`, `import_engine`, `generator`; the HTTP handlers
 // (`pipeline`, `contacts`, `contact_put`, `lists`, `bulk_delete` → `activities`, `oauth`)
 // → `triggers` → `import_engine` → `subscriber`, `faults`, `limits` → `state` →
-// `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
+// `oauth_state`, `types` (leaves); `cursor`, `respond` and `fault_answers` are leaf HTTP helpers.
 mod activities;
 mod bulk_delete;
 mod contact_put;

@@ -168,7 +168,7 @@ pub(crate) async fn api_layer(
             inject_contacts(resp, contacts).await
         }
         Some(FaultAction::Extra(fields)) if resp.status().is_success() => {
-            super::fault_answers::extra_fields(resp, &fields).await
+            super::fault_answers::extra_fields(resp, &fields, MAX_BODY).await
         }
         Some(FaultAction::SlowAnswer(delay)) => {
             tokio::time::sleep(delay).await;
