@@ -279,6 +279,80 @@ async fn a_429_storm_across_pull_and_push_is_waited_out_and_nothing_is_lost() {
     h.finish().await;
 }
 
+#[tokio::test]
+async fn a_429_storm_longer_than_the_retry_bound_stops_cleanly_and_the_next_run_finishes() {
+    let h = harness(600, Duration::from_millis(20), |_| {}).await;
+    let attempts = h.settings.constant_contact.max_retries as usize + 1;
+    h.run_ok(Job::Contacts).await;
+    let before = watermark(&h.db.pool, "contacts").await;
+    // A pull whose every attempt at a page is throttled: the run fails naming it, the
+    // watermark stays.
+    let late = h
+        .ctl
+        .create_contact("late-storm@example.com", Some("Late"), &[]);
+    h.sb.inject(Fault::Status {
+        path_prefix: "/v3/contacts".into(),
+        status: 429,
+        times: attempts,
+    });
+    let r = h.run(Job::Contacts).await;
+    let Outcome::Failed(err) = &r.outcome else {
+        panic!("expected failure: {:?}", r.outcome)
+    };
+    assert!(err.to_lowercase().contains("throttled"), "{err}");
+    assert_eq!(watermark(&h.db.pool, "contacts").await, before);
+    // An import throttled on every attempt did nothing: its rows stay pending, untouched
+    // (no attempt counted, no reason), and the next run sends them.
+    let lists = h.ctl.list_ids();
+    let id = h
+        .queue(
+            "storm-row@example.com",
+            json!({"first_name": "S"}),
+            &lists[..1],
+        )
+        .await;
+    h.sb.inject(Fault::Status {
+        path_prefix: "/v3/activities/contacts_json_import".into(),
+        status: 429,
+        times: attempts,
+    });
+    let stats = push_ok(&h).await;
+    assert!(
+        stats["stopped"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("throttled"),
+        "{stats}"
+    );
+    assert_eq!(row(&h, id).await, ("pending".to_string(), None, 0));
+    assert!(h.ctl.imports().is_empty(), "nothing was imported");
+    assert_eq!(
+        requests(&h, "POST", "/contacts_json_import").len(),
+        attempts,
+        "bounded"
+    );
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["completed"], 1, "{stats}");
+    assert_eq!(h.ctl.imports().len(), 1);
+    assert_eq!(
+        h.ctl.contact_by_email("storm-row@example.com").unwrap()["first_name"],
+        "S"
+    );
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
+            .bind(late)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("Late"),
+        "the throttled pull lost nothing"
+    );
+    h.finish().await;
+}
+
 // ---- 5xx bursts: retried on reads, a write never re-sent before a read ----
 
 /// A burst of `status` on the pages (as many as max_retries) is retried and every contact
