@@ -98,7 +98,7 @@ pub(crate) async fn api_layer(
                 LimitOutcome::Throttled => Decision::Throttled,
                 LimitOutcome::QuotaExceeded => Decision::Quota,
                 LimitOutcome::Ok => {
-                    let plan = faults::plan(&mut st, &path);
+                    let plan = faults::plan(&mut st, &method, &path);
                     if matches!(plan.action, Some(FaultAction::Throttle)) {
                         st.throttled += 1;
                     }

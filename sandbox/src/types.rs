@@ -69,8 +69,11 @@ pub enum Fault {
     },
     /// The request is handled (its effect applied), then its answer is held back for
     /// `delay`, `times` times: a slow answer a client may give up on while the write is done.
+    /// With `method` set, only requests of that method match (a PUT, not the GET before it).
     SlowAnswer {
         path_prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
         #[serde(with = "duration_ms")]
         delay: Duration,
         times: usize,

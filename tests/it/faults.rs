@@ -525,6 +525,7 @@ async fn answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_con
     });
     h.sb.inject(Fault::SlowAnswer {
         path_prefix: "/v3/activities/contacts_json_import".into(),
+        method: None,
         delay: Duration::from_secs(5),
         times: 1,
     });
@@ -563,6 +564,62 @@ async fn answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_con
     assert_eq!(
         h.ctl.contact_by_email("slow@example.com").unwrap()["first_name"],
         "Slow"
+    );
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent_twice() {
+    let h = harness(20, Duration::from_millis(20), |s| {
+        s.constant_contact.request_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // The contact is in the store before the row is queued (a row queued before its
+    // contact was ever pulled yields to Constant Contact's values).
+    h.run_ok(Job::Contacts).await;
+    let (cid, email) = subscriber(&h, 0);
+    // The PUT is applied; its answer comes after the client gave up.
+    h.sb.inject(Fault::SlowAnswer {
+        path_prefix: format!("/v3/contacts/{cid}"),
+        method: Some("PUT".into()),
+        delay: Duration::from_secs(5),
+        times: 1,
+    });
+    let id = h.queue(&email, json!({"job_title": "Patient"}), &[]).await;
+    push_ok(&h).await;
+    let (state, reason, attempts) = row(&h, id).await;
+    assert_eq!((state.as_str(), attempts), ("pending", 1), "{reason:?}");
+    assert!(
+        reason.as_deref().unwrap_or("").contains("PUT"),
+        "{reason:?}"
+    );
+    assert_eq!(
+        requests(&h, "PUT", &cid.to_string()).len(),
+        1,
+        "not re-sent in the run"
+    );
+    assert_eq!(
+        h.ctl.contact(cid).unwrap()["job_title"],
+        "Patient",
+        "the PUT took effect"
+    );
+    until_due(&h, id).await;
+    push_ok(&h).await;
+    let (state, reason, _) = row(&h, id).await;
+    assert_eq!(state, "completed", "{reason:?}");
+    assert_eq!(
+        requests(&h, "PUT", &cid.to_string()).len(),
+        1,
+        "the read showed the value there: no second PUT"
+    );
+    let log = h.sb.requests();
+    let put = position(&log, 0, |r| r.method == "PUT");
+    assert!(
+        log[put + 1..].iter().any(|r| r.method == "GET"
+            && r.status == 200
+            && (r.path.ends_with("/contacts") || r.path.ends_with(&cid.to_string()))),
+        "Constant Contact was read again after the lost answer"
     );
     assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
     h.finish().await;
