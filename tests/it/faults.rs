@@ -1,14 +1,35 @@
-//! The fault matrix (issue 11): one test per fault the pull, the push and the token
+//! The fault matrix (issue 11): a test per fault the pull, the push and the token
 //! lifecycle must survive, against the real PostgreSQL and the sandbox over HTTP. Rows
-//! already proved elsewhere are named in docs and the module's report, not repeated here
-//! (contacts_pull.rs: single 429/5xx/reset/truncation, persistent 5xx, quota_exceeded,
-//! undecodable 200s, poison records, NULs; oauth.rs: expiry mid-run, invalid_grant;
-//! push.rs: a `failed` activity).
+//! proved in other modules are named, not repeated.
 //!
-//! What every test asserts, beyond "it did not crash": nothing lost (store equals the
+//! What the tests assert, beyond "it did not crash": nothing lost (the store equals the
 //! sandbox, every outbound row terminal or pending with a reason), nothing applied twice
-//! (a write whose effect is unknown is judged again on a fresh read, never re-sent blindly),
-//! and the watermark never past unapplied data.
+//! (a write whose effect is unknown is judged again on a fresh read, never re-sent
+//! blindly), the watermark never past unapplied data, and the next run converges.
+//!
+//! | fault | where | expected | test |
+//! |---|---|---|---|
+//! | 429 `throttled` storm | pull, push (import, PUT) | waited out with backoff, nothing lost | `a_429_storm_across_pull_and_push_is_waited_out_and_nothing_is_lost` |
+//! | 429 longer than the retry bound | pull, push | run stops naming it; watermark kept; rows untouched | `a_429_storm_longer_than_the_retry_bound_stops_cleanly_and_the_next_run_finishes` |
+//! | single 429/503/reset/cut body | pull | retried | `contacts_pull::throttling_5xx_resets_and_truncated_bodies_are_retried_and_recovered` |
+//! | `quota_exceeded` | pull | stops at once, later runs paused | `contacts_pull::quota_exceeded_stops_the_run_at_once_and_pauses_later_runs` |
+//! | 500/502/503/504 burst | pull, push | GETs retried; an import not re-sent until CC was read | `a_50x_burst_is_retried_on_reads_and_an_import_is_resent_only_after_a_read` (x4) |
+//! | persistent 5xx | pull | bounded retries, fails | `contacts_pull::persistent_5xx_gives_up_after_a_bounded_number_of_retries` |
+//! | connection reset | pull, push | GETs retried; a reset import judged again after a read | `connection_resets_are_retried_on_reads_and_a_reset_write_is_judged_again_on_a_read` |
+//! | answer slower than the timeout | pull, push (import, PUT) | GETs retried; the write confirmed by reading, not sent twice | `answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_confirmed_by_reading`, `a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent_twice` |
+//! | 200 whose body is not JSON | pull, PUT | GETs retried (bounded); a write not re-sent | `contacts_pull::pages_answered_200_with_a_body_that_is_not_json_are_retried_and_every_contact_stored`, `contacts_pull::a_page_that_never_decodes_fails_the_run_naming_the_endpoint_and_keeps_the_watermark`, `contacts_pull::a_write_whose_answer_does_not_decode_is_not_sent_again` |
+//! | unknown extra fields | contacts, lists, activities | ignored | `unknown_extra_fields_in_contacts_lists_and_activities_answers_are_ignored` |
+//! | contact without `contact_id` / `address` | pull | skipped, recorded, metric; the page applies | `contacts_pull::poison_contacts_are_skipped_and_recorded_and_the_rest_of_the_page_applies` |
+//! | activity `failed` | push | retried after a read, then `failed` with the message | `push::a_failed_activity_is_retried_then_left_failed_with_the_message` |
+//! | activity `timed_out` / `cancelled` | push | the same, the reason naming the state | `an_activity_ending_timed_out_…`, `an_activity_ending_cancelled_…` |
+//! | activity 404 past retention | push | attempt counted; the next read shows the effect; not re-sent | `an_activity_forgotten_after_the_ten_day_retention_is_confirmed_by_reading_not_resent` |
+//! | PostgreSQL connections cut (proxy) | pull, push | run fails naming its own error; pages whole; pool recovers | `postgresql_connections_cut_mid_pull_…`, `postgresql_connections_cut_mid_push_…` |
+//! | PostgreSQL server restart (own cluster) | pull | the same | `a_real_postgresql_restart_mid_pull_…` (`--ignored`) |
+//! | disk full (SQLSTATE 53100) | pull | fails naming it, page rolled back, next run converges | `an_insert_failing_with_disk_full_fails_the_run_naming_it_and_the_next_run_converges` |
+//! | statement timeout | pull | the same | `a_statement_timeout_fails_the_run_naming_it_and_the_next_run_converges` |
+//! | access token expiring mid-run | oauth | refreshed before use | `oauth::an_access_token_expiring_mid_run_is_refreshed_before_use_and_the_run_continues` |
+//! | `invalid_grant` | oauth | that account paused, others go on | `oauth::invalid_grant_pauses_that_account_and_the_others_go_on` |
+//! | CC clock ±10 min against ours | pull, push | nothing skipped (the watermark is CC's) | `constant_contacts_clock_ten_minutes_behind_ours_skips_nothing`, `…_ahead_of_ours_…` |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -513,20 +534,20 @@ async fn connection_resets_are_retried_on_reads_and_a_reset_write_is_judged_agai
 async fn answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_confirmed_by_reading()
 {
     let h = harness(600, Duration::from_millis(20), |s| {
-        s.constant_contact.request_timeout = Duration::from_secs(2);
+        s.constant_contact.request_timeout = Duration::from_secs(3);
     })
     .await;
     // Two pages held past the timeout (the request is dropped before it is handled), then
     // an import that is applied but whose answer comes too late.
     h.sb.inject(Fault::Latency {
         path_prefix: "/v3/contacts".into(),
-        delay: Duration::from_secs(5),
+        delay: Duration::from_secs(10),
         times: 2,
     });
     h.sb.inject(Fault::SlowAnswer {
         path_prefix: "/v3/activities/contacts_json_import".into(),
         method: None,
-        delay: Duration::from_secs(5),
+        delay: Duration::from_secs(10),
         times: 1,
     });
     let lists = h.ctl.list_ids();
@@ -572,7 +593,7 @@ async fn answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_con
 #[tokio::test]
 async fn a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent_twice() {
     let h = harness(20, Duration::from_millis(20), |s| {
-        s.constant_contact.request_timeout = Duration::from_secs(2);
+        s.constant_contact.request_timeout = Duration::from_secs(3);
     })
     .await;
     // The contact is in the store before the row is queued (a row queued before its
@@ -583,7 +604,7 @@ async fn a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent
     h.sb.inject(Fault::SlowAnswer {
         path_prefix: format!("/v3/contacts/{cid}"),
         method: Some("PUT".into()),
-        delay: Duration::from_secs(5),
+        delay: Duration::from_secs(10),
         times: 1,
     });
     let id = h.queue(&email, json!({"job_title": "Patient"}), &[]).await;
@@ -972,7 +993,7 @@ async fn postgresql_connections_cut_mid_push_leave_every_row_pending_or_terminal
     let push = reports.iter().find(|r| r.job == Job::Push).unwrap();
     assert!(
         push.outcome.is_failure(),
-        "the cut hit the poll: {:?}",
+        "the cut hit the run (its run-lock connection at least): {:?}",
         push.outcome
     );
     // Every row is pending or submitted with its activity recorded: nothing half-done.
