@@ -20,6 +20,8 @@ pub(crate) enum FaultAction {
     Truncate,
     NotJson { cut: bool },
     Inject(Vec<serde_json::Value>),
+    Extra(serde_json::Value),
+    SlowAnswer(Duration),
 }
 
 /// Does `prefix` match `path`? Prefixes may be given with or without the `/v3` base.
@@ -52,9 +54,9 @@ pub(crate) fn push(st: &mut State, fault: Fault) {
     st.faults.push_back(slot);
 }
 
-/// Consumes the faults that apply to a request to `path`. Every matching latency fault
+/// Consumes the faults that apply to a `method` request to `path`. Every matching latency fault
 /// adds its delay; the first matching terminal fault decides the answer.
-pub(crate) fn plan(st: &mut State, path: &str) -> FaultPlan {
+pub(crate) fn plan(st: &mut State, method: &str, path: &str) -> FaultPlan {
     let mut plan = FaultPlan::default();
     let mut i = 0;
     while i < st.faults.len() {
@@ -118,6 +120,30 @@ pub(crate) fn plan(st: &mut State, path: &str) -> FaultPlan {
                 times,
             }) if prefix_matches(path_prefix, path) && *times > 0 => {
                 plan.action = Some(FaultAction::Inject(contacts.clone()));
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::ExtraFields {
+                path_prefix,
+                fields,
+                times,
+            }) if prefix_matches(path_prefix, path) && *times > 0 => {
+                plan.action = Some(FaultAction::Extra(fields.clone()));
+                *times -= 1;
+                consumed = *times == 0;
+                terminal = true;
+            }
+            FaultSlot::Fault(Fault::SlowAnswer {
+                path_prefix,
+                method: only,
+                delay,
+                times,
+            }) if prefix_matches(path_prefix, path)
+                && only.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+                && *times > 0 =>
+            {
+                plan.action = Some(FaultAction::SlowAnswer(*delay));
                 *times -= 1;
                 consumed = *times == 0;
                 terminal = true;

@@ -54,7 +54,7 @@
 // Rust handle) → `oauth`, `triggers`, `import_engine`, `generator`; the HTTP handlers
 // (`pipeline`, `contacts`, `contact_put`, `lists`, `bulk_delete` → `activities`, `oauth`)
 // → `triggers` → `import_engine` → `subscriber`, `faults`, `limits` → `state` →
-// `oauth_state`, `types` (leaves); `cursor` and `respond` are leaf HTTP helpers.
+// `oauth_state`, `types` (leaves); `cursor`, `respond` and `fault_answers` are leaf HTTP helpers.
 mod activities;
 mod bulk_delete;
 mod contact_put;
@@ -63,6 +63,7 @@ mod control_api;
 mod control_write;
 mod cursor;
 mod custom_fields;
+mod fault_answers;
 mod faults;
 mod generator;
 mod handle;
@@ -276,9 +277,21 @@ impl Sandbox {
         self.inner.lock().now()
     }
 
+    /// Moves the sandbox clock by `by` (negative moves it back).
     pub fn advance_clock(&self, by: chrono::Duration) {
         let mut st = self.inner.lock();
         st.clock_offset += by;
+    }
+
+    /// Sets the sandbox clock to the real clock + `offset` (negative: behind this host),
+    /// as a Constant Contact whose clock is skewed against ours.
+    pub fn set_clock_offset(&self, offset: chrono::Duration) {
+        self.inner.lock().clock_offset = offset;
+    }
+
+    /// The sandbox clock's offset from the real clock.
+    pub fn clock_offset(&self) -> chrono::Duration {
+        self.inner.lock().clock_offset
     }
 }
 

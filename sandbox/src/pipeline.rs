@@ -98,7 +98,7 @@ pub(crate) async fn api_layer(
                 LimitOutcome::Throttled => Decision::Throttled,
                 LimitOutcome::QuotaExceeded => Decision::Quota,
                 LimitOutcome::Ok => {
-                    let plan = faults::plan(&mut st, &path);
+                    let plan = faults::plan(&mut st, &method, &path);
                     if matches!(plan.action, Some(FaultAction::Throttle)) {
                         st.throttled += 1;
                     }
@@ -149,6 +149,8 @@ pub(crate) async fn api_layer(
         Some(FaultAction::Truncate)
         | Some(FaultAction::NotJson { cut: true })
         | Some(FaultAction::Inject(_))
+        | Some(FaultAction::Extra(_))
+        | Some(FaultAction::SlowAnswer(_))
         | None => {}
     }
 
@@ -164,6 +166,13 @@ pub(crate) async fn api_layer(
         Some(FaultAction::NotJson { cut: true }) => cut_response(resp).await,
         Some(FaultAction::Inject(contacts)) if resp.status().is_success() => {
             inject_contacts(resp, contacts).await
+        }
+        Some(FaultAction::Extra(fields)) if resp.status().is_success() => {
+            super::fault_answers::extra_fields(resp, &fields, MAX_BODY).await
+        }
+        Some(FaultAction::SlowAnswer(delay)) => {
+            tokio::time::sleep(delay).await;
+            resp
         }
         _ => resp,
     }

@@ -58,6 +58,26 @@ pub enum Fault {
         contacts: Vec<serde_json::Value>,
         times: usize,
     },
+    /// Merges the members of `fields` (an object) into the next `times` matching successful
+    /// JSON answers: into the top-level object and into every object of its top-level
+    /// arrays (`contacts`, `lists`, `activities`, ...). Fields Constant Contact may add one
+    /// day, which a client must ignore.
+    ExtraFields {
+        path_prefix: String,
+        fields: serde_json::Value,
+        times: usize,
+    },
+    /// The request is handled (its effect applied), then its answer is held back for
+    /// `delay`, `times` times: a slow answer a client may give up on while the write is done.
+    /// With `method` set, only requests of that method match (a PUT, not the GET before it).
+    SlowAnswer {
+        path_prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+        #[serde(with = "duration_ms")]
+        delay: Duration,
+        times: usize,
+    },
     /// Let `ok` matching requests through, then answer `status` until `clear_faults`.
     FailAfter {
         path_prefix: String,

@@ -135,13 +135,29 @@ async fn run_with_lock(
             )
         }
     };
-    if !ctx.dry_run {
+    let recorded = if ctx.dry_run {
+        Ok(())
+    } else {
         store::runs::finish(&mut lock_conn, run_id, outcome, &stats, err.as_deref())
             .await
-            .context("recording the run end")?;
-    }
+            .context("recording the run end")
+    };
     let _ = store::runs::run_unlock(&mut lock_conn, &account.id, job).await;
     let _ = lock_conn.close().await;
+    if let Err(bookkeeping) = recorded {
+        // A lost database connection fails both the run and its bookkeeping: the run's own
+        // error is the news, the bookkeeping one comes with it (the next run closes the
+        // unfinished row as an orphan).
+        return match err {
+            Some(run_err) => {
+                error!(error.message = %format!("{bookkeeping:#}"), "the failed run could not be recorded");
+                Ok(Outcome::Failed(format!(
+                    "{run_err} (and the run end could not be recorded: {bookkeeping:#})"
+                )))
+            }
+            None => Err(bookkeeping),
+        };
+    }
     Ok(match (result, err) {
         (Ok(stats), _) => Outcome::Succeeded(stats),
         (Err(_), Some(msg)) => Outcome::Failed(msg),

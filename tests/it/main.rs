@@ -8,6 +8,7 @@ mod crash;
 mod custom_fields;
 mod daemon;
 mod db_role;
+mod faults;
 mod healthcheck;
 mod helpers;
 mod lists_reconcile;

@@ -5,11 +5,13 @@
 mod daemon;
 mod db;
 mod harness;
+mod pgproxy;
 mod sandbox;
 mod wait;
 
 pub use daemon::{text, Ccsync, ChildProcess, ConfigFile, ConfigToml};
 pub use db::TestDb;
 pub use harness::{context, context_with, settings_for, Harness};
+pub use pgproxy::PgProxy;
 pub use sandbox::{sandbox, sandbox_with};
 pub use wait::eventually;
