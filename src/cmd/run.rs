@@ -41,6 +41,9 @@ pub async fn run(
                 .and_then(|s| s.validate_for_sync().map(|_| s))
             {
                 Ok(s) => {
+                    for key in &s.unknown_keys {
+                        tracing::warn!(key = %key, "unknown configuration key {key}, ignored (a typo?)");
+                    }
                     reloader.reload(Arc::new(s));
                 }
                 Err(e) => {
