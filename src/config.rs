@@ -200,6 +200,15 @@ pub const MAX_RETENTION_DAYS: i64 = 36_500;
 /// The largest `retention.batch_size` (larger batches hold locks too long).
 pub const MAX_RETENTION_BATCH: i64 = 100_000;
 
+/// Pacing below this is a typo (one request every 1000 s), and its period would overflow.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+/// Pacing above this is no pacing (use 0).
+pub const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
+/// `outbound.attempts` is a PostgreSQL `integer`.
+pub const MAX_PUSH_ATTEMPTS: u32 = 1_000;
+/// Each running account holds two database connections.
+pub const MAX_CONCURRENT_ACCOUNTS: usize = 10_000;
+
 impl RetentionSettings {
     /// `(key, days)` pairs.
     pub fn days(&self) -> [(&'static str, i64); 6] {
@@ -278,9 +287,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The longest duration any setting accepts (a century): beyond is a typo, and adding it to
+/// a clock would overflow (a panic, not an error).
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_RETENTION_DAYS as u64 * 86_400);
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    let v = humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))?;
+    if v > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?}: at most {MAX_RETENTION_DAYS} days"
+        )));
+    }
+    Ok(v)
 }
 
 impl Settings {
@@ -386,10 +406,13 @@ impl Settings {
             }
         }
         let c = &self.constant_contact;
-        if !(c.requests_per_second >= 0.0 && c.requests_per_second.is_finite()) {
+        let rps = c.requests_per_second;
+        if !(rps == 0.0 || (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&rps)) {
             return Err(ConfigError::invalid(
                 "constant_contact.requests_per_second",
-                "must be a number >= 0 (0 turns pacing off)",
+                format!(
+                    "must be 0 (pacing off) or {MIN_REQUESTS_PER_SECOND}..={MAX_REQUESTS_PER_SECOND}"
+                ),
             ));
         }
         if c.daily_request_limit == 0 {
@@ -423,10 +446,10 @@ impl Settings {
                 "poll_initial must be > 0 and poll_max >= poll_initial",
             ));
         }
-        if s.max_push_attempts == 0 {
+        if !(1..=MAX_PUSH_ATTEMPTS).contains(&s.max_push_attempts) {
             return Err(ConfigError::invalid(
                 "sync.max_push_attempts",
-                "must be at least 1",
+                format!("must be 1..={MAX_PUSH_ATTEMPTS}"),
             ));
         }
         for (key, expr) in self.schedule.entries() {
@@ -435,10 +458,10 @@ impl Settings {
         parse_cron(&self.schedule.retention)
             .map_err(|m| ConfigError::invalid("schedule.retention", m))?;
         self.retention.validate()?;
-        if self.server.max_concurrent_accounts == 0 {
+        if !(1..=MAX_CONCURRENT_ACCOUNTS).contains(&self.server.max_concurrent_accounts) {
             return Err(ConfigError::invalid(
                 "server.max_concurrent_accounts",
-                "must be at least 1",
+                format!("must be 1..={MAX_CONCURRENT_ACCOUNTS}"),
             ));
         }
         if self.server.shutdown_grace.is_zero() {
@@ -645,7 +668,13 @@ const OPTIONAL_KEYS: &[&str] = &[
 const ACCOUNT_KEYS: &[&str] = &["id", "refresh_token", "refresh_token_file", "lists"];
 
 /// Every `section.key` of the embedded defaults, plus the optional keys.
-fn known_keys() -> std::collections::BTreeSet<String> {
+fn known_keys() -> &'static std::collections::BTreeSet<String> {
+    static KNOWN: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(scan_known_keys)
+}
+
+fn scan_known_keys() -> std::collections::BTreeSet<String> {
     let mut known: std::collections::BTreeSet<String> =
         OPTIONAL_KEYS.iter().map(|k| k.to_string()).collect();
     let defaults = Config::builder()
@@ -978,3 +1007,7 @@ mod tests {
         assert!(!doc.has_key("password"));
     }
 }
+
+#[cfg(test)]
+#[path = "config_props.rs"]
+mod props;

@@ -200,6 +200,31 @@ fn config_cases() -> Vec<(&'static str, String, &'static str)> {
             "database.max_connections",
         ),
         (
+            "a timeout that overflows the clock",
+            with("database", "connect_timeout", "\"300000000000years\""),
+            "database.connect_timeout",
+        ),
+        (
+            "a lookback beyond a century",
+            with("sync", "lookback", "\"36501days\""),
+            "sync.lookback",
+        ),
+        (
+            "a rate whose period overflows",
+            with("constant_contact", "requests_per_second", "1e-300"),
+            "constant_contact.requests_per_second",
+        ),
+        (
+            "more concurrent accounts than a semaphore holds",
+            with("server", "max_concurrent_accounts", "9000000000000000000"),
+            "server.max_concurrent_accounts",
+        ),
+        (
+            "more push attempts than the counter holds",
+            with("sync", "max_push_attempts", "4000000000"),
+            "sync.max_push_attempts",
+        ),
+        (
             "a negative retention",
             with("retention", "changes_days", "-5"),
             "retention.changes_days",
