@@ -454,6 +454,20 @@ async fn hostile_outbound_rows_fail_precisely_while_valid_rows_complete_byte_for
     h.run_ok(Job::Lists).await;
     h.run_ok(Job::Contacts).await;
     let (_, member_email, _) = member(&h);
+    // Another live subscriber: its field-only row goes out by GET + PUT.
+    let (put_id, put_email) = h
+        .ctl
+        .contact_ids()
+        .into_iter()
+        .find_map(|id| {
+            let c = h.ctl.contact(id)?;
+            let e = c["email_address"]["address"].as_str()?.to_lowercase();
+            (c["deleted_at"].is_null()
+                && c["email_address"]["permission_to_send"] != "unsubscribed"
+                && e != member_email)
+                .then_some((id, e))
+        })
+        .expect("a second live subscriber");
 
     let big = "'\"\\; DROP TABLE x; -- 🎉".repeat(500); // > 10 KB
     let big_chars = big.chars().count();
@@ -481,6 +495,13 @@ async fn hostile_outbound_rows_fail_precisely_while_valid_rows_complete_byte_for
                 "cf:note": "🎉".repeat(255),
             }),
             &[list],
+            None,
+        ),
+        row(
+            &put_email,
+            "upsert",
+            json!({"first_name": QUOTES, "last_name": UNICODE, "job_title": SQLISH}),
+            &[],
             None,
         ),
         // Invalid, each for one reason.
@@ -690,6 +711,17 @@ async fn hostile_outbound_rows_fail_precisely_while_valid_rows_complete_byte_for
         .and_then(|f| f["value"].as_str())
         .map(str::to_string);
     assert_eq!(note, Some("🎉".repeat(255)));
+    let c = h.ctl.contact(put_id).expect("still there");
+    assert_eq!(
+        (&c["first_name"], &c["last_name"], &c["job_title"]),
+        (&json!(QUOTES), &json!(UNICODE), &json!(SQLISH))
+    );
+    assert!(
+        h.sb.requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.ends_with(&put_id.to_string())),
+        "the field-only row went out by PUT"
+    );
     h.run_ok(Job::Contacts).await;
     let stored: (String, String, String) = sqlx::query_as(
         "SELECT first_name, last_name, job_title FROM ccsync.contacts WHERE email = $1",
