@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat};
+use config::{Config, Environment, File, FileFormat, Source, ValueKind};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
@@ -48,6 +48,10 @@ pub struct Settings {
     /// Encryption of stored OAuth tokens (optional).
     #[serde(default)]
     pub security: SecuritySettings,
+    /// Keys the file or the environment set that ccsync does not know (e.g. `sync.pag_size`):
+    /// ignored, and warned about by the commands, so that a typo does not pass silently.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
 }
 
 /// `[security]`: the key that encrypts tokens in `oauth_tokens` (see `crate::crypto`).
@@ -200,6 +204,15 @@ pub const MAX_RETENTION_DAYS: i64 = 36_500;
 /// The largest `retention.batch_size` (larger batches hold locks too long).
 pub const MAX_RETENTION_BATCH: i64 = 100_000;
 
+/// Pacing below this is a typo (one request every 1000 s), and its period would overflow.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+/// Pacing above this is no pacing (use 0).
+pub const MAX_REQUESTS_PER_SECOND: f64 = 100_000.0;
+/// `outbound.attempts` is a PostgreSQL `integer`.
+pub const MAX_PUSH_ATTEMPTS: u32 = 1_000;
+/// Each running account holds two database connections.
+pub const MAX_CONCURRENT_ACCOUNTS: usize = 10_000;
+
 impl RetentionSettings {
     /// `(key, days)` pairs.
     pub fn days(&self) -> [(&'static str, i64); 6] {
@@ -278,9 +291,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The longest duration any setting accepts (a century): beyond is a typo, and adding it to
+/// a clock would overflow (a panic, not an error).
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_RETENTION_DAYS as u64 * 86_400);
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    let v = humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))?;
+    if v > MAX_DURATION {
+        return Err(serde::de::Error::custom(format!(
+            "{s:?}: at most {MAX_RETENTION_DAYS} days"
+        )));
+    }
+    Ok(v)
 }
 
 impl Settings {
@@ -305,9 +329,13 @@ impl Settings {
 
     /// Loads without validating (for `check-config`, which reports problems itself).
     pub fn load_unvalidated(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::sources(path)?
+        let cfg = Self::sources(path)?;
+        let unknown = cfg.collect().map(|m| unknown_keys(&m)).unwrap_or_default();
+        let mut settings: Settings = cfg
             .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+            .map_err(|e| ConfigError::Load(key_path_fix(&e.to_string())))?;
+        settings.unknown_keys = unknown;
+        Ok(settings)
     }
 
     fn sources(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -327,9 +355,12 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
+        if let Some(p) = path {
+            check_file_parses(p)?;
+        }
         builder
             .build()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+            .map_err(|e| ConfigError::Load(key_path_fix(&e.to_string())))
     }
 
     /// Reads `*_file` secrets into their values (the file wins over nothing, never over an
@@ -399,10 +430,13 @@ impl Settings {
             }
         }
         let c = &self.constant_contact;
-        if !(c.requests_per_second >= 0.0 && c.requests_per_second.is_finite()) {
+        let rps = c.requests_per_second;
+        if !(rps == 0.0 || (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&rps)) {
             return Err(ConfigError::invalid(
                 "constant_contact.requests_per_second",
-                "must be a number >= 0 (0 turns pacing off)",
+                format!(
+                    "must be 0 (pacing off) or {MIN_REQUESTS_PER_SECOND}..={MAX_REQUESTS_PER_SECOND}"
+                ),
             ));
         }
         if c.daily_request_limit == 0 {
@@ -436,10 +470,10 @@ impl Settings {
                 "poll_initial must be > 0 and poll_max >= poll_initial",
             ));
         }
-        if s.max_push_attempts == 0 {
+        if !(1..=MAX_PUSH_ATTEMPTS).contains(&s.max_push_attempts) {
             return Err(ConfigError::invalid(
                 "sync.max_push_attempts",
-                "must be at least 1",
+                format!("must be 1..={MAX_PUSH_ATTEMPTS}"),
             ));
         }
         for (key, expr) in self.schedule.entries() {
@@ -448,10 +482,10 @@ impl Settings {
         parse_cron(&self.schedule.retention)
             .map_err(|m| ConfigError::invalid("schedule.retention", m))?;
         self.retention.validate()?;
-        if self.server.max_concurrent_accounts == 0 {
+        if !(1..=MAX_CONCURRENT_ACCOUNTS).contains(&self.server.max_concurrent_accounts) {
             return Err(ConfigError::invalid(
                 "server.max_concurrent_accounts",
-                "must be at least 1",
+                format!("must be 1..={MAX_CONCURRENT_ACCOUNTS}"),
             ));
         }
         if self.server.shutdown_grace.is_zero() {
@@ -645,6 +679,155 @@ impl ScheduleSettings {
 
 pub use crate::core::cycle::parse_cron;
 
+/// Keys that have no default (secrets, files) but are known.
+const OPTIONAL_KEYS: &[&str] = &[
+    "database.password",
+    "database.password_file",
+    "constant_contact.client_secret",
+    "constant_contact.client_secret_file",
+    "security.token_key",
+    "security.token_key_file",
+];
+/// The keys of one `[[accounts]]` entry.
+const ACCOUNT_KEYS: &[&str] = &["id", "refresh_token", "refresh_token_file", "lists"];
+
+/// Every `section.key` of the embedded defaults, plus the optional keys.
+fn known_keys() -> &'static std::collections::BTreeSet<String> {
+    static KNOWN: std::sync::OnceLock<std::collections::BTreeSet<String>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(scan_known_keys)
+}
+
+fn scan_known_keys() -> std::collections::BTreeSet<String> {
+    let mut known: std::collections::BTreeSet<String> =
+        OPTIONAL_KEYS.iter().map(|k| k.to_string()).collect();
+    let defaults = Config::builder()
+        .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+        .build()
+        .and_then(|c| c.collect());
+    if let Ok(map) = defaults {
+        for (section, v) in map {
+            if let ValueKind::Table(t) = v.kind {
+                known.extend(t.into_keys().map(|k| format!("{section}.{k}")));
+            }
+        }
+    }
+    known
+}
+
+/// The full paths of the keys in `map` that ccsync does not know, e.g. `sync.pag_size`,
+/// `accounts[0].refresh_tokn`, `sycn` (a whole unknown section).
+fn unknown_keys(map: &config::Map<String, config::Value>) -> Vec<String> {
+    let known = known_keys();
+    let mut out = Vec::new();
+    for (section, v) in map {
+        match (&v.kind, section.as_str()) {
+            (ValueKind::Array(entries), "accounts") => {
+                for (i, e) in entries.iter().enumerate() {
+                    if let ValueKind::Table(t) = &e.kind {
+                        out.extend(
+                            t.keys()
+                                .filter(|k| !ACCOUNT_KEYS.contains(&k.as_str()))
+                                .map(|k| format!("accounts[{i}].{k}")),
+                        );
+                    }
+                }
+            }
+            // A wrong type is refused by the deserializer, naming the key.
+            (_, "accounts") => {}
+            (ValueKind::Table(t), _)
+                if known.iter().any(|k| k.starts_with(&format!("{section}."))) =>
+            {
+                let mut keys: Vec<String> = t
+                    .keys()
+                    .map(|k| format!("{section}.{k}"))
+                    .filter(|k| !known.contains(k))
+                    .collect();
+                keys.sort();
+                out.extend(keys);
+            }
+            _ => out.push(section.clone()),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The file alone must be TOML: its syntax errors are reported naming the file and, where
+/// the parser gives none, the key of the line that fails on its own.
+fn check_file_parses(p: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|e| {
+        ConfigError::invalid("--config", format!("cannot read {}: {e}", p.display()))
+    })?;
+    let Err(e) = Config::builder()
+        .add_source(File::from_str(&text, FileFormat::Toml))
+        .build()
+    else {
+        return Ok(());
+    };
+    let message = e.to_string();
+    match culprit_key(&text, &message) {
+        Some(key) => Err(ConfigError::invalid(
+            key,
+            format!("{message} (in {})", p.display()),
+        )),
+        None => Err(ConfigError::Load(format!(
+            "{} is not valid TOML: {message}",
+            p.display()
+        ))),
+    }
+}
+
+/// The `section.key` of the first single-line assignment of `text` that fails to parse on
+/// its own with the same message as the whole file (a value the parser rejects without a
+/// position, such as an integer beyond 64 bits).
+fn culprit_key(text: &str, message: &str) -> Option<String> {
+    if message.contains("line ") {
+        return None; // the parser already points at the line
+    }
+    let mut section = String::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            section = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        let Some((k, _)) = l.split_once('=') else {
+            continue;
+        };
+        if let Err(e) = Config::builder()
+            .add_source(File::from_str(l, FileFormat::Toml))
+            .build()
+        {
+            let alone = e.to_string();
+            if !alone.is_empty() && message.starts_with(&alone) {
+                let k = k.trim().trim_matches('"');
+                return Some(if section.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{section}.{k}")
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The loader writes an array element's key as `accounts[0]lists`; make it
+/// `accounts[0].lists`.
+fn key_path_fix(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut prev = ' ';
+    for c in message.chars() {
+        if prev == ']' && (c.is_ascii_alphanumeric() || c == '_') {
+            out.push('.');
+        }
+        out.push(c);
+        prev = c;
+    }
+    out
+}
+
 /// Masks the password of a URL.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
@@ -809,6 +992,47 @@ mod tests {
         assert_eq!(s.accounts.len(), 1);
     }
 
+    fn load_text(text: &str) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("ccsync-config-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).expect("write");
+        let r = Settings::load_unvalidated(Some(&p));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn unknown_keys_are_named_by_their_full_path_and_known_ones_are_not() {
+        let s = load_text(
+            "[sync]\npag_size = 5\npage_size = 7\n[sycn]\nx = 1\n[database]\npassword_file = \"/p\"\n\
+             [[accounts]]\nid = \"a\"\nrefresh_tokn = \"x\"\nlists = \"all\"\n",
+        )
+        .expect("loads");
+        assert_eq!(s.sync.page_size, 7);
+        assert_eq!(
+            s.unknown_keys,
+            vec!["accounts[0].refresh_tokn", "sycn", "sync.pag_size"]
+        );
+        let example = include_str!("../deploy/config.example.toml");
+        let s = load_text(example).expect("the example loads");
+        assert!(s.unknown_keys.is_empty(), "{:?}", s.unknown_keys);
+    }
+
+    #[test]
+    fn a_value_the_parser_rejects_without_a_position_is_named_by_its_key() {
+        let e = load_text("[sync]\nlookback = \"5m\"\npage_size = 99999999999999999999\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sync.page_size"), "{e}");
+        let e = load_text("[sync\npage_size = 5\n").unwrap_err().to_string();
+        assert!(e.contains("not valid TOML") && e.contains("line 1"), "{e}");
+        let e = load_text("[[accounts]]\nid = \"a\"\nlists = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accounts[0].lists"), "{e}");
+    }
+
     #[test]
     fn inline_url_password_is_detected() {
         let doc = toml_like::scan("url = \"postgres://u:pw@h/db\"\n");
@@ -817,3 +1041,7 @@ mod tests {
         assert!(!doc.has_key("password"));
     }
 }
+
+#[cfg(test)]
+#[path = "config_props.rs"]
+mod props;

@@ -11,6 +11,9 @@ pub fn run(path: Option<&std::path::Path>) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     println!("{}", settings.redacted_summary());
+    for key in &settings.unknown_keys {
+        eprintln!("warning: unknown configuration key {key}, ignored (a typo?)");
+    }
     match crate::crypto::check_key(&settings.security) {
         Ok(Some(warning)) => eprintln!("warning: {warning}"),
         Ok(None) => {}

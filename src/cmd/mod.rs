@@ -54,6 +54,9 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Err(e) => return config_error(&e),
             };
             telemetry::init(&settings.log);
+            for key in &settings.unknown_keys {
+                tracing::warn!(key = %key, "unknown configuration key {key}, ignored (a typo?)");
+            }
             let settings = Arc::new(settings);
             match command {
                 Command::Run { no_migrate } => run::run(settings, config_path, no_migrate).await,

@@ -99,6 +99,25 @@ async fn report_left_alone(
     Ok(())
 }
 
+/// A value as the table shows it: control characters (a newline, a terminal escape sequence)
+/// escaped, so that an application's hostile email or op cannot forge rows or drive the
+/// terminal. `--json` carries the values as they are.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 fn print_rows(rows: &[store::outbound::QueueRow]) {
     println!(
         "{:>8} {:<12} {:<32} {:<17} {:<10} {:>8} {:<21} {:<21} {:<38} REASON",
@@ -108,15 +127,15 @@ fn print_rows(rows: &[store::outbound::QueueRow]) {
         println!(
             "{:>8} {:<12} {:<32} {:<17} {:<10} {:>8} {:<21} {:<21} {:<38} {}",
             r.id,
-            r.account,
-            r.email,
-            r.op,
+            shown(&r.account),
+            shown(&r.email),
+            shown(&r.op),
             r.state,
             r.attempts,
             ts(r.created_at),
             ts(r.updated_at),
-            r.activity_id.as_deref().unwrap_or("-"),
-            r.reason.as_deref().unwrap_or("")
+            shown(r.activity_id.as_deref().unwrap_or("-")),
+            shown(r.reason.as_deref().unwrap_or(""))
         );
     }
     if rows.is_empty() {

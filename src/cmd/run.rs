@@ -17,6 +17,9 @@ pub async fn run(
     no_migrate: bool,
 ) -> anyhow::Result<ExitCode> {
     settings.validate_for_sync()?;
+    // A configured token key that cannot be loaded is a configuration error (exit 78,
+    // naming the key) before anything connects.
+    crate::crypto::check_key(&settings.security)?;
     let signals = Signals::install()?;
     let cancel = CancellationToken::new();
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -41,6 +44,9 @@ pub async fn run(
                 .and_then(|s| s.validate_for_sync().map(|_| s))
             {
                 Ok(s) => {
+                    for key in &s.unknown_keys {
+                        tracing::warn!(key = %key, "unknown configuration key {key}, ignored (a typo?)");
+                    }
                     reloader.reload(Arc::new(s));
                 }
                 Err(e) => {

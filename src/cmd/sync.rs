@@ -25,6 +25,9 @@ pub struct SyncArgs {
 
 pub async fn run(settings: Arc<Settings>, args: SyncArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for_sync()?;
+    // A configured token key that cannot be loaded is a configuration error (exit 78,
+    // naming the key) before anything connects.
+    crate::crypto::check_key(&settings.security)?;
     let accounts = match &args.account {
         Some(id) => match settings.account(id) {
             Some(a) => vec![a.clone()],

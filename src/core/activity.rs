@@ -65,7 +65,11 @@ pub fn map_completion(
         counters.error_count.unwrap_or(0),
         counters.correctable_count.unwrap_or(0),
     ) {
-        (Some(p), e, c) => Some((p + e + c) as usize),
+        // Counters come from the API: saturate rather than overflow (a panic in a debug
+        // build, a wrapped small sum — rows wrongly "never processed" — in a release one).
+        (Some(p), e, c) => {
+            Some(usize::try_from(p.saturating_add(e).saturating_add(c)).unwrap_or(usize::MAX))
+        }
         _ => None,
     };
     let mut unprocessed = Vec::new();
@@ -99,6 +103,18 @@ fn row_number(lower: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_at_the_limit_of_u64_saturate_instead_of_overflowing() {
+        let rows = vec![(1, "a@b.c".to_string()), (2, "d@e.f".to_string())];
+        let c = Counters {
+            person_count: Some(u64::MAX),
+            error_count: Some(u64::MAX),
+            correctable_count: Some(1),
+            ..Counters::default()
+        };
+        assert_eq!(map_completion(&rows, &[], &c), Completion::default());
+    }
 
     fn act(person: Option<u64>, correctable: Option<u64>) -> Counters {
         Counters {

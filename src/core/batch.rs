@@ -203,9 +203,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
         #[test]
         fn no_batch_exceeds_a_limit_and_no_item_is_lost(
-            spec in prop::collection::vec((prop::collection::btree_set(1u128..5, 1..3), 0usize..400), 0..120),
+            spec in prop::collection::vec((prop::collection::btree_set(1u128..5, 1..3), 0usize..400), 0..60),
             max_contacts in 1usize..20,
             max_bytes in 1_024usize..6_000,
         ) {

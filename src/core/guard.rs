@@ -2108,72 +2108,115 @@ mod tests {
                 );
             }
         }
+    }
 
-        #[test]
-        fn every_row_ends_in_exactly_one_place(rows in arb_rows(), input in arb_input()) {
-            let p = plan(&rows, &input);
-            let mut seen: HashMap<i64, usize> = HashMap::new();
-            for id in sent(&p).iter().flat_map(|i| i.row_ids.clone())
-                .chain(p.directs.iter().flat_map(|d| d.row_ids.clone()))
-                .chain(p.skipped.iter().map(|t| t.row_id))
-                .chain(p.failed.iter().map(|t| t.row_id))
-                .chain(p.deferred.iter().map(|t| t.row_id))
-                .chain(p.already.iter().map(|t| t.row_id)) {
-                *seen.entry(id).or_default() += 1;
-            }
-            prop_assert_eq!(seen.len(), rows.len());
-            prop_assert!(seen.values().all(|n| *n == 1));
+    /// Cases of the guard's laws: ten thousand generated queues against generated stores.
+    const GUARD_CASES: u32 = 10_000;
+
+    /// Every row ends in exactly one place of the plan.
+    fn every_row_ends_in_exactly_one_place(
+        rows: &[OutboundRow],
+        input: &GuardInput,
+    ) -> Result<(), TestCaseError> {
+        let p = plan(rows, input);
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for id in sent(&p)
+            .iter()
+            .flat_map(|i| i.row_ids.clone())
+            .chain(p.directs.iter().flat_map(|d| d.row_ids.clone()))
+            .chain(p.skipped.iter().map(|t| t.row_id))
+            .chain(p.failed.iter().map(|t| t.row_id))
+            .chain(p.deferred.iter().map(|t| t.row_id))
+            .chain(p.already.iter().map(|t| t.row_id))
+        {
+            *seen.entry(id).or_default() += 1;
         }
+        prop_assert_eq!(seen.len(), rows.len());
+        prop_assert!(seen.values().all(|n| *n == 1));
+        Ok(())
+    }
 
-        #[test]
-        fn no_unsubscribed_address_is_ever_an_item(rows in arb_rows(), input in arb_input()) {
-            let p = plan(&rows, &input);
-            for it in &p.items {
-                let c = input.contacts.get(&it.email);
-                prop_assert_ne!(c.and_then(|c| c.permission_to_send.as_deref()), Some("unsubscribed"));
-                prop_assert!(!input.in_flight.contains(&it.email));
-                prop_assert!(!it.list_ids.is_empty() && it.list_ids.len() <= MAX_LISTS);
-                prop_assert!(it.list_ids.iter().all(|l| input.known_lists.contains(l)));
-                // An import names only lists the contact is not on now.
-                if let Some(c) = c.filter(|c| !c.deleted) {
-                    prop_assert!(it.list_ids.is_disjoint(&c.memberships));
+    /// No unsubscribed or in-flight address is planned into an import or a PUT; imports
+    /// name 1..=50 known lists the contact is not on; one item and one kind of op per address.
+    fn no_unsubscribed_address_is_ever_an_item(
+        rows: &[OutboundRow],
+        input: &GuardInput,
+    ) -> Result<(), TestCaseError> {
+        let p = plan(rows, input);
+        for it in &p.items {
+            let c = input.contacts.get(&it.email);
+            prop_assert_ne!(
+                c.and_then(|c| c.permission_to_send.as_deref()),
+                Some("unsubscribed")
+            );
+            prop_assert!(!input.in_flight.contains(&it.email));
+            prop_assert!(!it.list_ids.is_empty() && it.list_ids.len() <= MAX_LISTS);
+            prop_assert!(it.list_ids.iter().all(|l| input.known_lists.contains(l)));
+            // An import names only lists the contact is not on now.
+            if let Some(c) = c.filter(|c| !c.deleted) {
+                prop_assert!(it.list_ids.is_disjoint(&c.memberships));
+            }
+        }
+        for it in &p.puts {
+            // A PUT never touches lists, and only for a live contact Constant Contact has.
+            prop_assert!(it.list_ids.is_empty() && !it.fields.is_empty());
+            prop_assert!(input.contacts.get(&it.email).is_some_and(|c| !c.deleted));
+            prop_assert!(!input.in_flight.contains(&it.email));
+        }
+        // One item per address, and one kind of op per address.
+        let all = sent(&p);
+        let emails: HashSet<&str> = all.iter().map(|i| i.email.as_str()).collect();
+        prop_assert_eq!(emails.len(), all.len());
+        for d in &p.directs {
+            prop_assert!(!emails.contains(d.email.as_str()));
+            prop_assert!(input.contacts.get(&d.email).is_some_and(|c| !c.deleted));
+        }
+        Ok(())
+    }
+
+    /// A list the contact left is re-added only by a row queued after the leave; a field
+    /// changed in Constant Contact is overwritten only by a row queued after the change.
+    fn no_list_left_in_the_primary_after_the_row_is_re_added(
+        rows: &[OutboundRow],
+        input: &GuardInput,
+    ) -> Result<(), TestCaseError> {
+        let p = plan(rows, input);
+        for it in &sent(&p) {
+            let Some(pr) = input.contacts.get(&it.email) else {
+                continue;
+            };
+            let mine: Vec<&OutboundRow> =
+                rows.iter().filter(|r| it.row_ids.contains(&r.id)).collect();
+            for c in input.changes.get(&pr.contact_id).into_iter().flatten() {
+                if c.kind == "list_removed" {
+                    let l =
+                        Uuid::parse_str(c.old_value.as_ref().unwrap().as_str().unwrap()).unwrap();
+                    if it.list_ids.contains(&l) && !pr.memberships.contains(&l) {
+                        // Only a row queued after the removal may add it back.
+                        prop_assert!(mine
+                            .iter()
+                            .any(|r| r.created_at >= c.at && r.list_ids.contains(&l)));
+                    }
+                }
+                if c.kind == "updated" && it.fields.contains_key("first_name") {
+                    prop_assert!(mine
+                        .iter()
+                        .any(|r| r.created_at >= c.at && r.fields.get("first_name").is_some()));
                 }
             }
-            for it in &p.puts {
-                // A PUT never touches lists, and only for a live contact Constant Contact has.
-                prop_assert!(it.list_ids.is_empty() && !it.fields.is_empty());
-                prop_assert!(input.contacts.get(&it.email).is_some_and(|c| !c.deleted));
-                prop_assert!(!input.in_flight.contains(&it.email));
-            }
-            // One item per address, and one kind of op per address.
-            let all = sent(&p);
-            let emails: HashSet<&str> = all.iter().map(|i| i.email.as_str()).collect();
-            prop_assert_eq!(emails.len(), all.len());
-            for d in &p.directs {
-                prop_assert!(!emails.contains(d.email.as_str()));
-                prop_assert!(input.contacts.get(&d.email).is_some_and(|c| !c.deleted));
-            }
         }
+        Ok(())
+    }
 
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: GUARD_CASES, ..ProptestConfig::default() })]
+
+        /// The three laws above, on the same generated queue and store.
         #[test]
-        fn no_list_left_in_the_primary_after_the_row_is_re_added(rows in arb_rows(), input in arb_input()) {
-            let p = plan(&rows, &input);
-            for it in &sent(&p) {
-                let Some(pr) = input.contacts.get(&it.email) else { continue };
-                let mine: Vec<&OutboundRow> = rows.iter().filter(|r| it.row_ids.contains(&r.id)).collect();
-                for c in input.changes.get(&pr.contact_id).into_iter().flatten() {
-                    if c.kind == "list_removed" {
-                        let l = Uuid::parse_str(c.old_value.as_ref().unwrap().as_str().unwrap()).unwrap();
-                        if it.list_ids.contains(&l) && !pr.memberships.contains(&l) {
-                            // Only a row queued after the removal may add it back.
-                            prop_assert!(mine.iter().any(|r| r.created_at >= c.at && r.list_ids.contains(&l)));
-                        }
-                    }
-                    if c.kind == "updated" && it.fields.contains_key("first_name") {
-                        prop_assert!(mine.iter().any(|r| r.created_at >= c.at && r.fields.get("first_name").is_some()));
-                    }
-                }
-            }
+        fn the_guard_laws_hold_on_generated_queues(rows in arb_rows(), input in arb_input()) {
+            every_row_ends_in_exactly_one_place(&rows, &input)?;
+            no_unsubscribed_address_is_ever_an_item(&rows, &input)?;
+            no_list_left_in_the_primary_after_the_row_is_re_added(&rows, &input)?;
         }
     }
 }

@@ -368,6 +368,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
         /// Applying the same page twice: the second plan writes nothing.
         #[test]
         fn applying_a_page_twice_is_a_no_op(page in prop::collection::vec(arb_row(), 0..12)) {

@@ -10,6 +10,9 @@ pub mod error;
 pub mod limiter;
 pub mod oauth_flows;
 
+#[cfg(test)]
+mod decode_props;
+
 pub use auth::{Auth, OAuthClient, TokenSet, TokenStore};
 pub use client::{AccountClient, Api, ApiOptions, ContactsQuery, CONTACT_INCLUDE};
 pub use error::{AuthError, Error};

@@ -2,6 +2,7 @@
 //! in-process sandbox over real HTTP.
 
 mod architecture;
+mod bad_input;
 mod cli;
 mod contacts_pull;
 mod crash;
