@@ -41,6 +41,13 @@ pub async fn run_unlock(
     Ok(())
 }
 
+/// Whether the connection holding a run lock still answers (a session-level advisory lock
+/// lives exactly as long as its connection).
+pub async fn lock_held(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Records the start of a run (`outcome = running`).
 pub async fn start(
     conn: &mut PgConnection,

@@ -109,7 +109,13 @@ async fn run_with_lock(
             .context("recording the run start")?;
     }
     let started = Instant::now();
-    let mut result = execute(ctx, account, job, run_id).await;
+    // The lock lives as long as its connection: when that connection dies, another process
+    // may take the lock, so the run stops (as a kill would stop it: every step is safe to
+    // interrupt) instead of running alongside the next one.
+    let mut result = tokio::select! {
+        r = execute(ctx, account, job, run_id) => r,
+        lost = watch_lock(&mut lock_conn) => Err(lost),
+    };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if let Ok(stats) = &mut result {
         if stats.is_object() {
@@ -163,6 +169,22 @@ async fn run_with_lock(
         (Err(_), Some(msg)) => Outcome::Failed(msg),
         (Err(e), None) => Outcome::Failed(format!("{e:#}")),
     })
+}
+
+/// How often a run checks that the connection holding its lock is still there.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Returns (with the error) once the connection holding the run lock stops answering.
+async fn watch_lock(conn: &mut PgConnection) -> anyhow::Error {
+    loop {
+        tokio::time::sleep(LOCK_CHECK_EVERY).await;
+        if let Err(e) = store::runs::lock_held(conn).await {
+            return anyhow::Error::new(e).context(
+                "the database connection holding the run lock was lost: the run stopped so \
+                 that no other process runs the same job alongside it",
+            );
+        }
+    }
 }
 
 async fn execute(

@@ -1417,3 +1417,53 @@ async fn a_real_postgresql_restart_mid_pull_fails_the_run_cleanly_and_the_next_r
     pool.close().await;
     sb.shutdown();
 }
+
+#[tokio::test]
+async fn a_run_whose_lock_connection_dies_stops_and_the_next_run_converges() {
+    let h = harness(3_000, Duration::from_millis(200), |s| {
+        s.sync.page_size = 100
+    })
+    .await;
+    // Slow pages: without the lock check this pull would run on for many seconds.
+    h.sb.inject(Fault::Latency {
+        path_prefix: "/v3/contacts".into(),
+        delay: Duration::from_millis(300),
+        times: 1_000,
+    });
+    let run = h.run(Job::Contacts);
+    let kill_lock = async {
+        eventually("page 1 committed", Duration::from_secs(60), || async {
+            (h.db.count("SELECT count(*) FROM ccsync.contacts").await >= 100).then_some(())
+        })
+        .await;
+        // The backend holding the run's advisory lock dies (as a failover or an idle
+        // timeout would kill it); the lock is gone with it.
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+              WHERE l.locktype = 'advisory' AND l.granted
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(&h.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(killed, vec![true], "one run lock was held");
+    };
+    let (report, ()) = tokio::join!(run, kill_lock);
+    match &report.outcome {
+        Outcome::Failed(err) => assert!(err.contains("run lock was lost"), "{err}"),
+        other => panic!("the run went on without its lock: {other:?}"),
+    }
+    assert!(
+        h.db.count("SELECT count(*) FROM ccsync.contacts").await < 3_000,
+        "the run stopped before the end"
+    );
+    h.sb.clear_faults();
+    h.run_ok(Job::Contacts).await;
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    let open =
+        h.db.count("SELECT count(*) FROM ccsync.sync_runs WHERE finished_at IS NULL")
+            .await;
+    assert_eq!(open, 0, "the stopped run was closed");
+    h.sb.shutdown();
+    h.db.cleanup().await;
+}
