@@ -445,6 +445,12 @@ impl AccountCtl {
         self.with(|a, _| triggers::install(a, trigger))
     }
 
+    /// Removes every request trigger of the account that has not fired yet (a quiet
+    /// sandbox: nothing acts any more).
+    pub fn clear_triggers(&self) {
+        self.with(|a, _| a.triggers.retain(|t| t.fired));
+    }
+
     /// Whether the trigger has fired (false for an unknown id).
     pub fn trigger_fired(&self, id: TriggerId) -> bool {
         self.with(|a, _| triggers::fired(a, id).unwrap_or(false))

@@ -5,6 +5,7 @@ mod architecture;
 mod cli;
 mod contacts_pull;
 mod crash;
+mod crash_suite;
 mod custom_fields;
 mod daemon;
 mod helpers;
