@@ -57,6 +57,28 @@ async fn crash_suite_under_strict_rotation_pauses_for_reauthorisation_and_breaks
     report("strict", &f, &plan);
 }
 
+/// The checks see each kind of breach: one of each is planted after a short run.
+#[tokio::test]
+async fn crash_suite_checks_catch_each_planted_violation() {
+    let mut plan = CrashPlan::from_env(2, 13, RefreshTokenPolicy::RotatingKeepPrevious);
+    plan.kills = 2;
+    plan.plant_violations = true;
+    let f = crash::run(plan).await;
+    for kind in [
+        "first_name Some(\"planted\")",
+        "watermark moved back",
+        "without a reason",
+        "re-subscribed",
+        "re-added to a list",
+    ] {
+        assert!(
+            f.violations.iter().any(|v| v.contains(kind)),
+            "no violation for {kind:?} in {:#?}",
+            f.violations
+        );
+    }
+}
+
 /// The full suite: 200 kills (keep-previous), then 50 under strict rotation.
 #[tokio::test]
 #[ignore = "the 200-kill crash suite (several minutes): cargo test --test it crash_suite -- --ignored"]

@@ -37,6 +37,8 @@ pub struct CrashPlan {
     pub daemon_every: usize,
     /// Aim half the kills at token answers (for strict rotation).
     pub token_kills: bool,
+    /// Break each law once on purpose before the checks (the checks' own test).
+    pub plant_violations: bool,
 }
 
 impl CrashPlan {
@@ -54,6 +56,7 @@ impl CrashPlan {
             contacts: 300,
             daemon_every: 4,
             token_kills: false,
+            plant_violations: false,
         }
     }
 }
@@ -261,6 +264,9 @@ pub async fn run(plan: CrashPlan) -> Figures {
         w.violation("the last cycle after the kills did not succeed".into());
     }
     w.sample_watermarks().await;
+    if w.plan.plant_violations {
+        w.plant().await;
+    }
     w.check().await;
     w.f.wall = t0.elapsed();
     let World {
@@ -637,6 +643,33 @@ impl World {
                  WHERE state IN ('pending', 'submitted')",
             )
             .await
+    }
+
+    /// One breach of each law, made by hand (the store edited behind ccsync's back, the
+    /// sandbox's control calls), so that a test can prove that `check` sees each kind.
+    async fn plant(&mut self) {
+        let Some((id, email, _)) = self.live_contact() else {
+            panic!("no live contact to plant on");
+        };
+        for sql in [
+            format!("UPDATE ccsync.contacts SET first_name = 'planted' WHERE contact_id = '{id}'"),
+            "UPDATE ccsync.sync_state SET watermark = watermark - interval '1 day'".into(),
+            "INSERT INTO ccsync.outbound (email, op, state) VALUES ('p@crash.example', 'upsert', 'failed')"
+                .into(),
+        ] {
+            sqlx::query(&sql)
+                .execute(self.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        self.sample_watermarks().await;
+        self.ctl.unsubscribe(id, None);
+        self.ctl.resubscribe(id);
+        let l = self.random_list();
+        self.ctl.join_list(id, l);
+        self.ctl.leave_list(id, l);
+        // Not the subscriber's own re-join: a write path adding the list back.
+        self.ctl.create_contact(&email, None, &[l]);
     }
 
     /// The laws, after the last cycle.
