@@ -79,7 +79,7 @@ async fn crash_suite_checks_catch_each_planted_violation() {
     }
 }
 
-/// The full suite: 200 kills (keep-previous), then 50 under strict rotation.
+/// The full suite: 200 kills (keep-previous), then 25 under strict rotation.
 #[tokio::test]
 #[ignore = "the 200-kill crash suite (several minutes): cargo test --test it crash_suite -- --ignored"]
 async fn crash_suite_200_kills() {
@@ -87,8 +87,8 @@ async fn crash_suite_200_kills() {
     let f = crash::run(plan.clone()).await;
     report("keep-previous", &f, &plan);
     assert_eq!(f.reauths, 0, "no pause under keep-previous rotation");
-    let mut strict = CrashPlan::from_env(50, 2027, RefreshTokenPolicy::Rotating);
-    strict.kills = (plan.kills / 4).max(10);
+    let mut strict = CrashPlan::from_env(25, 2027, RefreshTokenPolicy::Rotating);
+    strict.kills = (plan.kills / 8).max(10);
     strict.token_kills = true;
     let f = crash::run(strict.clone()).await;
     report("strict", &f, &strict);
