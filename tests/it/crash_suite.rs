@@ -85,11 +85,14 @@ async fn crash_suite_checks_catch_each_planted_violation() {
 async fn crash_suite_200_kills() {
     let plan = CrashPlan::from_env(200, 2026, RefreshTokenPolicy::RotatingKeepPrevious);
     let f = crash::run(plan.clone()).await;
-    report("keep-previous", &f, &plan);
-    assert_eq!(f.reauths, 0, "no pause under keep-previous rotation");
     let mut strict = CrashPlan::from_env(25, 2027, RefreshTokenPolicy::Rotating);
     strict.kills = (plan.kills / 8).max(10);
     strict.token_kills = true;
-    let f = crash::run(strict.clone()).await;
-    report("strict", &f, &strict);
+    let g = crash::run(strict.clone()).await;
+    // Both figures lines first, then the verdicts.
+    println!("{} seed={}", f.line("keep-previous"), plan.seed);
+    println!("{} seed={}", g.line("strict"), strict.seed);
+    report("keep-previous", &f, &plan);
+    assert_eq!(f.reauths, 0, "no pause under keep-previous rotation");
+    report("strict", &g, &strict);
 }
