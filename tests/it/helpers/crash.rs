@@ -785,12 +785,14 @@ impl World {
         for (c, l) in readds {
             // An add the application asked for after ccsync had recorded the leave is the
             // application's new decision (the guard refuses lists only to rows queued
-            // before the leave): counted, not a violation.
+            // before the leave): counted, not a violation — whatever the row's end (it
+            // may fail afterwards, e.g. the contact deleted once the import ran).
             let asked_after: bool = sqlx::query_scalar(
                 "SELECT EXISTS (
                    SELECT 1 FROM ccsync.outbound o JOIN ccsync.contacts k
                      ON lower(k.email) = lower(o.email) AND k.contact_id = $1
-                   WHERE $2 = ANY (o.list_ids) AND o.state = 'completed'
+                   WHERE $2 = ANY (o.list_ids)
+                     AND (o.state = 'completed' OR o.activity_id IS NOT NULL)
                      AND EXISTS (SELECT 1 FROM ccsync.changes c
                                  WHERE c.contact_id = $1 AND c.kind = 'list_removed'
                                    AND c.old_value = to_jsonb($2::text)
