@@ -604,4 +604,28 @@ mod tests {
         assert_eq!(c.core.email_address.opt_out_source, None);
         assert_eq!(a.transitions.resubscriptions, vec![(id, later)]);
     }
+
+    #[test]
+    fn a_list_added_back_after_the_subscriber_left_it_is_logged_unless_they_rejoin() {
+        let now = chrono::Utc::now();
+        let mut a = Account::default();
+        generator::generate(&mut a, 5, 2, 1, now);
+        let lists: Vec<Uuid> = a.lists.keys().copied().collect();
+        let id = *a.contacts.keys().next().expect("a contact");
+        let addr = a.contacts[&id].core.email_address.address.clone();
+        for l in &lists {
+            crate::subscriber::join_list(&mut a, id, *l, now);
+        }
+        crate::subscriber::leave_list(&mut a, id, lists[0], now);
+        crate::subscriber::leave_list(&mut a, id, lists[1], now);
+        crate::subscriber::join_list(&mut a, id, lists[1], now);
+        assert!(a.transitions.readds.is_empty(), "a re-join is not a re-add");
+        let r = body(json!({
+            "update_source": "Account",
+            "email_address": {"address": addr},
+            "list_memberships": lists,
+        }));
+        apply(&mut a, id, r, now).expect("applied");
+        assert_eq!(a.transitions.readds, vec![(id, lists[0])]);
+    }
 }

@@ -424,6 +424,14 @@ impl AccountCtl {
         self.with(|a, _| a.transitions.revivals.clone())
     }
 
+    /// Every (contact, list) membership added back by a request (import, PUT, add-to-list
+    /// activity) or a control call other than the subscriber's own re-join, after the
+    /// subscriber had left that list ([`AccountCtl::leave_list`] or a `LeaveList`
+    /// trigger), in order. A syncer must never produce one.
+    pub fn re_adds_after_leave(&self) -> Vec<(Uuid, Uuid)> {
+        self.with(|a, _| a.transitions.readds.clone())
+    }
+
     /// When `on`, every list-membership change (`leave_list`/`join_list`, the
     /// add/remove_list_memberships activities, imports that add a list, triggers) bumps
     /// the contact's `updated_at`. Default off: memberships move nothing (the worst case
@@ -435,6 +443,12 @@ impl AccountCtl {
     /// Installs a one-shot request trigger (see [`Trigger`]).
     pub fn on_request(&self, trigger: Trigger) -> TriggerId {
         self.with(|a, _| triggers::install(a, trigger))
+    }
+
+    /// Removes every request trigger of the account that has not fired yet (a quiet
+    /// sandbox: nothing acts any more).
+    pub fn clear_triggers(&self) {
+        self.with(|a, _| a.triggers.retain(|t| t.fired));
     }
 
     /// Whether the trigger has fired (false for an unknown id).

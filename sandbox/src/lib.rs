@@ -262,6 +262,20 @@ impl Sandbox {
         self.inner.lock().requests.clone()
     }
 
+    /// How many `/v3/*` requests have completed so far (cheap: no copy of the log).
+    pub fn request_count(&self) -> usize {
+        self.inner.lock().requests.len()
+    }
+
+    /// The `/v3/*` requests completed after the first `from`, in order.
+    pub fn requests_from(&self, from: usize) -> Vec<RequestRecord> {
+        let st = self.inner.lock();
+        st.requests
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Requests answered 429 `throttled` (rate limit or `Fault::Throttle`).
     pub fn throttled_count(&self) -> u64 {
         self.inner.lock().throttled

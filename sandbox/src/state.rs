@@ -363,6 +363,8 @@ pub(crate) struct ContactMut<'a> {
     version: &'a mut u64,
     idx: &'a mut TimeIndexes,
     log: &'a mut TransitionLog,
+    /// The memberships before the change (for the re-add log).
+    old_lists: Vec<Uuid>,
 }
 
 impl std::ops::Deref for ContactMut<'_> {
@@ -384,6 +386,8 @@ impl Drop for ContactMut<'_> {
         let old = self.slot.hot;
         self.slot.hot = Hot::of(&self.slot.c);
         self.log.note(self.id, &old, &self.slot.c);
+        self.log
+            .note_lists(self.id, &self.old_lists, &self.slot.c.subs.list_memberships);
         self.idx.add(self.id, &self.slot.hot);
         *self.version += 1;
     }
@@ -393,10 +397,16 @@ impl Drop for ContactMut<'_> {
 /// contact left `unsubscribed` (a re-subscription, stamped with
 /// `email_address.updated_at`) or stopped being deleted (a revival, stamped with
 /// `updated_at`). Every path that makes such a change sets those stamps to now.
+/// Also: every (contact, list) membership added back by any path other than the
+/// subscriber's own re-join after the subscriber left that list (a re-add).
 #[derive(Default)]
 pub(crate) struct TransitionLog {
     pub resubscriptions: Vec<(Uuid, Ts)>,
     pub revivals: Vec<(Uuid, Ts)>,
+    /// (contact, list) pairs the subscriber left and has not re-joined since.
+    pub left: HashSet<(Uuid, Uuid)>,
+    /// Memberships added back after such a leave, in order.
+    pub readds: Vec<(Uuid, Uuid)>,
 }
 
 impl TransitionLog {
@@ -407,6 +417,17 @@ impl TransitionLog {
         }
         if old.deleted && !new.is_deleted() {
             self.revivals.push((id, new.core.updated_at));
+        }
+    }
+
+    fn note_lists(&mut self, id: Uuid, old: &[Uuid], new: &[Uuid]) {
+        if self.left.is_empty() {
+            return;
+        }
+        for l in new.iter().filter(|l| !old.contains(l)) {
+            if self.left.contains(&(id, *l)) {
+                self.readds.push((id, *l));
+            }
         }
     }
 }
@@ -487,6 +508,11 @@ impl Account {
             self.idx.add(id, &hot);
             if let Some(new) = self.contacts.get(&id) {
                 self.transitions.note(id, &old.hot, &new.c);
+                self.transitions.note_lists(
+                    id,
+                    &old.c.subs.list_memberships,
+                    &new.c.subs.list_memberships,
+                );
             }
         }
         self.version += 1;
@@ -510,6 +536,7 @@ impl Account {
         let log = &mut self.transitions;
         self.contacts.get_mut(id).map(|slot| ContactMut {
             id: *id,
+            old_lists: slot.c.subs.list_memberships.clone(),
             slot,
             version,
             idx,

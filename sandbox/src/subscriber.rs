@@ -38,11 +38,16 @@ pub(crate) fn resubscribe(a: &mut Account, id: Uuid, now: Ts) {
 /// Removes one membership (bumps `updated_at` only under the membership switch).
 pub(crate) fn leave_list(a: &mut Account, id: Uuid, list_id: Uuid, now: Ts) {
     let bump = a.membership_moves_updated_at;
+    let mut left = false;
     if let Some(mut c) = a.contact_mut(&id) {
         if c.subs.list_memberships.contains(&list_id) {
             c.subs.list_memberships.retain(|l| *l != list_id);
             membership_moved(bump, &mut c, now);
+            left = true;
         }
+    }
+    if left {
+        a.transitions.left.insert((id, list_id));
     }
 }
 
@@ -50,6 +55,8 @@ pub(crate) fn leave_list(a: &mut Account, id: Uuid, list_id: Uuid, now: Ts) {
 /// deleted contact revives it (deleted_at removed, updated_at bumped).
 pub(crate) fn join_list(a: &mut Account, id: Uuid, list_id: Uuid, now: Ts) {
     let bump = a.membership_moves_updated_at;
+    // The subscriber's own re-join is not a re-add.
+    a.transitions.left.remove(&(id, list_id));
     if let Some(mut c) = a.contact_mut(&id) {
         if c.core.deleted_at.take().is_some() {
             c.core.updated_at = now;

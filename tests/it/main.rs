@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod contacts_pull;
 mod crash;
+mod crash_suite;
 mod custom_fields;
 mod daemon;
 mod db_role;

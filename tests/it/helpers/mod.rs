@@ -2,6 +2,7 @@
 //! in-process sandbox on port 0, in-process job contexts, the `ccsync` binary as a child
 //! process with a configuration file of its own, and waiting on conditions.
 
+pub mod crash;
 mod daemon;
 mod db;
 mod harness;
