@@ -13,6 +13,7 @@
 //!   the body of a `PUT /contacts/{id}` onto a fresh read;
 //! - `confirm`: whether Constant Contact shows a pushed row's effect after the import;
 //! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
+//! - `sends`: which activity a send attempt with no recorded answer became, if any;
 //! - `sanitize`: NUL characters (which PostgreSQL refuses) removed from API values;
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
@@ -33,4 +34,5 @@ pub mod properties;
 pub mod put;
 pub mod reads;
 pub mod sanitize;
+pub mod sends;
 pub mod states;

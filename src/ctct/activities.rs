@@ -26,6 +26,19 @@ pub struct Activity {
     /// `correctable_count`, `cannot_add_to_list_count`, ...), kept whole.
     #[serde(default)]
     pub status: Option<Value>,
+    /// When Constant Contact created it (ISO-8601), as given; read by [`Activity::created`].
+    #[serde(default)]
+    pub created_at: Option<Value>,
+}
+
+/// `GET /activities`: a page of the account's activities of the last ten days, newest
+/// first.
+#[derive(Debug, Deserialize)]
+pub struct ActivitiesPage {
+    #[serde(default)]
+    pub activities: Vec<Activity>,
+    #[serde(rename = "_links", default)]
+    pub links: Option<super::dto::PagingLinks>,
 }
 
 impl Activity {
@@ -40,6 +53,12 @@ impl Activity {
             .flatten()
             .map(error_message)
             .collect()
+    }
+
+    /// `created_at` as a time; `None` when absent or unreadable (a caller that must not
+    /// miss an activity treats that as "could be any time").
+    pub fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        super::dto::parse_datetime(self.created_at.as_ref()?.as_str()?)
     }
 
     /// A status counter, if present.
@@ -110,6 +129,21 @@ impl AccountClient {
         .await
     }
 
+    /// `GET /activities?limit=500`: the first page of the account's recent activities.
+    pub async fn recent_activities(&self) -> Result<ActivitiesPage, Error> {
+        let mut url = self
+            .api()
+            .endpoint("activities")
+            .map_err(|_| bad_url("activities"))?;
+        url.query_pairs_mut().append_pair("limit", "500");
+        self.get_json("GET /activities", url).await
+    }
+
+    /// A later page of `GET /activities` (a `_links.next` href resolved).
+    pub async fn activities_page(&self, url: url::Url) -> Result<ActivitiesPage, Error> {
+        self.get_json("GET /activities", url).await
+    }
+
     /// `GET /activities/{id}`.
     pub async fn activity(&self, id: &str) -> Result<Activity, Error> {
         let url = self
@@ -145,5 +179,17 @@ mod tests {
             serde_json::from_value(json!({"activity_id": "b", "state": "processing"})).unwrap();
         assert!(!b.is_terminal());
         assert!(b.error_messages().is_empty());
+        assert_eq!(b.created(), None);
+        let c: Activity = serde_json::from_value(json!({
+            "activity_id": "c", "state": "completed", "created_at": "2026-12-02T10:11:12.345Z"
+        }))
+        .unwrap();
+        assert_eq!(
+            c.created().map(|t| t.to_rfc3339()),
+            Some("2026-12-02T10:11:12.345+00:00".to_string())
+        );
+        let d: Activity =
+            serde_json::from_value(json!({"activity_id": "d", "created_at": 17})).unwrap();
+        assert_eq!(d.created(), None, "an unreadable time is no time");
     }
 }

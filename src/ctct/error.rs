@@ -85,6 +85,17 @@ fn describe(items: &[ApiErrorItem]) -> String {
 }
 
 impl Error {
+    /// Whether a write that ended in this error may have taken effect all the same: the
+    /// client gave up on the answer (a timeout, a reset, a cut or undecodable body) or the
+    /// server failed while handling it (5xx). Such a write is never sent again blindly.
+    pub fn effect_unknown(&self) -> bool {
+        match self {
+            Error::Transport { .. } | Error::Decode { .. } => true,
+            Error::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// Whether sending the same request again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

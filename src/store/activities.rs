@@ -18,6 +18,8 @@ pub struct NewActivity<'a> {
     pub run_id: Uuid,
     /// `contacts_json_import`, `remove_list_memberships` or `contact_delete`.
     pub kind: &'a str,
+    /// When the request was sent, if not now (an activity found after a lost answer).
+    pub submitted_at: Option<DateTime<Utc>>,
 }
 
 pub async fn insert(
@@ -27,8 +29,9 @@ pub async fn insert(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO ccsync.import_activities
-            (activity_id, account_id, state, list_ids, row_count, body_bytes, run_id, kind)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            (activity_id, account_id, state, list_ids, row_count, body_bytes, run_id, kind,
+             submitted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()))
          ON CONFLICT (activity_id) DO NOTHING",
     )
     .bind(a.activity_id)
@@ -39,6 +42,7 @@ pub async fn insert(
     .bind(a.body_bytes)
     .bind(a.run_id)
     .bind(a.kind)
+    .bind(a.submitted_at)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -99,4 +103,18 @@ pub async fn lists_and_submitted_at(
     .bind(activity_id)
     .fetch_optional(&mut *conn)
     .await
+}
+
+/// Which of `ids` the store has a record of (any account).
+pub async fn known(
+    conn: &mut PgConnection,
+    ids: &[String],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT activity_id FROM ccsync.import_activities WHERE activity_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(found.into_iter().collect())
 }

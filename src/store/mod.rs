@@ -16,6 +16,7 @@ pub mod poison;
 pub mod retention;
 pub mod runs;
 pub mod schedule;
+pub mod sends;
 pub mod status;
 pub mod sync_state;
 pub mod tokens;

@@ -27,8 +27,9 @@ fn outbound_row((id, email, fields, list_ids, created_at, op): RowTuple) -> Outb
 
 /// Up to `limit` rows that are `pending` and due, with `id > after`, ascending, locked
 /// (`SKIP LOCKED`) for the caller's transaction. A row waits while an older row of the same
-/// address waits for its retry, so that an address's rows reach Constant Contact in order
-/// (an older value never overwrites a newer one).
+/// address waits for its retry or for its send attempt to be resolved, so that an address's
+/// rows reach Constant Contact in order (an older value never overwrites a newer one). A row
+/// of an unresolved send attempt is never planned (`store::sends`).
 pub async fn pending_chunk(
     conn: &mut PgConnection,
     account: &str,
@@ -38,11 +39,12 @@ pub async fn pending_chunk(
     let rows: Vec<RowTuple> = sqlx::query_as(
         "WITH waiting AS (
             SELECT lower(email) AS e, min(id) AS first_id FROM ccsync.outbound
-            WHERE account_id = $1 AND state = $4 AND next_attempt_at > now()
+            WHERE account_id = $1 AND state = $4
+              AND (next_attempt_at > now() OR send_attempt IS NOT NULL)
             GROUP BY 1)
          SELECT o.id, o.email, o.fields, o.list_ids, o.created_at, o.op
          FROM ccsync.outbound o LEFT JOIN waiting w ON w.e = lower(o.email)
-         WHERE o.account_id = $1 AND o.state = $4 AND o.id > $2
+         WHERE o.account_id = $1 AND o.state = $4 AND o.id > $2 AND o.send_attempt IS NULL
            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
            AND (w.first_id IS NULL OR o.id < w.first_id)
          ORDER BY o.id LIMIT $3
@@ -199,7 +201,8 @@ pub async fn guard_input(
     }
     let flying: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT lower(email) FROM ccsync.outbound
-         WHERE account_id = $1 AND state = $3 AND lower(email) = ANY($2)",
+         WHERE account_id = $1 AND lower(email) = ANY($2)
+           AND (state = $3 OR send_attempt IS NOT NULL)",
     )
     .bind(account)
     .bind(&emails)
@@ -267,7 +270,8 @@ pub async fn mark_submitted(
     }
     let r = sqlx::query(
         "UPDATE ccsync.outbound o SET state = $4, activity_id = $1,
-                reason = u.reason, updated_at = now(), next_attempt_at = NULL
+                reason = u.reason, updated_at = now(), next_attempt_at = NULL,
+                send_attempt = NULL
          FROM UNNEST($2::bigint[], $3::text[]) AS u(id, reason)
          WHERE o.id = u.id AND o.state = $5",
     )
@@ -404,7 +408,7 @@ pub async fn read_targets(
         "WITH wanted AS (
             SELECT lower(trim(o.email)) AS email, array_agg(DISTINCT l) AS lists
             FROM ccsync.outbound o, unnest(o.list_ids) AS l
-            WHERE o.account_id = $1 AND o.state = $2
+            WHERE o.account_id = $1 AND o.state = $2 AND o.send_attempt IS NULL
               AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
             GROUP BY 1)
          SELECT c.contact_id, w.email, w.lists,

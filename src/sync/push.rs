@@ -5,13 +5,14 @@
 //! 1. Per chunk of pending rows: one transaction locks the rows, reads the freshly pulled
 //!    store, plans (guard + batcher) and writes what ends here (`skipped`, invalid rows
 //!    `failed`, `conflict`/`skipped` change rows). Commit.
-//! 2. Per batch: the POST, outside any transaction; then one transaction marks the batch's
-//!    rows `submitted` with the `activity_id` and records the `import_activities` row.
-//!    **A crash between the POST and that commit leaves the rows `pending`: the next run
-//!    plans and sends them again.** That is safe: the guard runs again on the data pulled
-//!    in that run (an import only sets the properties it carries, and the same values twice
-//!    are a no-op), and it is the only way to never lose a row, because the lost answer
-//!    carried the only reference to the activity.
+//! 2. Per batch: a commit records the request (`send_attempts`) and marks its rows with it;
+//!    the POST, outside any transaction; then one transaction marks the batch's rows
+//!    `submitted` with the `activity_id`, records the `import_activities` row and ends the
+//!    attempt. **A crash between the POST and that commit, or a lost answer, leaves the
+//!    attempt: its rows are never planned again while it stands.** The next push first
+//!    looks for the activity in `GET /activities` and follows it, or plans the rows again
+//!    once the request is known to have made nothing ([`recover`], `core::sends`). Sending
+//!    them again blindly could undo a subscriber's leave made in between.
 //! 3. Polling every activity still in flight (`import_activities.finished_at IS NULL`,
 //!    including those of an earlier, interrupted run — polled again, never re-sent) with
 //!    exponential backoff `poll_initial`…`poll_max`, cancellable, each bounded by
@@ -40,6 +41,7 @@ use crate::core::cycle::push_is_fresh;
 use crate::core::guard::{self, Direct, Item, Terminal};
 use crate::core::op::Op;
 use crate::core::reads::Reader;
+use crate::core::sends;
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
 use crate::ctct::convert::activity_counters;
@@ -78,6 +80,11 @@ pub struct PushStats {
     pub activities_finished: u64,
     pub in_flight_left: u64,
     pub cannot_add_to_list: u64,
+    /// Requests this run sent whose answer was lost (the rows wait for the next push's
+    /// look at `GET /activities`).
+    pub answers_lost: u64,
+    /// What the start of this run made of requests left without a recorded answer.
+    pub recovery: Recovery,
     /// Field-only changes and application-side unsubscribes (`GET` + `PUT /contacts/{id}`).
     pub put: PutStats,
     /// `remove_list_memberships` and `contact_delete` requests, and their rows.
@@ -107,6 +114,20 @@ pub struct PushStats {
     pub plan: Option<DryPlan>,
 }
 
+/// Send attempts of earlier runs left without a recorded answer, resolved at the start of
+/// a push ([`recover`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Recovery {
+    /// Found among Constant Contact's activities: followed, not sent again.
+    pub adopted: u64,
+    /// Known to have made no activity: their rows planned again.
+    pub released: u64,
+    /// Possibly still in progress, or the activities could not be listed: left for later.
+    pub waiting: u64,
+    /// `GET /activities` requests spent.
+    pub requests: u64,
+}
+
 /// The requests of one push run by purpose.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestCounts {
@@ -119,6 +140,8 @@ pub struct RequestCounts {
     pub submits: u64,
     pub polls: u64,
     pub confirms: u64,
+    /// `GET /activities` looking for requests whose answer was lost.
+    pub recovery: u64,
     pub total: u64,
 }
 
@@ -159,6 +182,12 @@ pub async fn run_once(
         check_fresh(ctx, &account.id, run_id).await?;
     }
     let client = ctx.api.account(&account.id);
+    let mut recovery = PushStats::default();
+    if !ctx.dry_run {
+        // Before anything is read or planned: rows of a request whose answer was lost are
+        // followed or released here, never planned while that is unknown.
+        recover(ctx, &client, run_id, &mut recovery).await?;
+    }
     let reads = if ctx.dry_run {
         None
     } else {
@@ -175,6 +204,7 @@ pub async fn run_once(
     };
     let mut stats = PushStats {
         read_before_write: reads,
+        recovery: recovery.recovery,
         dry_run: ctx.dry_run,
         plan: ctx.dry_run.then(|| DryPlan {
             note: DRY_RUN_NOTE.into(),
@@ -205,6 +235,7 @@ pub async fn run_once(
         submits: stats.batches_submitted + stats.removals_submitted + stats.deletes_submitted,
         polls: stats.activities_polled,
         confirms: stats.confirm_requests,
+        recovery: stats.recovery.requests,
         total: stats.api_requests,
     };
     Ok(serde_json::to_value(stats)?)
@@ -659,8 +690,11 @@ impl Request {
     }
 }
 
-/// Sends one bulk request (import, list removal or delete) and records the outcome: the
-/// rows `submitted` with the activity in the same transaction that records the activity.
+/// Sends one bulk request (import, list removal or delete) and records the outcome. The
+/// request and its rows are recorded (`send_attempts`) in a commit before it is sent; the
+/// answer's transaction marks the rows `submitted` with the activity and ends that record.
+/// When the answer is lost the record stays, and the next push looks for the activity
+/// before anything is sent again ([`recover`]).
 #[instrument(skip_all, fields(kind = r.kind.as_str(), lists = r.list_ids.len(), rows = r.rows.len()))]
 async fn send(
     ctx: &JobContext,
@@ -673,6 +707,23 @@ async fn send(
     let bytes = r.body.len();
     let (ids, reasons): (Vec<i64>, Vec<Option<String>>) = r.rows.into_iter().unzip();
     let list_ids = r.list_ids;
+    let attempt = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::sends::begin(
+            &mut conn,
+            &account,
+            &store::sends::NewAttempt {
+                kind: r.kind.as_str(),
+                list_ids: &list_ids,
+                row_ids: &ids,
+                reasons: &reasons,
+                body_bytes: bytes as i32,
+                run_id,
+            },
+        )
+        .await
+        .context("recording the request before sending it")?
+    };
     let answer = match r.kind {
         Kind::Import => client.contacts_json_import(r.body).await,
         Kind::Remove => {
@@ -707,10 +758,14 @@ async fn send(
                     body_bytes: bytes as i32,
                     run_id,
                     kind: r.kind.as_str(),
+                    submitted_at: None,
                 },
             )
             .await
             .context("recording the activity")?;
+            store::sends::end(&mut tx, attempt)
+                .await
+                .context("ending the send attempt")?;
             tx.commit()
                 .await
                 .context("committing the submitted request")?;
@@ -725,26 +780,63 @@ async fn send(
             stats.rows_submitted += ids.len() as u64;
             info!(activity_id = %activity.activity_id, kind = r.kind.as_str(), contacts = r.contacts, bytes, "activity submitted");
         }
+        Err(e) if e.effect_unknown() => {
+            // 5xx, timeout, reset, a body that does not decode: the activity may exist.
+            // Counted as a failed attempt (backoff, a dead letter after max_push_attempts),
+            // but the rows keep their send attempt: the next push looks for the activity
+            // in Constant Contact and follows it if found, and sends again only if not.
+            let (base, cap) = ctx.retry_backoff();
+            let why = format!(
+                "{e}; the answer was lost, so whether Constant Contact ran it is unknown: the \
+                 next push looks for its activity before anything is sent again"
+            );
+            let (retry, dead) = store::outbound::failed_attempt(
+                &mut tx,
+                Pending,
+                &ids,
+                &why,
+                ctx.settings.sync.max_push_attempts as i32,
+                base,
+                cap,
+            )
+            .await
+            .context("recording a lost answer")?;
+            store::sends::answer_lost(&mut tx, attempt, &e.to_string())
+                .await
+                .context("recording a lost answer")?;
+            tx.commit().await.context("committing a lost answer")?;
+            warn!(error = %crate::telemetry::Chain(&e), retry, dead, "activity answer lost; looked for before any re-send");
+            stats.retrying += retry;
+            stats.failed += dead;
+            stats.answers_lost += 1;
+        }
         Err(
             e @ (ApiError::TooManyActivities { .. }
             | ApiError::QuotaExceeded { .. }
             | ApiError::Throttled { .. }
             | ApiError::Cancelled),
         ) => {
-            // Nothing was done: the rows stay pending, untouched, for the next run.
-            tx.rollback().await.ok();
+            // Nothing was done: the rows stay pending for the next run.
+            store::sends::release(&mut tx, attempt, None)
+                .await
+                .context("releasing a request not sent")?;
+            tx.commit().await.context("committing a request not sent")?;
             warn!(error = %crate::telemetry::Chain(&e), "activity not submitted; rows stay pending");
             stats.stopped = Some(e.to_string());
         }
-        Err(e @ ApiError::Auth(_)) => {
-            tx.rollback().await.ok();
+        Err(e @ (ApiError::Auth(_) | ApiError::Unauthorized)) => {
+            store::sends::release(&mut tx, attempt, None)
+                .await
+                .context("releasing a request not sent")?;
+            tx.commit().await.context("committing a request not sent")?;
             return Err(e).context("submitting an activity");
         }
         Err(e) => {
-            // 400, 5xx, lost answer: counted as a failed attempt (retried with backoff, a
-            // dead letter after max_push_attempts). A lost answer may mean the activity did
-            // run: the next run reads before it writes again, and the guard finds the
-            // effect already there (see the module comment).
+            // A refusal (4xx): nothing was done. Counted as a failed attempt (retried with
+            // backoff, a dead letter after max_push_attempts).
+            store::sends::release(&mut tx, attempt, None)
+                .await
+                .context("releasing a refused request")?;
             let (base, cap) = ctx.retry_backoff();
             let (retry, dead) = store::outbound::failed_attempt(
                 &mut tx,
@@ -764,6 +856,158 @@ async fn send(
         }
     }
     Ok(())
+}
+
+/// Send attempts left without a recorded answer by an earlier run (ccsync stopped between a
+/// request and its commit, or the answer was lost): each is matched to an activity of
+/// `GET /activities` that ccsync does not know (`core::sends`). A match is followed like any
+/// submitted activity (polled, read back, confirmed); an attempt that reached Constant
+/// Contact as nothing has its rows planned again; one that may still be in progress waits.
+/// Costs nothing when no attempt is left; otherwise one request per 500 recent activities.
+#[instrument(skip_all)]
+async fn recover(
+    ctx: &JobContext,
+    client: &AccountClient,
+    run_id: Uuid,
+    stats: &mut PushStats,
+) -> anyhow::Result<()> {
+    let account = client.account().to_string();
+    let attempts = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::sends::open(&mut conn, &account)
+            .await
+            .context("reading send attempts left without an answer")?
+    };
+    let Some(earliest) = attempts.iter().map(|a| a.started_at).min() else {
+        return Ok(());
+    };
+    let sent_before = client.requests_sent();
+    let listed = match recent_activities(client, sends::window_start(earliest)).await {
+        Ok(l) => l,
+        Err(e @ (ApiError::Auth(_) | ApiError::Unauthorized)) => {
+            return Err(e).context("listing activities to resolve lost answers")
+        }
+        Err(e) => {
+            // Without the list nothing is decided: the rows wait (never re-sent blindly).
+            warn!(error = %crate::telemetry::Chain(&e), attempts = attempts.len(), "cannot list activities; send attempts without an answer wait");
+            stats.recovery.waiting += attempts.len() as u64;
+            stats.recovery.requests += client.requests_sent() - sent_before;
+            return Ok(());
+        }
+    };
+    stats.recovery.requests += client.requests_sent() - sent_before;
+    let ids: Vec<String> = listed.iter().map(|a| a.activity_id.clone()).collect();
+    let known = {
+        let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+        store::activities::known(&mut conn, &ids)
+            .await
+            .context("reading the activities ccsync knows")?
+    };
+    let unknown: Vec<sends::Unknown> = listed
+        .iter()
+        .filter(|a| !known.contains(&a.activity_id))
+        .map(|a| sends::Unknown {
+            activity_id: a.activity_id.clone(),
+            created_at: a.created(),
+        })
+        .collect();
+    let core_attempts: Vec<sends::Attempt> = attempts
+        .iter()
+        .map(|a| sends::Attempt {
+            id: a.id,
+            started_at: a.started_at,
+            answer_lost: a.lost_answer.is_some(),
+        })
+        .collect();
+    let timeout = chrono::Duration::from_std(ctx.settings.constant_contact.request_timeout)
+        .unwrap_or(chrono::Duration::MAX);
+    for res in sends::resolve(&core_attempts, &unknown, chrono::Utc::now(), timeout) {
+        let mut tx = ctx.pool.begin().await.context("beginning a transaction")?;
+        match res {
+            sends::Resolution::Adopt {
+                attempt,
+                activity_id,
+            } => {
+                let Some(a) = attempts.iter().find(|a| a.id == attempt) else {
+                    continue;
+                };
+                let state = listed
+                    .iter()
+                    .find(|l| l.activity_id == activity_id)
+                    .map(|l| l.state.as_str())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("initialized");
+                let rows = store::sends::adopt(&mut tx, a, &activity_id)
+                    .await
+                    .context("following the activity of a lost answer")?;
+                store::activities::insert(
+                    &mut tx,
+                    &account,
+                    &store::activities::NewActivity {
+                        activity_id: &activity_id,
+                        state,
+                        list_ids: &a.list_ids,
+                        row_count: a.row_ids.len() as i32,
+                        body_bytes: a.body_bytes,
+                        run_id: a.run_id.unwrap_or(run_id),
+                        kind: &a.kind,
+                        submitted_at: Some(a.started_at),
+                    },
+                )
+                .await
+                .context("recording the activity of a lost answer")?;
+                tx.commit()
+                    .await
+                    .context("committing the activity of a lost answer")?;
+                info!(%activity_id, kind = %a.kind, rows, started_at = %a.started_at, "a request whose answer was lost became this activity: followed, not sent again");
+                stats.recovery.adopted += 1;
+            }
+            sends::Resolution::Release { attempt } => {
+                let rows = store::sends::release(
+                    &mut tx,
+                    attempt,
+                    Some("sent earlier without a recorded answer; Constant Contact shows no activity \
+                     from it, so it is planned again"),
+                )
+                .await
+                .context("releasing a request that did not reach Constant Contact")?;
+                tx.commit().await.context("committing a released request")?;
+                info!(%attempt, rows, "a request whose answer was lost made no activity: planned again");
+                stats.recovery.released += 1;
+            }
+            sends::Resolution::Wait { attempt } => {
+                tx.rollback().await.ok();
+                info!(%attempt, "a request without a recorded answer may still be in progress; looked for again later");
+                stats.recovery.waiting += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The account's activities from `GET /activities`, newest first, down to the first page
+/// that reaches below `from` (or the end of the ten days Constant Contact keeps).
+async fn recent_activities(
+    client: &AccountClient,
+    from: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Activity>, ApiError> {
+    let mut out = Vec::new();
+    let mut page = client.recent_activities().await?;
+    loop {
+        // An activity without a readable time might be anywhere: keep walking.
+        let reached = page
+            .activities
+            .iter()
+            .any(|a| a.created().is_some_and(|t| t < from));
+        let next = crate::ctct::dto::PagingLinks::next_href(&page.links).map(str::to_string);
+        out.append(&mut page.activities);
+        match next {
+            Some(href) if !reached => {
+                page = client.activities_page(client.next_url(&href)?).await?
+            }
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// Polls every activity in flight for the account until none is left.

@@ -17,6 +17,9 @@
 //! | persistent 5xx | pull | bounded retries, fails | `contacts_pull::persistent_5xx_gives_up_after_a_bounded_number_of_retries` |
 //! | connection reset | pull, push | GETs retried; a reset import judged again after a read | `connection_resets_are_retried_on_reads_and_a_reset_write_is_judged_again_on_a_read` |
 //! | answer slower than the timeout | pull, push (import, PUT) | GETs retried; the write confirmed by reading, not sent twice | `answers_slower_than_the_timeout_are_retried_on_reads_and_a_write_is_confirmed_by_reading`, `a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent_twice` |
+//! | a lost import answer, then a list leave | push | the activity found in `GET /activities` and followed; nothing re-sent, the leave stands | `a_lost_import_answer_is_found_among_the_activities_and_a_list_left_since_is_not_joined_again` |
+//! | a stop between an import and its commit | push | the same on the next push | `a_stop_between_an_import_and_its_commit_is_followed_on_the_next_push_and_not_resent` |
+//! | a stop before the request left | push | the rows wait out the request timeout, then are sent once | `a_stop_before_the_request_left_waits_out_the_request_timeout_then_sends_once` |
 //! | 200 whose body is not JSON | pull, PUT | GETs retried (bounded); a write not re-sent | `contacts_pull::pages_answered_200_with_a_body_that_is_not_json_are_retried_and_every_contact_stored`, `contacts_pull::a_page_that_never_decodes_fails_the_run_naming_the_endpoint_and_keeps_the_watermark`, `contacts_pull::a_write_whose_answer_does_not_decode_is_not_sent_again` |
 //! | unknown extra fields | contacts, lists, activities | ignored | `unknown_extra_fields_in_contacts_lists_and_activities_answers_are_ignored` |
 //! | contact without `contact_id` / `address` | pull | skipped, recorded, metric; the page applies | `contacts_pull::poison_contacts_are_skipped_and_recorded_and_the_rest_of_the_page_applies` |
@@ -642,6 +645,197 @@ async fn a_put_answered_after_the_timeout_is_judged_again_on_a_read_and_not_sent
             && (r.path.ends_with("/contacts") || r.path.ends_with(&cid.to_string()))),
         "Constant Contact was read again after the lost answer"
     );
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    h.finish().await;
+}
+
+// ---- A request whose answer is lost, or never recorded ----
+
+/// A contact in the store and a list it is not on.
+async fn contact_off_a_list(h: &Harness) -> (Uuid, String, Uuid) {
+    h.run_ok(Job::Contacts).await;
+    let (cid, email) = subscriber(h, 0);
+    let on = h.ctl.memberships(cid);
+    let list = h
+        .ctl
+        .list_ids()
+        .into_iter()
+        .find(|l| !on.contains(l))
+        .expect("a list the contact is not on");
+    (cid, email, list)
+}
+
+/// After the lost answer, the subscriber leaves the list the import added it to (the
+/// worst case: leaving does not move `updated_at`, so no pull sees it). Sending the row
+/// again would put the contact back on that list; the next push finds the activity in
+/// `GET /activities` instead, follows it, and sends nothing.
+#[tokio::test]
+async fn a_lost_import_answer_is_found_among_the_activities_and_a_list_left_since_is_not_joined_again(
+) {
+    let h = harness(30, Duration::from_millis(20), |s| {
+        s.constant_contact.request_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let (cid, email, list) = contact_off_a_list(&h).await;
+    h.sb.inject(Fault::SlowAnswer {
+        path_prefix: "/v3/activities/contacts_json_import".into(),
+        method: None,
+        delay: Duration::from_secs(10),
+        times: 1,
+    });
+    let id = h
+        .queue(&email, json!({"first_name": "Lost"}), &[list])
+        .await;
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["answers_lost"], 1, "{stats}");
+    assert_eq!(row(&h, id).await.0, "pending");
+    assert!(h.ctl.memberships(cid).contains(&list), "the import did run");
+    h.ctl.leave_list(cid, list);
+    until_due(&h, id).await;
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["recovery"]["adopted"], 1, "{stats}");
+    assert_eq!(stats["recovery"]["requests"], 1, "{stats}");
+    assert_eq!(import_posts(&h), 1, "never sent a second time");
+    assert!(
+        h.ctl.re_adds_after_leave().is_empty(),
+        "re-added after the leave: {:?}",
+        h.ctl.re_adds_after_leave()
+    );
+    assert!(!h.ctl.memberships(cid).contains(&list));
+    let (state, reason, _) = row(&h, id).await;
+    assert_ne!(state, "pending", "{reason:?}");
+    let followed: Option<String> =
+        sqlx::query_scalar("SELECT activity_id FROM ccsync.outbound WHERE id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT activity_id FROM ccsync.import_activities")
+            .fetch_all(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        followed.into_iter().collect::<Vec<_>>(),
+        recorded,
+        "the row follows the one import"
+    );
+    assert_eq!(
+        h.ctl.contact(cid).unwrap()["first_name"],
+        "Lost",
+        "the first import's change stands"
+    );
+    assert_eq!(
+        h.count("SELECT count(*) FROM ccsync.send_attempts").await,
+        0,
+        "nothing left unresolved"
+    );
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    h.finish().await;
+}
+
+/// ccsync stops (the run's future dropped, as a SIGKILL leaves it) after Constant Contact
+/// ran the import and before the answer was committed: the rows are still `pending` with
+/// their send attempt, and the next push follows the activity instead of sending again.
+#[tokio::test]
+async fn a_stop_between_an_import_and_its_commit_is_followed_on_the_next_push_and_not_resent() {
+    let h = harness(30, Duration::from_millis(20), |s| {
+        s.constant_contact.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let (cid, email, list) = contact_off_a_list(&h).await;
+    h.sb.inject(Fault::SlowAnswer {
+        path_prefix: "/v3/activities/contacts_json_import".into(),
+        method: None,
+        delay: Duration::from_secs(30),
+        times: 1,
+    });
+    let id = h
+        .queue(&email, json!({"first_name": "Killed"}), &[list])
+        .await;
+    tokio::select! {
+        r = cycle(&h, &h.ctx) => panic!("the cycle ended before the stop: {r:?}"),
+        _ = eventually("the import to run", Duration::from_secs(60), || async {
+            h.ctl.memberships(cid).contains(&list).then_some(())
+        }) => {}
+    }
+    let (state, reason, attempts) = row(&h, id).await;
+    assert_eq!((state.as_str(), attempts), ("pending", 0));
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("looks for the activity"),
+        "a pending row says why it waits: {reason:?}"
+    );
+    h.ctl.leave_list(cid, list);
+    let stats = push_ok(&h).await;
+    assert_eq!(stats["recovery"]["adopted"], 1, "{stats}");
+    assert_eq!(import_posts(&h), 1, "never sent a second time");
+    assert!(h.ctl.re_adds_after_leave().is_empty());
+    assert!(!h.ctl.memberships(cid).contains(&list));
+    assert_ne!(row(&h, id).await.0, "pending");
+    assert_eq!(h.ctl.contact(cid).unwrap()["first_name"], "Killed");
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    h.finish().await;
+}
+
+/// A stop after the send attempt was committed and before the request left: no activity
+/// exists. (The state such a stop leaves is made with the store's own `sends::begin`: no
+/// stop can be placed in that gap from outside.) While the request could still be in
+/// progress the rows wait; after the request timeout they are planned again and sent once.
+#[tokio::test]
+async fn a_stop_before_the_request_left_waits_out_the_request_timeout_then_sends_once() {
+    let h = harness(30, Duration::from_millis(20), |s| {
+        s.constant_contact.request_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let (cid, email, list) = contact_off_a_list(&h).await;
+    let id = h
+        .queue(&email, json!({"first_name": "Early"}), &[list])
+        .await;
+    {
+        let mut conn = h.db.pool.acquire().await.unwrap();
+        ccsync::store::sends::begin(
+            &mut conn,
+            "default",
+            &ccsync::store::sends::NewAttempt {
+                kind: "contacts_json_import",
+                list_ids: &[list],
+                row_ids: &[id],
+                reasons: &[None],
+                body_bytes: 0,
+                run_id: Uuid::new_v4(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let stats = push_ok(&h).await;
+    let waited = stats["recovery"]["waiting"].as_u64().unwrap_or(0);
+    let released = stats["recovery"]["released"].as_u64().unwrap_or(0);
+    assert_eq!(
+        (waited + released, stats["recovery"]["adopted"].as_u64()),
+        (1, Some(0)),
+        "{stats}"
+    );
+    if waited == 1 {
+        assert_eq!(row(&h, id).await.0, "pending", "waits, not sent yet");
+        assert!(h.ctl.imports().is_empty());
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let stats = push_ok(&h).await;
+            if stats["recovery"]["released"] == 1 {
+                break;
+            }
+            assert_eq!(stats["recovery"]["waiting"], 1, "{stats}");
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(row(&h, id).await.0, "completed");
+    assert_eq!(h.ctl.imports().len(), 1, "sent once");
+    assert!(h.ctl.memberships(cid).contains(&list));
     assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
     h.finish().await;
 }
