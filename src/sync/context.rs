@@ -33,4 +33,27 @@ impl JobContext {
         let base = self.settings.sync.poll_max;
         (base, base.saturating_mul(64))
     }
+
+    /// A failed attempt for outbound rows in state `from`, with this configuration's
+    /// backoff and `max_push_attempts` (`store::outbound::failed_attempt`).
+    /// Returns (back to pending, failed for good).
+    pub async fn failed_attempt(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        from: crate::core::states::OutboundState,
+        ids: &[i64],
+        reason: &str,
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let (base, cap) = self.retry_backoff();
+        crate::store::outbound::failed_attempt(
+            conn,
+            from,
+            ids,
+            reason,
+            self.settings.sync.max_push_attempts as i32,
+            base,
+            cap,
+        )
+        .await
+    }
 }

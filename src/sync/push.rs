@@ -785,22 +785,14 @@ async fn send(
             // Counted as a failed attempt (backoff, a dead letter after max_push_attempts),
             // but the rows keep their send attempt: the next push looks for the activity
             // in Constant Contact and follows it if found, and sends again only if not.
-            let (base, cap) = ctx.retry_backoff();
             let why = format!(
                 "{e}; the answer was lost, so whether Constant Contact ran it is unknown: the \
                  next push looks for its activity before anything is sent again"
             );
-            let (retry, dead) = store::outbound::failed_attempt(
-                &mut tx,
-                Pending,
-                &ids,
-                &why,
-                ctx.settings.sync.max_push_attempts as i32,
-                base,
-                cap,
-            )
-            .await
-            .context("recording a lost answer")?;
+            let (retry, dead) = ctx
+                .failed_attempt(&mut tx, Pending, &ids, &why)
+                .await
+                .context("recording a lost answer")?;
             store::sends::answer_lost(&mut tx, attempt, &e.to_string())
                 .await
                 .context("recording a lost answer")?;
@@ -837,18 +829,10 @@ async fn send(
             store::sends::release(&mut tx, attempt, None)
                 .await
                 .context("releasing a refused request")?;
-            let (base, cap) = ctx.retry_backoff();
-            let (retry, dead) = store::outbound::failed_attempt(
-                &mut tx,
-                Pending,
-                &ids,
-                &format!("{e}"),
-                ctx.settings.sync.max_push_attempts as i32,
-                base,
-                cap,
-            )
-            .await
-            .context("recording a failed submit")?;
+            let (retry, dead) = ctx
+                .failed_attempt(&mut tx, Pending, &ids, &format!("{e}"))
+                .await
+                .context("recording a failed submit")?;
             tx.commit().await.context("committing a failed submit")?;
             warn!(error = %crate::telemetry::Chain(&e), retry, dead, "activity submit failed");
             stats.retrying += retry;
@@ -1168,18 +1152,10 @@ async fn finish_abandoned(
         .await
         .context("reading the rows of an abandoned activity")?;
     let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
-    let (base, cap) = ctx.retry_backoff();
-    let (retry, dead) = store::outbound::failed_attempt(
-        &mut tx,
-        Submitted,
-        &ids,
-        reason,
-        ctx.settings.sync.max_push_attempts as i32,
-        base,
-        cap,
-    )
-    .await
-    .context("recording an abandoned activity's attempt")?;
+    let (retry, dead) = ctx
+        .failed_attempt(&mut tx, Submitted, &ids, reason)
+        .await
+        .context("recording an abandoned activity's attempt")?;
     store::activities::record_poll(&mut tx, id, "abandoned", None, None, None, true)
         .await
         .context("recording an abandoned activity")?;
@@ -1301,18 +1277,15 @@ async fn finish(
         let failed = store::outbound::set_state(&mut tx, Submitted, &fail_ids, Failed, &fail_why)
             .await
             .context("marking unconfirmed rows failed")?;
-        let (base, cap) = ctx.retry_backoff();
-        let (retry, dead) = store::outbound::failed_attempt(
-            &mut tx,
-            Submitted,
-            &retry_ids,
-            "not processed by the import (its body may have been cut short)",
-            ctx.settings.sync.max_push_attempts as i32,
-            base,
-            cap,
-        )
-        .await
-        .context("recording rows an import did not process")?;
+        let (retry, dead) = ctx
+            .failed_attempt(
+                &mut tx,
+                Submitted,
+                &retry_ids,
+                "not processed by the import (its body may have been cut short)",
+            )
+            .await
+            .context("recording rows an import did not process")?;
         let cannot = counters.cannot_add_to_list_count.unwrap_or(0);
         if cannot > 0 {
             warn!(activity_id = %a.activity_id, cannot_add_to_list = cannot,
@@ -1342,18 +1315,10 @@ async fn finish(
             )
         };
         let ids: Vec<i64> = rows.iter().map(|(i, _)| *i).collect();
-        let (base, cap) = ctx.retry_backoff();
-        let (retry, dead) = store::outbound::failed_attempt(
-            &mut tx,
-            Submitted,
-            &ids,
-            &msg,
-            ctx.settings.sync.max_push_attempts as i32,
-            base,
-            cap,
-        )
-        .await
-        .context("recording a failed activity's attempt")?;
+        let (retry, dead) = ctx
+            .failed_attempt(&mut tx, Submitted, &ids, &msg)
+            .await
+            .context("recording a failed activity's attempt")?;
         warn!(activity_id = %a.activity_id, state = %a.state, retry, dead, "import activity did not complete");
         stats.retrying += retry;
         stats.failed += dead;

@@ -105,18 +105,10 @@ pub async fn write_all(
             End::Skip(why) => (Skipped, Some(why), &mut stats.skipped),
             End::Fail(why) => (Failed, Some(why), &mut stats.failed),
             End::Retry(why) => {
-                let (base, cap) = ctx.retry_backoff();
-                let (retry, dead) = store::outbound::failed_attempt(
-                    &mut tx,
-                    Pending,
-                    ids,
-                    &why,
-                    ctx.settings.sync.max_push_attempts as i32,
-                    base,
-                    cap,
-                )
-                .await
-                .context("recording a failed PUT")?;
+                let (retry, dead) = ctx
+                    .failed_attempt(&mut tx, Pending, ids, &why)
+                    .await
+                    .context("recording a failed PUT")?;
                 stats.retrying += retry;
                 stats.failed += dead;
                 tx.commit().await.context("committing a failed PUT")?;
