@@ -182,12 +182,13 @@ pub async fn run_once(
         check_fresh(ctx, &account.id, run_id).await?;
     }
     let client = ctx.api.account(&account.id);
-    let mut recovery = PushStats::default();
-    if !ctx.dry_run {
-        // Before anything is read or planned: rows of a request whose answer was lost are
-        // followed or released here, never planned while that is unknown.
-        recover(ctx, &client, run_id, &mut recovery).await?;
-    }
+    // Before anything is read or planned: rows of a request whose answer was lost are
+    // followed or released here, never planned while that is unknown.
+    let recovery = if ctx.dry_run {
+        Recovery::default()
+    } else {
+        recover(ctx, &client, run_id).await?
+    };
     let reads = if ctx.dry_run {
         None
     } else {
@@ -204,7 +205,7 @@ pub async fn run_once(
     };
     let mut stats = PushStats {
         read_before_write: reads,
-        recovery: recovery.recovery,
+        recovery,
         dry_run: ctx.dry_run,
         plan: ctx.dry_run.then(|| DryPlan {
             note: DRY_RUN_NOTE.into(),
@@ -853,8 +854,8 @@ async fn recover(
     ctx: &JobContext,
     client: &AccountClient,
     run_id: Uuid,
-    stats: &mut PushStats,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Recovery> {
+    let mut stats = Recovery::default();
     let account = client.account().to_string();
     let attempts = {
         let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
@@ -863,7 +864,7 @@ async fn recover(
             .context("reading send attempts left without an answer")?
     };
     let Some(earliest) = attempts.iter().map(|a| a.started_at).min() else {
-        return Ok(());
+        return Ok(stats);
     };
     let sent_before = client.requests_sent();
     let listed = match recent_activities(client, sends::window_start(earliest)).await {
@@ -874,12 +875,12 @@ async fn recover(
         Err(e) => {
             // Without the list nothing is decided: the rows wait (never re-sent blindly).
             warn!(error = %crate::telemetry::Chain(&e), attempts = attempts.len(), "cannot list activities; send attempts without an answer wait");
-            stats.recovery.waiting += attempts.len() as u64;
-            stats.recovery.requests += client.requests_sent() - sent_before;
-            return Ok(());
+            stats.waiting += attempts.len() as u64;
+            stats.requests += client.requests_sent() - sent_before;
+            return Ok(stats);
         }
     };
-    stats.recovery.requests += client.requests_sent() - sent_before;
+    stats.requests += client.requests_sent() - sent_before;
     let ids: Vec<String> = listed.iter().map(|a| a.activity_id.clone()).collect();
     let known = {
         let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
@@ -944,7 +945,7 @@ async fn recover(
                     .await
                     .context("committing the activity of a lost answer")?;
                 info!(%activity_id, kind = %a.kind, rows, started_at = %a.started_at, "a request whose answer was lost became this activity: followed, not sent again");
-                stats.recovery.adopted += 1;
+                stats.adopted += 1;
             }
             sends::Resolution::Release { attempt } => {
                 let rows = store::sends::release(
@@ -957,16 +958,16 @@ async fn recover(
                 .context("releasing a request that did not reach Constant Contact")?;
                 tx.commit().await.context("committing a released request")?;
                 info!(%attempt, rows, "a request whose answer was lost made no activity: planned again");
-                stats.recovery.released += 1;
+                stats.released += 1;
             }
             sends::Resolution::Wait { attempt } => {
                 tx.rollback().await.ok();
                 info!(%attempt, "a request without a recorded answer may still be in progress; looked for again later");
-                stats.recovery.waiting += 1;
+                stats.waiting += 1;
             }
         }
     }
-    Ok(())
+    Ok(stats)
 }
 
 /// The account's activities from `GET /activities`, newest first, down to the first page
