@@ -158,7 +158,12 @@ impl Contact {
             .get("email_address")
             .and_then(|e| e.get("address"))
             .and_then(|a| a.as_str());
-        if address.is_none_or(|a| a.trim().is_empty()) {
+        // NULs are removed before the store sees a value, so an address of only NULs
+        // and blanks is no address at all.
+        if address.is_none_or(|a| {
+            a.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .is_empty()
+        }) {
             return Err("email_address has no address".into());
         }
         Contact::deserialize(v).map_err(|e| format!("does not decode as a contact: {e}"))
@@ -313,6 +318,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.deleted_at, NaiveDate::from_ymd_opt(2016, 7, 8));
         assert!(c.first_name.is_none());
+    }
+
+    #[test]
+    fn an_address_of_only_nuls_and_blanks_is_no_address() {
+        for address in ["\\u0000", " \\u0000 ", "\\u0000\\u0000", "   "] {
+            let body = format!(
+                r#"{{"contact_id":"4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11","email_address":{{"address":"{address}"}}}}"#
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                Contact::from_value(&v).unwrap_err(),
+                "email_address has no address",
+                "{address}"
+            );
+        }
+        let v = serde_json::json!({"contact_id":"4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
+            "email_address":{"address":"a\u{0}@b.c"}});
+        assert!(
+            Contact::from_value(&v).is_ok(),
+            "a NUL inside an address is removed later, not a poison record"
+        );
     }
 
     #[test]
