@@ -6,7 +6,8 @@
 //! the same cycle (the local store is refreshed from the primary, opt-outs included, and
 //! the list catalogue its rows are checked against is current, before any push: DESIGN.md
 //! law 2 — the same prerequisites as `sync --job push`), and jobs a killed replica left
-//! unfinished join the next cycle. Jobs run in `Job::all()` order (contacts → unsubscribes
+//! unfinished join the next cycle. A cycle that pulls contacts folds the deletes sweep into
+//! that pull (`status=all`, same filter). Jobs run in `Job::all()` order (contacts → unsubscribes
 //! → deletes → lists → reconcile → push); a failure stops the cycle; push runs only after
 //! its prerequisites succeeded in it.
 
@@ -159,7 +160,15 @@ pub fn cycle_jobs(due: &[Job], unfinished: &[Job]) -> Vec<Job> {
             || (PUSH_NEEDS.contains(j)
                 && (due.contains(&Job::Push) || unfinished.contains(&Job::Push)))
     };
-    Job::all().iter().copied().filter(wanted).collect()
+    let jobs: Vec<Job> = Job::all().iter().copied().filter(wanted).collect();
+    // The contacts pull asks `status=all` with the same `updated_after` filter, so it sees
+    // every delete the deletes sweep would, and advances the deletes watermark with its own:
+    // a cycle that pulls contacts spends no request on a separate deletes sweep.
+    if jobs.contains(&Job::Contacts) {
+        jobs.into_iter().filter(|j| *j != Job::Deletes).collect()
+    } else {
+        jobs
+    }
 }
 
 /// The jobs of a claim that did not finish.
@@ -266,13 +275,13 @@ mod tests {
         assert_eq!(rest, vec![Job::Deletes, Job::Push]);
         assert_eq!(
             cycle_jobs(&[Job::Unsubscribes], &rest),
-            vec![
-                Job::Contacts,
-                Job::Unsubscribes,
-                Job::Deletes,
-                Job::Lists,
-                Job::Push
-            ]
+            vec![Job::Contacts, Job::Unsubscribes, Job::Lists, Job::Push],
+            "the contacts pull covers the unfinished deletes sweep"
+        );
+        assert_eq!(
+            cycle_jobs(&[Job::Deletes], &[]),
+            vec![Job::Deletes],
+            "a deletes sweep on its own still runs"
         );
         assert_eq!(remaining(&["bogus".into()], &[]), vec![]);
     }
@@ -351,8 +360,10 @@ mod tests {
             let c = cycle_jobs(&due, &unfinished);
             prop_assert!(c.windows(2).all(|w| pos(w[0]) < pos(w[1])), "{c:?}");
             for j in due.iter().chain(&unfinished) {
-                prop_assert!(c.contains(j));
+                // Deletes are folded into a contacts pull of the same cycle.
+                prop_assert!(c.contains(j) || (*j == Job::Deletes && c.contains(&Job::Contacts)));
             }
+            prop_assert!(!(c.contains(&Job::Deletes) && c.contains(&Job::Contacts)));
             if c.contains(&Job::Push) {
                 prop_assert!(PUSH_NEEDS.iter().all(|j| c.contains(j)));
             }

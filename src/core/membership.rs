@@ -59,6 +59,32 @@ pub fn pairs_in_scope<'a>(
         .collect()
 }
 
+/// The synced lists whose member count in Constant Contact (`membership_count` with
+/// `include_membership_count=all`: every contact on the list that is not deleted) differs from
+/// the store's, sorted. A list Constant Contact gave no count for is left to the reconcile.
+///
+/// What a count cannot see: a join and a leave of one list between two cycles cancel out
+/// (same count, different members). The weekly reconcile compares members, not counts, and
+/// repairs those.
+pub fn drifted_lists(
+    synced: &[Uuid],
+    remote_counts: &std::collections::HashMap<Uuid, u64>,
+    local_counts: &std::collections::HashMap<Uuid, u64>,
+) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = synced
+        .iter()
+        .filter(|l| {
+            remote_counts
+                .get(l)
+                .is_some_and(|n| *n != local_counts.get(l).copied().unwrap_or(0))
+        })
+        .copied()
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Splits the synced lists into groups of at most `max` for `GET /contacts?lists=` (the API
 /// accepts up to 25 ids; a contact on several lists of one group comes back once).
 pub fn batches(lists: &[Uuid], max: usize) -> Vec<Vec<Uuid>> {
@@ -101,6 +127,42 @@ mod tests {
         let lists = [Uuid::from_u128(1), Uuid::from_u128(2)];
         let got = pairs_in_scope(Uuid::from_u128(7), &lists, &scope);
         assert_eq!(got, vec![p(7, 1)]);
+    }
+
+    #[test]
+    fn only_lists_whose_counts_differ_drift() {
+        use std::collections::HashMap;
+        let l = Uuid::from_u128;
+        let synced = [l(3), l(1), l(2), l(4), l(1)];
+        let remote: HashMap<Uuid, u64> = [(l(1), 5), (l(2), 0), (l(3), 7), (l(5), 9)].into();
+        let local: HashMap<Uuid, u64> = [(l(1), 5), (l(3), 8), (l(4), 2), (l(5), 1)].into();
+        // 1 equal; 2 zero on both sides (absent locally); 3 differs; 4 has no remote count
+        // (left to the reconcile); 5 is not synced.
+        assert_eq!(drifted_lists(&synced, &remote, &local), vec![l(3)]);
+        let remote: HashMap<Uuid, u64> = [(l(2), 1)].into();
+        assert_eq!(
+            drifted_lists(&synced, &remote, &local),
+            vec![l(2)],
+            "a member only Constant Contact has"
+        );
+        assert!(drifted_lists(&[], &remote, &local).is_empty());
+    }
+
+    proptest! {
+        /// A list drifts exactly when both counts are known-or-zero and differ; equal maps
+        /// never drift.
+        #[test]
+        fn drift_is_a_count_difference(counts in prop::collection::vec((0u128..6, 0u64..4, 0u64..4), 0..12)) {
+            use std::collections::HashMap;
+            let synced: Vec<Uuid> = counts.iter().map(|(l, _, _)| Uuid::from_u128(*l)).collect();
+            let remote: HashMap<Uuid, u64> = counts.iter().map(|(l, r, _)| (Uuid::from_u128(*l), *r)).collect();
+            let local: HashMap<Uuid, u64> = counts.iter().map(|(l, _, c)| (Uuid::from_u128(*l), *c)).collect();
+            let got = drifted_lists(&synced, &remote, &local);
+            for l in &synced {
+                prop_assert_eq!(got.contains(l), remote[l] != local[l]);
+            }
+            prop_assert!(drifted_lists(&synced, &remote, &remote).is_empty());
+        }
     }
 
     fn pairs() -> impl Strategy<Value = BTreeSet<Pair>> {

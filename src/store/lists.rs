@@ -122,3 +122,21 @@ pub async fn sizes(
         })
         .collect())
 }
+
+/// The stored `membership_count` of each active list of `account` that has one.
+pub async fn catalogue_counts(
+    conn: &mut PgConnection,
+    account: &str,
+) -> Result<std::collections::HashMap<Uuid, u64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT list_id, membership_count FROM ccsync.contact_lists
+         WHERE account_id = $1 AND deleted_at IS NULL AND membership_count IS NOT NULL",
+    )
+    .bind(account)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(l, n)| (l, u64::try_from(n).unwrap_or(0)))
+        .collect())
+}

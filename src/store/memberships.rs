@@ -200,3 +200,26 @@ pub async fn of(
     .await?;
     Ok(ids.into_iter().collect())
 }
+
+/// Members per list among `lists` (contacts not deleted), for the lists cycle's drift check
+/// against Constant Contact's `membership_count`. Lists without members are absent.
+pub async fn counts(
+    conn: &mut PgConnection,
+    account: &str,
+    lists: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, u64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT m.list_id, count(*) FROM ccsync.list_memberships m
+         JOIN ccsync.contacts c ON c.account_id = m.account_id AND c.contact_id = m.contact_id
+         WHERE m.account_id = $1 AND m.list_id = ANY($2) AND c.deleted_at IS NULL
+         GROUP BY m.list_id",
+    )
+    .bind(account)
+    .bind(lists)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(l, n)| (l, u64::try_from(n).unwrap_or(0)))
+        .collect())
+}

@@ -61,7 +61,7 @@ pub async fn run_once(
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<PullStats> {
-    sweep(
+    let stats = sweep(
         ctx,
         account,
         run_id,
@@ -73,7 +73,11 @@ pub async fn run_once(
             watermark_of: updated_at_mark,
         },
     )
-    .await
+    .await?;
+    // `status=all` with the same filter covers the deletes sweep: every delete up to this
+    // watermark is applied, so the deletes watermark (and its success) follows.
+    watermark::advance(ctx, &account.id, Job::Deletes, stats.watermark_after).await?;
+    Ok(stats)
 }
 
 /// Which timestamp of an incoming contact a sweep's watermark follows: the one its

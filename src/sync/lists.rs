@@ -6,7 +6,7 @@
 //!
 //! The catalogue has no `updated_after` filter, so it is read whole each cycle; it is small
 //! (at most 1,000 lists per account), which also bounds the set of seen ids kept here.
-//! The job also syncs the custom field catalogue (`super::custom_fields`).
+//! The lists job itself (catalogue, custom fields, drift check) is `super::lists_cycle`.
 
 use std::collections::HashSet;
 
@@ -14,9 +14,7 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::context::JobContext;
-use super::watermark;
 use crate::config::AccountSettings;
-use crate::core::job::Job;
 use crate::ctct::dto::{ContactList, ContactListsPage, PagingLinks};
 use crate::ctct::AccountClient;
 use crate::store;
@@ -56,42 +54,6 @@ pub fn to_row(l: &ContactList) -> ListRow {
         updated_at: l.updated_at,
         deleted_at: l.deleted_at,
     }
-}
-
-/// One run for `account`; returns the run's stats.
-pub async fn run_once(
-    ctx: &JobContext,
-    account: &AccountSettings,
-    run_id: Uuid,
-) -> anyhow::Result<serde_json::Value> {
-    let client = ctx.api.account(&account.id);
-    let stats = sync_catalogue(ctx, &client, Some(run_id)).await?;
-    // The custom field catalogue is as small and as filterless: read whole every cycle too.
-    let custom_fields = super::custom_fields::sync_custom_fields(ctx, &client).await?;
-    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
-    let mut out = serde_json::to_value(&stats)?;
-    out["custom_fields"] = serde_json::to_value(&custom_fields)?;
-    if let Some(ids) = account.lists.ids() {
-        // A configured list that Constant Contact does not have (or deleted) syncs nothing:
-        // say so instead of silently mirroring fewer memberships.
-        let active = store::lists::active_ids(&mut conn, &account.id).await?;
-        let missing: Vec<Uuid> = ids
-            .iter()
-            .filter(|l| !active.contains(l))
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            tracing::warn!(
-                ?missing,
-                "configured lists are not in Constant Contact's catalogue"
-            );
-        }
-        out["configured_lists_missing"] = serde_json::json!(missing);
-    }
-    drop(conn);
-    // No watermark (the catalogue has no date filter): records the success for status.
-    watermark::advance(ctx, &account.id, Job::Lists, None).await?;
-    Ok(out)
 }
 
 /// Reads the whole catalogue and applies it (also used by the reconcile, so that it works

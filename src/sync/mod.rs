@@ -8,13 +8,15 @@
 //!   `deletes` and `reconcile` are sweeps of it);
 //! - `watermark`: the one place a watermark is advanced;
 //! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push;
-//! - `custom_fields`: the custom field catalogue (name ↔ id), synced by the lists job.
+//! - `custom_fields`: the custom field catalogue (name ↔ id), synced by the lists job;
+//! - `lists_cycle`: the lists job (both catalogues and the membership drift check).
 
 pub mod contacts;
 pub mod context;
 pub mod custom_fields;
 pub mod deletes;
 pub mod lists;
+pub mod lists_cycle;
 pub mod optouts;
 pub mod pager;
 pub mod push;

@@ -14,7 +14,7 @@ use tracing::{error, info, info_span, Instrument};
 use uuid::Uuid;
 
 use super::context::JobContext;
-use super::{contacts, deletes, lists, optouts, push, reconcile};
+use super::{contacts, deletes, lists_cycle, optouts, push, reconcile};
 use crate::config::AccountSettings;
 use crate::core::cycle::{self, Decision, Ended};
 use crate::core::job::Job;
@@ -200,7 +200,7 @@ async fn execute(
         }
         Job::Unsubscribes => optouts::run_once(ctx, account, run_id).await,
         Job::Deletes => deletes::run_once(ctx, account, run_id).await,
-        Job::Lists => lists::run_once(ctx, account, run_id).await,
+        Job::Lists => lists_cycle::run_once(ctx, account, run_id).await,
         Job::Reconcile => reconcile::run_once(ctx, account, run_id).await,
         Job::Push => push::run_once(ctx, account, run_id).await,
     }

@@ -14,6 +14,7 @@ mod faults;
 mod healthcheck;
 mod helpers;
 mod lists_reconcile;
+mod membership_drift;
 mod monitoring;
 mod oauth;
 mod optouts;
