@@ -10,25 +10,7 @@ use ccsync::sync::{self, Job, Outcome};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::Harness;
-
-/// Every (contact, list) membership of the sandbox.
-fn sandbox_memberships(h: &Harness) -> BTreeSet<(Uuid, Uuid)> {
-    h.ctl
-        .contact_ids()
-        .into_iter()
-        .flat_map(|id| h.ctl.memberships(id).into_iter().map(move |l| (id, l)))
-        .collect()
-}
-
-async fn local_memberships(h: &Harness) -> BTreeSet<(Uuid, Uuid)> {
-    let rows: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT contact_id, list_id FROM ccsync.list_memberships")
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
-    rows.into_iter().collect()
-}
+use crate::helpers::{local_memberships, sandbox_memberships, Harness};
 
 async fn insert_membership(h: &Harness, contact: Uuid, list: Uuid) {
     sqlx::query(

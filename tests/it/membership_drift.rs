@@ -7,24 +7,7 @@ use std::collections::BTreeSet;
 use ccsync::sync::Job;
 use uuid::Uuid;
 
-use crate::helpers::Harness;
-
-fn sandbox_memberships(h: &Harness) -> BTreeSet<(Uuid, Uuid)> {
-    h.ctl
-        .contact_ids()
-        .into_iter()
-        .flat_map(|id| h.ctl.memberships(id).into_iter().map(move |l| (id, l)))
-        .collect()
-}
-
-async fn local_memberships(h: &Harness) -> BTreeSet<(Uuid, Uuid)> {
-    let rows: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT contact_id, list_id FROM ccsync.list_memberships")
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
-    rows.into_iter().collect()
-}
+use crate::helpers::{local_memberships, sandbox_memberships, Harness};
 
 /// Requests of the sandbox's log from `from` on that read contacts (member pages).
 fn contact_reads(h: &Harness, from: usize) -> usize {
