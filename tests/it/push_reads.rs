@@ -89,8 +89,26 @@ async fn a_leave_before_the_row_is_queued_is_read_before_the_push_and_never_undo
     h.run_ok(Job::Lists).await;
     let (cid, email, list) = member(&h);
     // The subscriber leaves in Constant Contact; the contact's updated_at does not move, so
-    // the store still shows the membership when the application queues its row.
+    // the store still shows the membership when the application queues its row. Another
+    // subscriber joins the same list, so its membership_count is unchanged and the lists
+    // cycle's drift check cannot see the leave either: only the read before the write can.
+    // (A recently unsubscribed joiner would not do: the opt-out sweep re-reads it, its
+    // join reaches the store, the counts differ and the lists cycle finds the leave.)
     h.ctl.leave_list(cid, list);
+    let joiner = h
+        .ctl
+        .contact_ids()
+        .into_iter()
+        .find(|&id| {
+            id != cid
+                && !h.ctl.memberships(id).contains(&list)
+                && h.ctl.contact(id).is_some_and(|c| {
+                    c["deleted_at"].is_null()
+                        && c["email_address"]["permission_to_send"] != "unsubscribed"
+                })
+        })
+        .expect("a live subscriber not on the list");
+    h.ctl.join_list(joiner, list);
     let id = h
         .queue(&email, json!({"job_title": "Local title"}), &[list])
         .await;
