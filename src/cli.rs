@@ -120,23 +120,7 @@ pub enum Command {
         ready: bool,
     },
     /// Run the local Constant Contact fake.
-    Sandbox {
-        /// Loopback only unless `--allow-remote` is given.
-        #[arg(long, default_value = "127.0.0.1:8765")]
-        listen: SocketAddr,
-        /// Allow a `--listen` address other than loopback (e.g. 0.0.0.0 in a container):
-        /// whoever reaches it can read its secrets and drive its control API.
-        #[arg(long)]
-        allow_remote: bool,
-        /// Generated contacts in the default account.
-        #[arg(long, default_value_t = 1000)]
-        contacts: usize,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Requests per second per API key (like the real 4/s); 0 = unlimited.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-    },
+    Sandbox(SandboxArgs),
     /// The whole loop against an in-process sandbox and the configured database.
     Demo {
         #[arg(long, default_value_t = 2000)]
@@ -147,6 +131,32 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// `ccsync sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// Loopback only unless `--allow-remote` is given.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+    /// Allow a `--listen` address other than loopback (e.g. 0.0.0.0 in a container):
+    /// whoever reaches it can read its secrets and drive its control API.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Generated contacts in the default account.
+    #[arg(long, default_value_t = 1000)]
+    pub contacts: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Requests per second per API key (like the real 4/s); 0 = unlimited.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Every API answer waits this many milliseconds (a real page takes hundreds).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Up to this many milliseconds more, drawn uniformly per request.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,9 @@
 //! - `POST /__control/faults` (a `Fault` as JSON, tagged by `"kind"`, e.g.
 //!   `{"kind":"status","path_prefix":"/v3/contacts","status":503,"times":2}`;
 //!   latency `delay` in milliseconds); `DELETE /__control/faults` clears them
-//! - `POST /__control/limits` `{"requests_per_second": f|null, "daily_quota": n|null}`
+//! - `POST /__control/limits` `{"requests_per_second": f|null, "daily_quota": n|null,
+//!   "latency_ms": n, "jitter_ms": n}` (latency: every `/v3` answer waits `latency_ms` +
+//!   uniform(0, `jitter_ms`); absent keys leave it as it is)
 //! - `GET  /__control/accounts/{account}/imports` → every import request body
 //! - `GET  /__control/accounts/{account}/activities/{id}` → an activity
 //! - `GET  /__control/requests` → the request log
@@ -26,6 +28,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
@@ -305,6 +308,12 @@ struct LimitsBody {
     requests_per_second: Option<f64>,
     #[serde(default)]
     daily_quota: Option<u64>,
+    /// Fixed latency of every `/v3` request, in milliseconds (left as it is when absent).
+    #[serde(default)]
+    latency_ms: Option<u64>,
+    /// Up to this many milliseconds more, drawn uniformly per request.
+    #[serde(default)]
+    jitter_ms: Option<u64>,
 }
 
 async fn set_limits(State(inner): State<Arc<Inner>>, body: Rejected<LimitsBody>) -> Response {
@@ -316,6 +325,12 @@ async fn set_limits(State(inner): State<Arc<Inner>>, body: Rejected<LimitsBody>)
     st.limits.per_second = b.requests_per_second;
     st.limits.tat = None;
     st.limits.daily_quota = b.daily_quota;
+    if let Some(ms) = b.latency_ms {
+        st.limits.latency = Duration::from_millis(ms);
+    }
+    if let Some(ms) = b.jitter_ms {
+        st.limits.jitter = Duration::from_millis(ms);
+    }
     drop(st);
     ok()
 }

@@ -119,6 +119,10 @@ pub struct SandboxConfig {
     pub refresh_token_policy: RefreshTokenPolicy,
     /// Token-endpoint limit (about 1/s); `None` = unlimited.
     pub token_rate_limit: Option<TokenRateLimit>,
+    /// Fixed latency of every admitted `/v3` request (the rate limit counts it on arrival).
+    pub latency: Duration,
+    /// Up to this much more, drawn uniformly per request.
+    pub jitter: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -135,6 +139,8 @@ impl Default for SandboxConfig {
             import_processing: Duration::from_millis(200),
             refresh_token_policy: RefreshTokenPolicy::default(),
             token_rate_limit: Some(TokenRateLimit::default()),
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
         }
     }
 }
@@ -240,6 +246,13 @@ impl Sandbox {
         st.limits.tat = None;
     }
 
+    /// Latency of every admitted `/v3` request: `fixed` + uniform(0, `jitter`).
+    pub fn set_latency(&self, fixed: Duration, jitter: Duration) {
+        let mut st = self.inner.lock();
+        st.limits.latency = fixed;
+        st.limits.jitter = jitter;
+    }
+
     /// Time later activities spend in `initialized`/`processing` (half each).
     pub fn set_import_processing(&self, d: Duration) {
         self.inner.lock().import_processing = d;
@@ -321,6 +334,8 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
             daily_quota: cfg.daily_quota,
             day: None,
             day_count: 0,
+            latency: cfg.latency,
+            jitter: cfg.jitter,
         },
         faults: VecDeque::new(),
         requests: Vec::new(),

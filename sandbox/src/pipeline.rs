@@ -98,7 +98,8 @@ pub(crate) async fn api_layer(
                 LimitOutcome::Throttled => Decision::Throttled,
                 LimitOutcome::QuotaExceeded => Decision::Quota,
                 LimitOutcome::Ok => {
-                    let plan = faults::plan(&mut st, &method, &path);
+                    let mut plan = faults::plan(&mut st, &method, &path);
+                    plan.delay += st.limits.draw_latency();
                     if matches!(plan.action, Some(FaultAction::Throttle)) {
                         st.throttled += 1;
                     }

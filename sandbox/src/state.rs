@@ -646,6 +646,21 @@ pub(crate) struct Limits {
     pub daily_quota: Option<u64>,
     pub day: Option<NaiveDate>,
     pub day_count: u64,
+    /// Every admitted `/v3` request waits this long before it is answered ...
+    pub latency: std::time::Duration,
+    /// ... plus a uniformly drawn share of this (network and server jitter).
+    pub jitter: std::time::Duration,
+}
+
+impl Limits {
+    /// This request's latency: `latency` + uniform(0, `jitter`).
+    pub fn draw_latency(&self) -> std::time::Duration {
+        if self.jitter.is_zero() {
+            return self.latency;
+        }
+        let share: f64 = rand::random();
+        self.latency + self.jitter.mul_f64(share)
+    }
 }
 
 pub(crate) enum FaultSlot {
@@ -730,3 +745,36 @@ mod tests {
         assert_eq!(fmt_ts(&trunc_ms(d)).to_string(), "2026-11-26T05:28:00.123Z");
     }
 }
+
+#[cfg(test)]
+mod latency_tests {
+    use std::time::Duration;
+
+    use super::Limits;
+
+    #[test]
+    fn a_drawn_latency_lies_in_fixed_plus_jitter_and_spreads_over_it() {
+        let l = Limits {
+            per_second: None,
+            tat: None,
+            daily_quota: None,
+            day: None,
+            day_count: 0,
+            latency: Duration::from_millis(600),
+            jitter: Duration::from_millis(100),
+        };
+        let draws: Vec<Duration> = (0..2_000).map(|_| l.draw_latency()).collect();
+        let lo = Duration::from_millis(600);
+        let hi = Duration::from_millis(700);
+        assert!(draws.iter().all(|d| (lo..=hi).contains(d)));
+        let (min, max) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+        assert!(*min < lo + Duration::from_millis(10), "{min:?}");
+        assert!(*max > hi - Duration::from_millis(10), "{max:?}");
+        let none = Limits {
+            jitter: Duration::ZERO,
+            ..l
+        };
+        assert_eq!(none.draw_latency(), lo);
+    }
+}
+

@@ -28,13 +28,7 @@ use exit::{config_error, EX_JOB_FAILED};
 pub async fn main(cli: Cli) -> ExitCode {
     let config_path = cli.config.clone();
     let result = match cli.command {
-        Command::Sandbox {
-            listen,
-            allow_remote,
-            contacts,
-            seed,
-            rate,
-        } => sandbox::sandbox(listen, allow_remote, contacts, seed, rate).await,
+        Command::Sandbox(args) => sandbox::sandbox(args).await,
         Command::Demo { contacts } => demo::run(contacts).await,
         Command::Bench { what } => bench::run(what).await,
         Command::CheckConfig => return check_config::run(config_path.as_deref()),

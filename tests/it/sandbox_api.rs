@@ -717,6 +717,42 @@ async fn rate_limit_throttles() {
 }
 
 #[tokio::test]
+async fn latency_and_jitter_delay_every_api_answer_and_the_control_api_sets_them() {
+    let env = start(5, 1).await;
+    env.sb
+        .set_latency(Duration::from_millis(150), Duration::from_millis(100));
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
+        assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+    }
+    // Over HTTP: 300 ms fixed, no jitter; absent keys would leave it as it is.
+    let r = env
+        .http
+        .post(format!("http://{}/__control/limits", env.sb.addr()))
+        .json(&serde_json::json!({"latency_ms": 300, "jitter_ms": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let t = std::time::Instant::now();
+    assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
+    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    // Control endpoints are not the API: never delayed.
+    env.sb.set_latency(Duration::from_secs(30), Duration::ZERO);
+    let t = std::time::Instant::now();
+    let _ = env.sb.requests();
+    let r = env
+        .http
+        .get(format!("http://{}/__control/requests", env.sb.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(t.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
 async fn daily_quota_exceeded_until_midnight() {
     let env = start(5, 1).await;
     env.sb.set_daily_quota(Some(3));
