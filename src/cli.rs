@@ -172,11 +172,38 @@ pub enum BenchCommand {
     },
     /// Requests one push spends per row kind (reads before, PUTs, imports, polls,
     /// confirmations), against the in-process sandbox.
+    /// A first pull at the API's rate limit with page latency: paged (one cursor) against
+    /// sliced (`sync.slice_streams` cursors), contacts/s and the share of the ceiling
+    /// (requests/s × 500 contacts a page).
+    Backfill {
+        #[arg(long, default_value_t = 20_000)]
+        contacts: usize,
+        /// Latency of every API answer, milliseconds.
+        #[arg(long, default_value_t = 600)]
+        latency_ms: u64,
+        /// Up to this many milliseconds more per answer, drawn uniformly.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Requests per second, enforced by the sandbox and paced by ccsync.
+        #[arg(long, default_value_t = 4.0)]
+        rate: f64,
+        /// Which walks to time.
+        #[arg(long, value_enum, default_value_t = BackfillMode::Both)]
+        mode: BackfillMode,
+    },
     Push {
         /// Rows per push (repeat for several sizes).
         #[arg(long = "rows", default_values_t = [1usize, 100, 10_000])]
         rows: Vec<usize>,
     },
+}
+
+/// The walks `bench backfill` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackfillMode {
+    Paged,
+    Sliced,
+    Both,
 }
 
 #[derive(Debug, Subcommand)]

@@ -170,6 +170,12 @@ pub struct SyncSettings {
     /// requests, but a subscriber's leave in the seconds between that read and the import's
     /// processing would be undone). 0 = always PUT.
     pub put_max_rows: u64,
+    /// A contacts pull that has more than this many contacts to read (its first page's
+    /// `contacts_count`) splits its `updated_at` range into time slices paged at once.
+    pub slice_above: u64,
+    /// Slices paged at once (1 = never slice). Each holds at most two pages in memory; the
+    /// pacer, not this number, keeps the request rate at the API's limit.
+    pub slice_streams: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -452,6 +458,12 @@ impl Settings {
                 "must be 1..=500 (the API's limit)",
             ));
         }
+        if !(1..=64).contains(&s.slice_streams) {
+            return Err(ConfigError::invalid(
+                "sync.slice_streams",
+                "must be 1..=64 (1 turns slicing off)",
+            ));
+        }
         if !(1..=40_000).contains(&s.import_max_contacts) {
             return Err(ConfigError::invalid(
                 "sync.import_max_contacts",
@@ -621,10 +633,11 @@ impl Settings {
         }
         let s = &self.sync;
         out.push_str(&format!(
-            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\nput_max_rows = {}\n\n",
+            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\nput_max_rows = {}\nslice_above = {}\nslice_streams = {}\n\n",
             humantime::format_duration(s.lookback).to_string(), s.page_size, s.import_max_contacts, s.import_max_bytes,
             humantime::format_duration(s.poll_initial).to_string(), humantime::format_duration(s.poll_max).to_string(),
-            humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts, s.put_max_rows
+            humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts, s.put_max_rows,
+            s.slice_above, s.slice_streams
         ));
         out.push_str("[schedule]\n");
         for (k, v) in self.schedule.entries() {

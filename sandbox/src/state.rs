@@ -777,4 +777,3 @@ mod latency_tests {
         assert_eq!(none.draw_latency(), lo);
     }
 }
-

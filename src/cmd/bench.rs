@@ -9,13 +9,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::demo::{demo_pool, forget_account, sandbox_settings};
-use crate::cli::BenchCommand;
+use crate::cli::{BackfillMode, BenchCommand};
 use crate::config::Settings;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sync::{self, Job, Outcome};
@@ -37,6 +37,24 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
         BenchCommand::Pull { contacts, sandbox } => pull(contacts, sandbox).await,
         BenchCommand::Push { rows } => push(&rows).await,
+        BenchCommand::Backfill {
+            contacts,
+            latency_ms,
+            jitter_ms,
+            rate,
+            mode,
+        } => {
+            let modes: &[bool] = match mode {
+                BackfillMode::Paged => &[false],
+                BackfillMode::Sliced => &[true],
+                BackfillMode::Both => &[false, true],
+            };
+            let latency = Latency {
+                fixed: Duration::from_millis(latency_ms),
+                jitter: Duration::from_millis(jitter_ms),
+            };
+            backfill(contacts, latency, rate, modes).await
+        }
     }
 }
 
@@ -126,6 +144,93 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
         },
         rss_before as f64 / 1024.0
     );
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Page latency the sandbox adds to every answer.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    fixed: Duration,
+    jitter: Duration,
+}
+
+/// `bench backfill`: a first pull of `contacts` at `rate` requests/s with `latency` per
+/// page, once per mode (sliced or not), each into an empty store.
+async fn backfill(
+    contacts: usize,
+    latency: Latency,
+    rate: f64,
+    modes: &[bool],
+) -> anyhow::Result<ExitCode> {
+    let account = "bench";
+    let (db_url, pool) = demo_pool("ccsync_bench").await?;
+    let sb = Sandbox::start(SandboxConfig {
+        contacts: 0,
+        requests_per_second: (rate > 0.0).then_some(rate),
+        ..SandboxConfig::default()
+    })
+    .await?;
+    let ctl = sb.account(account);
+    ctl.generate(contacts, 8, 42);
+    let page = 500.0;
+    let ceiling = rate * page;
+    println!(
+        "bench backfill: {contacts} contacts, {rate} requests/s (ceiling {ceiling:.0} contacts/s), \
+         {} ms latency + up to {} ms jitter",
+        latency.fixed.as_millis(),
+        latency.jitter.as_millis()
+    );
+    println!(
+        "{:<8} {:>8} {:>10} {:>12} {:>8} {:>7} {:>9} {:>10}",
+        "walk", "slices", "seconds", "contacts/s", "ceiling", "pages", "requests", "throttled"
+    );
+    for &sliced in modes {
+        forget_account(&pool, account).await?;
+        let mut settings = sandbox_settings(
+            &sb.api_base(),
+            &sb.token_url(),
+            ctl.seed_refresh_token(),
+            account,
+            &db_url,
+        )?;
+        settings.constant_contact.requests_per_second = rate;
+        settings.constant_contact.daily_request_limit = u64::MAX / 4;
+        if !sliced {
+            settings.sync.slice_streams = 1;
+        }
+        let settings = Arc::new(settings);
+        let ctx = crate::startup::job_context(
+            settings.clone(),
+            pool.clone(),
+            CancellationToken::new(),
+            false,
+        )?;
+        sb.set_latency(latency.fixed, latency.jitter);
+        let throttled = sb.throttled_count();
+        let started = Instant::now();
+        let reports = sync::run_cycle(&ctx, &settings.accounts, &[Job::Contacts]).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        sb.set_latency(Duration::ZERO, Duration::ZERO);
+        let Some(Outcome::Succeeded(stats)) = reports.first().map(|r| r.outcome.clone()) else {
+            super::status::print_reports(&reports, false);
+            anyhow::bail!("the pull did not succeed");
+        };
+        let seen = contacts as f64;
+        let per_s = seen / elapsed;
+        println!(
+            "{:<8} {:>8} {:>10.1} {:>12.0} {:>7.1}% {:>7} {:>9} {:>10}",
+            if sliced { "sliced" } else { "paged" },
+            stats["slices"].as_u64().unwrap_or(0),
+            elapsed,
+            per_s,
+            100.0 * per_s / ceiling,
+            stats["pages"].as_u64().unwrap_or(0),
+            stats["api_requests"].as_u64().unwrap_or(0),
+            sb.throttled_count() - throttled
+        );
+    }
+    sb.shutdown();
     pool.close().await;
     Ok(ExitCode::SUCCESS)
 }

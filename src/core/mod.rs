@@ -15,6 +15,7 @@
 //! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
 //! - `sends`: which activity a send attempt with no recorded answer became, if any;
 //! - `sanitize`: NUL characters (which PostgreSQL refuses) removed from API values;
+//! - `slices`: cutting a large pull's `updated_at` range into slices paged at once;
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
 
@@ -35,4 +36,5 @@ pub mod put;
 pub mod reads;
 pub mod sanitize;
 pub mod sends;
+pub mod slices;
 pub mod states;

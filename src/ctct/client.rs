@@ -141,6 +141,8 @@ pub struct ContactsQuery {
     pub status: Option<String>,
     pub updated_after: Option<chrono::DateTime<chrono::Utc>>,
     pub optout_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Strict upper bound on `updated_at` (a time slice of a large pull).
+    pub updated_before: Option<chrono::DateTime<chrono::Utc>>,
     pub lists: Vec<uuid::Uuid>,
     pub include: Option<String>,
     pub include_count: bool,
@@ -172,6 +174,12 @@ impl AccountClient {
             if let Some(t) = q.updated_after {
                 p.append_pair(
                     "updated_after",
+                    &t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
+            }
+            if let Some(t) = q.updated_before {
+                p.append_pair(
+                    "updated_before",
                     &t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 );
             }

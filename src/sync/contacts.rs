@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::context::JobContext;
 use super::lists::lists_filter;
 use super::pager::Pager;
+use super::slices;
 use super::watermark;
 use crate::config::AccountSettings;
 use crate::core::contact::{ContactRow, Incoming};
@@ -52,6 +53,10 @@ pub struct PullStats {
     pub apply_ms: u64,
     pub watermark_before: Option<DateTime<Utc>>,
     pub watermark_after: Option<DateTime<Utc>>,
+    /// Time slices the pull was paged in (0: one sequential walk; see `sync::slices`).
+    pub slices: u64,
+    /// Slices cut again because their first page showed far more than planned.
+    pub slice_cuts: u64,
     pub dry_run: bool,
 }
 
@@ -143,7 +148,24 @@ pub async fn sweep(
         run_id,
         watermark_of: spec.watermark_of,
     };
-    pull(ctx, &client, spec.job, first, before, &page_spec).await
+    if spec.since != Since::UpdatedAfter || ctx.settings.sync.slice_streams <= 1 {
+        return pull(ctx, &client, spec.job, first, before, &page_spec).await;
+    }
+    // The first page's contacts_count decides whether the range is worth slicing.
+    let asked = Instant::now();
+    let page = client.contacts_page(first).await.with_context(|| {
+        format!(
+            "fetching page 1 of contacts for account {}",
+            client.account()
+        )
+    })?;
+    if slices::worth_slicing(ctx, &page) {
+        let latency = asked.elapsed();
+        return slices::pull(ctx, &client, spec.job, &query, page, latency, before, &page_spec)
+            .await;
+    }
+    let pages = Pager::starting_with(&client, page);
+    pull_pages(ctx, &client, spec.job, pages, before, &page_spec).await
 }
 
 /// Pages applied at once (each in its own transaction).
@@ -180,14 +202,74 @@ pub async fn pull(
     before: Option<DateTime<Utc>>,
     spec: &PageSpec<'_>,
 ) -> anyhow::Result<PullStats> {
-    let account = spec.account;
+    pull_pages(ctx, client, job, Pager::new(client, first), before, spec).await
+}
+
+/// [`pull`] of a walk already started.
+pub(super) async fn pull_pages(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    pages: Pager,
+    before: Option<DateTime<Utc>>,
+    spec: &PageSpec<'_>,
+) -> anyhow::Result<PullStats> {
     let mut stats = PullStats {
         watermark_before: before,
         dry_run: ctx.dry_run,
         ..Default::default()
     };
+    let walk = Walk {
+        job,
+        apply_concurrency: APPLY_CONCURRENCY,
+        progress: true,
+    };
+    let max_seen = walk_pages(ctx, pages, &walk, spec, &mut stats).await?;
+    // Every page is committed: only now may the watermark cover them.
+    finish(ctx, client, job, spec.account, max_seen, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Advances `job`'s watermark to `max_seen` (every page it covers is committed) and fills in
+/// the run's request count and watermark.
+pub(super) async fn finish(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    account: &str,
+    max_seen: Option<DateTime<Utc>>,
+    stats: &mut PullStats,
+) -> anyhow::Result<()> {
+    watermark::advance(ctx, account, job, max_seen).await?;
+    stats.api_requests = client.requests_sent();
+    stats.watermark_after = match (stats.watermark_before, max_seen) {
+        (Some(b), Some(m)) => Some(b.max(m)),
+        (b, m) => b.or(m),
+    };
+    Ok(())
+}
+
+/// How one cursor walk runs.
+pub(super) struct Walk {
+    pub job: Job,
+    /// Pages applied at once (each in its own transaction on its own connection).
+    pub apply_concurrency: usize,
+    /// Count the walk's total from its first page and show a bar / log progress.
+    pub progress: bool,
+}
+
+/// Applies every page of `pages` (the watermark untouched), adding to `stats`; the largest
+/// `watermark_of` of the committed pages.
+pub(super) async fn walk_pages(
+    ctx: &JobContext,
+    mut pages: Pager,
+    walk: &Walk,
+    spec: &PageSpec<'_>,
+    stats: &mut PullStats,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let account = spec.account;
+    let job = walk.job;
     let mut max_seen: Option<DateTime<Utc>> = None;
-    let mut pages = Pager::new(client, first);
     let mut last_progress = Instant::now();
     // A bar on a terminal (`sync`, `demo`); logs every 10 s otherwise (the daemon).
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -203,7 +285,7 @@ pub async fn pull(
                 return Err(e);
             }
         };
-        if page.number == 1 {
+        if page.number == 1 && walk.progress {
             stats.contacts_count = page.page.contacts_count;
             if ctx.progress && std::io::stderr().is_terminal() {
                 bar = Some(progress_bar(
@@ -226,26 +308,17 @@ pub async fn pull(
         });
         // Two pages in flight keep both PostgreSQL backends busy; more would only hold
         // more pages in memory.
-        while applying.len() >= APPLY_CONCURRENCY || (last && !applying.is_empty()) {
+        while applying.len() >= walk.apply_concurrency || (last && !applying.is_empty()) {
             let Some(done) = applying.next().await else {
                 break;
             };
             let (applied, took) = done?;
             max_seen = max_seen.max(applied.max_seen);
             stats.apply_ms += took.as_millis() as u64;
-            stats.pages += 1;
-            stats.contacts += applied.stats;
-            stats.changes_written += applied.changes_written;
-            stats.outbound_skipped += applied.outbound_skipped;
-            stats.poison += applied.poison;
-            stats.nul_removed += applied.nul_removed;
-            if applied.poison > 0 && !ctx.dry_run {
-                metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
-                    .increment(applied.poison);
-            }
+            stats.add_page(account, &applied, ctx.dry_run);
             if let Some(b) = &bar {
                 b.inc(applied.stats.seen);
-            } else if last_progress.elapsed() >= Duration::from_secs(10) {
+            } else if walk.progress && last_progress.elapsed() >= Duration::from_secs(10) {
                 last_progress = Instant::now();
                 info!(
                     pages = stats.pages,
@@ -270,14 +343,34 @@ pub async fn pull(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    // Every page is committed: only now may the watermark cover them.
-    watermark::advance(ctx, account, job, max_seen).await?;
-    stats.api_requests = client.requests_sent();
-    stats.watermark_after = match (before, max_seen) {
-        (Some(b), Some(m)) => Some(b.max(m)),
-        (b, m) => b.or(m),
-    };
-    Ok(stats)
+    Ok(max_seen)
+}
+
+impl PullStats {
+    /// Counts one committed page.
+    pub(super) fn add_page(&mut self, account: &str, applied: &PageApplied, dry_run: bool) {
+        self.pages += 1;
+        self.contacts += applied.stats;
+        self.changes_written += applied.changes_written;
+        self.outbound_skipped += applied.outbound_skipped;
+        self.poison += applied.poison;
+        self.nul_removed += applied.nul_removed;
+        if applied.poison > 0 && !dry_run {
+            metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
+                .increment(applied.poison);
+        }
+    }
+
+    /// Adds another walk's page counts (a slice of the same pull).
+    pub(super) fn absorb(&mut self, other: &PullStats) {
+        self.pages += other.pages;
+        self.contacts += other.contacts;
+        self.changes_written += other.changes_written;
+        self.outbound_skipped += other.outbound_skipped;
+        self.poison += other.poison;
+        self.nul_removed += other.nul_removed;
+        self.apply_ms += other.apply_ms;
+    }
 }
 
 /// What applying one page did.

@@ -6,6 +6,7 @@
 //! - `pager`: the one read-ahead pager of every `GET /contacts` walk;
 //! - `contacts`: the incremental pull and the page apply every sweep shares (`optouts`,
 //!   `deletes` and `reconcile` are sweeps of it);
+//! - `slices`: a large contacts pull paged in time slices at once;
 //! - `watermark`: the one place a watermark is advanced;
 //! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push;
 //! - `custom_fields`: the custom field catalogue (name ↔ id), synced by the lists job;
@@ -24,6 +25,7 @@ pub mod put;
 pub mod reads;
 pub mod reconcile;
 pub mod runner;
+pub mod slices;
 pub mod watermark;
 
 pub use crate::core::job::Job;

@@ -25,6 +25,8 @@ pub struct Page {
 pub struct Pager {
     client: AccountClient,
     in_flight: Option<AbortOnDropHandle<Result<ContactsPage, ApiError>>>,
+    /// A first page fetched before the pager was made ([`Pager::starting_with`]).
+    ready: Option<ContactsPage>,
     fetched: u64,
 }
 
@@ -34,10 +36,22 @@ impl Pager {
         let mut p = Pager {
             client: client.clone(),
             in_flight: None,
+            ready: None,
             fetched: 0,
         };
         p.fetch(first);
         p
+    }
+
+    /// A walk whose first page is already in hand (read to decide how to walk): it is
+    /// handed out first, and only then is the next one fetched.
+    pub fn starting_with(client: &AccountClient, first: ContactsPage) -> Pager {
+        Pager {
+            client: client.clone(),
+            in_flight: None,
+            ready: Some(first),
+            fetched: 0,
+        }
     }
 
     fn fetch(&mut self, url: Url) {
@@ -56,19 +70,22 @@ impl Pager {
 
     /// The next page (and the fetch of the one after it started), or `None` after the last.
     pub async fn next(&mut self) -> anyhow::Result<Option<Page>> {
-        let Some(h) = self.in_flight.take() else {
-            return Ok(None);
-        };
         let number = self.fetched + 1;
-        let page = h
-            .await
-            .context("page fetch task ended abnormally")?
-            .with_context(|| {
-                format!(
-                    "fetching page {number} of contacts for account {}",
-                    self.client.account()
-                )
-            })?;
+        let page = if let Some(p) = self.ready.take() {
+            p
+        } else {
+            let Some(h) = self.in_flight.take() else {
+                return Ok(None);
+            };
+            h.await
+                .context("page fetch task ended abnormally")?
+                .with_context(|| {
+                    format!(
+                        "fetching page {number} of contacts for account {}",
+                        self.client.account()
+                    )
+                })?
+        };
         self.fetched = number;
         if let Some(href) = PagingLinks::next_href(&page.links) {
             let next = self.client.next_url(href)?;

@@ -6,38 +6,13 @@ use ccsync::sync::{Job, Outcome};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::helpers::Harness;
-
-async fn watermark(h: &Harness, job: &str) -> Option<DateTime<Utc>> {
-    sqlx::query_scalar(
-        "SELECT watermark FROM ccsync.sync_state WHERE account_id = 'default' AND job = $1",
-    )
-    .bind(job)
-    .fetch_optional(&h.db.pool)
-    .await
-    .unwrap()
-    .flatten()
-}
+use crate::helpers::{sandbox_max_updated_at, watermark, Harness};
 
 async fn first_name(h: &Harness, id: Uuid) -> Option<String> {
     sqlx::query_scalar("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
         .bind(id)
         .fetch_one(&h.db.pool)
         .await
-        .unwrap()
-}
-
-fn sandbox_max_updated_at(h: &Harness) -> DateTime<Utc> {
-    h.ctl
-        .contact_ids()
-        .iter()
-        .filter_map(|id| h.ctl.contact(*id))
-        .filter_map(|c| {
-            c["updated_at"]
-                .as_str()
-                .and_then(ccsync::ctct::dto::parse_datetime)
-        })
-        .max()
         .unwrap()
 }
 
@@ -101,8 +76,8 @@ async fn watermark_is_constant_contacts_largest_updated_at_and_runs_are_recorded
     let h = Harness::new(600).await;
     h.run_ok(Job::Contacts).await;
     assert_eq!(
-        watermark(&h, "contacts").await,
-        Some(sandbox_max_updated_at(&h))
+        watermark(&h.db.pool, "contacts").await,
+        Some(sandbox_max_updated_at(&h.sb))
     );
     let (outcome, stats): (String, serde_json::Value) = sqlx::query_as(
         "SELECT outcome, stats FROM ccsync.sync_runs WHERE job = 'contacts' AND finished_at IS NOT NULL",
@@ -185,7 +160,7 @@ async fn incremental_run_reads_only_recent_changes_and_logs_field_diffs() {
 async fn boundary_tie_with_the_previous_maximum_is_picked_up_by_the_next_run() {
     let h = Harness::new(300).await;
     h.run_ok(Job::Contacts).await;
-    let wm = watermark(&h, "contacts").await.unwrap();
+    let wm = watermark(&h.db.pool, "contacts").await.unwrap();
     // Another contact changes and lands exactly on the old maximum (a tie, which a strict
     // `updated_after = watermark` would skip).
     let target = h
@@ -206,7 +181,7 @@ async fn boundary_tie_with_the_previous_maximum_is_picked_up_by_the_next_run() {
     h.run_ok(Job::Contacts).await;
     assert_eq!(first_name(&h, target).await.as_deref(), Some("Tied"));
     assert_eq!(
-        watermark(&h, "contacts").await,
+        watermark(&h.db.pool, "contacts").await,
         Some(wm),
         "the watermark did not move"
     );
@@ -227,7 +202,7 @@ async fn a_run_failing_after_page_two_keeps_the_watermark_and_the_next_run_conve
     };
     assert!(err.contains("page 3"), "{err}");
     assert_eq!(
-        watermark(&h, "contacts").await,
+        watermark(&h.db.pool, "contacts").await,
         None,
         "no watermark before the last page"
     );
@@ -252,8 +227,8 @@ async fn a_run_failing_after_page_two_keeps_the_watermark_and_the_next_run_conve
     assert_eq!(stats["unchanged"], 1_000);
     assert_eq!(h.count("SELECT count(*) FROM ccsync.contacts").await, 1_300);
     assert_eq!(
-        watermark(&h, "contacts").await,
-        Some(sandbox_max_updated_at(&h))
+        watermark(&h.db.pool, "contacts").await,
+        Some(sandbox_max_updated_at(&h.sb))
     );
     h.finish().await;
 }
@@ -497,8 +472,8 @@ async fn pages_answered_200_with_a_body_that_is_not_json_are_retried_and_every_c
         "the faults answered 200"
     );
     assert_eq!(
-        watermark(&h, "contacts").await,
-        Some(sandbox_max_updated_at(&h))
+        watermark(&h.db.pool, "contacts").await,
+        Some(sandbox_max_updated_at(&h.sb))
     );
     h.finish().await;
 }
@@ -507,7 +482,7 @@ async fn pages_answered_200_with_a_body_that_is_not_json_are_retried_and_every_c
 async fn a_page_that_never_decodes_fails_the_run_naming_the_endpoint_and_keeps_the_watermark() {
     let h = Harness::new(20).await;
     h.run_ok(Job::Contacts).await;
-    let before = watermark(&h, "contacts").await;
+    let before = watermark(&h.db.pool, "contacts").await;
     assert!(before.is_some());
     let id = h.ctl.create_contact("late@example.com", Some("Late"), &[]);
     let requests_before = contacts_requests(&h);
@@ -529,7 +504,7 @@ async fn a_page_that_never_decodes_fails_the_run_naming_the_endpoint_and_keeps_t
         "bounded by the retry policy"
     );
     assert_eq!(
-        watermark(&h, "contacts").await,
+        watermark(&h.db.pool, "contacts").await,
         before,
         "watermark unchanged"
     );
@@ -639,8 +614,8 @@ async fn poison_contacts_are_skipped_and_recorded_and_the_rest_of_the_page_appli
     assert_eq!(rows[1].2, "email_address has no address");
     assert!(rows.iter().all(|r| r.4.is_some()), "the run is named");
     assert_eq!(
-        watermark(&h, "contacts").await,
-        Some(sandbox_max_updated_at(&h)),
+        watermark(&h.db.pool, "contacts").await,
+        Some(sandbox_max_updated_at(&h.sb)),
         "a skipped element does not move the watermark"
     );
     assert!(

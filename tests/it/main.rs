@@ -26,4 +26,5 @@ mod sandbox_api;
 mod sandbox_write;
 mod schema;
 mod security;
+mod slices;
 mod write_path;

@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use ccsync::sync::Job;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
-use crate::helpers::Harness;
+use crate::helpers::{watermark, Harness};
 
 async fn permission(h: &Harness, id: Uuid) -> Option<String> {
     sqlx::query_scalar("SELECT permission_to_send FROM ccsync.contacts WHERE contact_id = $1")
@@ -16,17 +15,6 @@ async fn permission(h: &Harness, id: Uuid) -> Option<String> {
         .fetch_one(&h.db.pool)
         .await
         .unwrap()
-}
-
-async fn watermark(h: &Harness, job: &str) -> Option<DateTime<Utc>> {
-    sqlx::query_scalar(
-        "SELECT watermark FROM ccsync.sync_state WHERE account_id = 'default' AND job = $1",
-    )
-    .bind(job)
-    .fetch_optional(&h.db.pool)
-    .await
-    .unwrap()
-    .flatten()
 }
 
 /// A contact subscribed in the sandbox that is on at least one list.
@@ -107,7 +95,7 @@ async fn first_sweep_reads_every_unsubscribed_contact_without_a_date_filter() {
                 .and_then(ccsync::ctct::dto::parse_datetime)
         })
         .max();
-    assert_eq!(watermark(&h, "unsubscribes").await, max_optout);
+    assert_eq!(watermark(&h.db.pool, "unsubscribes").await, max_optout);
     h.finish().await;
 }
 
@@ -198,7 +186,7 @@ async fn an_unsubscribe_that_does_not_move_updated_at_is_found_by_the_sweep_not_
     let optout = h.ctl.contact(id).unwrap()["email_address"]["opt_out_date"]
         .as_str()
         .and_then(ccsync::ctct::dto::parse_datetime);
-    assert_eq!(watermark(&h, "unsubscribes").await, optout);
+    assert_eq!(watermark(&h.db.pool, "unsubscribes").await, optout);
     h.finish().await;
 }
 

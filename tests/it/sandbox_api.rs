@@ -724,7 +724,11 @@ async fn latency_and_jitter_delay_every_api_answer_and_the_control_api_sets_them
     for _ in 0..4 {
         let t = std::time::Instant::now();
         assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
-        assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
     }
     // Over HTTP: 300 ms fixed, no jitter; absent keys would leave it as it is.
     let r = env
@@ -737,7 +741,11 @@ async fn latency_and_jitter_delay_every_api_answer_and_the_control_api_sets_them
     assert!(r.status().is_success());
     let t = std::time::Instant::now();
     assert_eq!(env.get("/v3/contacts").await.0, StatusCode::OK);
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     // Control endpoints are not the API: never delayed.
     env.sb.set_latency(Duration::from_secs(30), Duration::ZERO);
     let t = std::time::Instant::now();

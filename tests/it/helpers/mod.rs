@@ -9,6 +9,7 @@ mod harness;
 mod memberships;
 mod pgproxy;
 mod sandbox;
+mod truth;
 mod wait;
 
 pub use daemon::{text, Ccsync, ChildProcess, ConfigFile, ConfigToml};
@@ -17,4 +18,5 @@ pub use harness::{context, context_with, settings_for, Harness};
 pub use memberships::{local_memberships, sandbox_memberships};
 pub use pgproxy::PgProxy;
 pub use sandbox::{sandbox, sandbox_with};
+pub use truth::{assert_store_equals_sandbox, sandbox_max_updated_at, watermark};
 pub use wait::eventually;

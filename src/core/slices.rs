@@ -1,0 +1,285 @@
+//! Time slices of a large contacts pull: how an `updated_at` range is cut so that several
+//! cursor walks can page it at once, and when a slice is worth cutting further.
+//!
+//! A cursor walk is sequential: one page in flight, so at 600 ms a page a lone walk reaches
+//! under 2 of the 4 requests a second the API allows. Slices of the range, each walked by its
+//! own cursor, keep enough pages in flight for the pacer to be the only limit.
+//!
+//! The filters are strict bounds (`updated_after` <, `updated_before` >) and their precision
+//! on the live API is not confirmed, so neighbouring slices overlap by [`OVERLAP`]: a contact
+//! on a cut is read by at least one of them (at worst by both, which the stale guard makes
+//! free of effects). The first slice keeps the range's lower bound (none: open below) and the
+//! last its upper bound (none: open above, so a contact that moves forward while the pull
+//! runs is still inside a slice).
+//!
+//! Cutting a slice costs the request that revealed its size (its first page is applied, then
+//! re-read by the pieces), so the planner cuts once, into enough pieces, and cuts a piece
+//! again only when it turned out far larger than planned (data bunched in time).
+
+use chrono::{DateTime, Duration, Utc};
+
+/// How much neighbouring slices overlap.
+pub const OVERLAP: Duration = Duration::seconds(1);
+
+/// The narrowest piece a cut makes (a bulk import stamps thousands of contacts with the same
+/// instant; no cut can separate them).
+pub const MIN_WIDTH: Duration = Duration::seconds(4);
+
+/// A part of the `updated_at` range: `after < updated_at < before`; `None` is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+impl Slice {
+    /// The whole range from `after` on.
+    pub fn from(after: Option<DateTime<Utc>>) -> Slice {
+        Slice {
+            after,
+            before: None,
+        }
+    }
+
+    /// Whether `t` lies inside (strict bounds, like the API's filters).
+    pub fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.after.is_none_or(|a| t > a) && self.before.is_none_or(|b| t < b)
+    }
+}
+
+/// What a slice's first page showed: its `contacts_count`, and the earliest and latest
+/// `updated_at` on the page.
+#[derive(Debug, Clone, Copy)]
+pub struct FirstPage {
+    pub contacts_count: u64,
+    pub earliest: Option<DateTime<Utc>>,
+    pub latest: Option<DateTime<Utc>>,
+}
+
+/// How a pull is sliced: pages it plans per piece and the most pieces one cut makes.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub page_size: u64,
+    pub target_pages: u64,
+    pub max_pieces: u64,
+}
+
+/// Pages a walk of `contacts` takes.
+pub fn pages(contacts: u64, page_size: u64) -> u64 {
+    contacts.div_ceil(page_size.max(1))
+}
+
+/// Pages a piece should at least have: each piece ends on a part-filled page and the
+/// neighbours overlap, so a piece costs about half a request more than its data; at 25
+/// pages that is 2 %.
+pub const MIN_PIECE_PAGES: u64 = 25;
+
+/// Walks needed to keep a `rate` requests/s pacer busy when a page takes `latency`
+/// seconds: the pages in flight at once, plus one so a slow answer leaves no gap.
+/// `None` when there is no pacer (every stream allowed).
+pub fn streams_needed(rate: f64, latency_s: f64) -> Option<u64> {
+    (rate > 0.0 && latency_s.is_finite()).then(|| (rate * latency_s.max(0.0)).ceil() as u64 + 1)
+}
+
+impl Plan {
+    /// The plan for a pull of `contacts` with `streams` walks at once: at least a piece per
+    /// stream, up to two (so the streams end together), none under [`MIN_PIECE_PAGES`]
+    /// unless that leaves a stream idle.
+    pub fn new(contacts: u64, page_size: u64, streams: u64) -> Plan {
+        let streams = streams.max(1);
+        let total = pages(contacts, page_size).max(1);
+        let pieces = total
+            .div_ceil(MIN_PIECE_PAGES)
+            .clamp(streams, 2 * streams)
+            .min(total);
+        Plan {
+            page_size: page_size.max(1),
+            target_pages: total.div_ceil(pieces),
+            max_pieces: pieces,
+        }
+    }
+
+    /// Pieces the pull's first page asks for: enough that none has more than the target.
+    pub fn first_cut(&self, contacts: u64) -> u64 {
+        pages(contacts, self.page_size)
+            .div_ceil(self.target_pages)
+            .clamp(1, self.max_pieces)
+    }
+
+    /// Pieces a piece's first page asks for: only a piece over twice the target is cut
+    /// again (a cut costs a request), and into few pieces.
+    pub fn recut(&self, contacts: u64) -> u64 {
+        let p = pages(contacts, self.page_size);
+        if p <= 2 * self.target_pages {
+            1
+        } else {
+            p.div_ceil(self.target_pages).clamp(2, 4)
+        }
+    }
+}
+
+/// Cuts `slice` into at most `n` pieces of equal width between its bounds (an open bound
+/// is taken from what its first page showed, or `now` above), overlapping by [`OVERLAP`].
+/// One piece (the slice itself) when `n < 2` or the range is too narrow to cut.
+pub fn cut(slice: Slice, first: &FirstPage, now: DateTime<Utc>, n: u64) -> Vec<Slice> {
+    let lo = slice.after.or(first.earliest);
+    let hi = slice
+        .before
+        .or_else(|| Some(first.latest.map_or(now, |l| l.max(now))));
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return vec![slice];
+    };
+    let width = hi - lo;
+    let fit = (width.num_milliseconds() / MIN_WIDTH.num_milliseconds()).max(0) as u64;
+    let n = n.min(fit);
+    if n < 2 {
+        return vec![slice];
+    }
+    let step = width.num_milliseconds() / n as i64;
+    let cuts: Vec<DateTime<Utc>> = (1..n as i64)
+        .map(|i| lo + Duration::milliseconds(step * i))
+        .collect();
+    let mut out = Vec::with_capacity(n as usize);
+    let mut after = slice.after;
+    for c in &cuts {
+        out.push(Slice {
+            after,
+            before: Some(*c),
+        });
+        after = Some(*c - OVERLAP);
+    }
+    out.push(Slice {
+        after,
+        before: slice.before,
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0).single().unwrap()
+    }
+
+    #[test]
+    fn a_plan_gives_every_stream_a_piece_and_no_piece_too_small_to_pay() {
+        // 200,000 contacts, 8 streams: 400 pages, two pieces a stream of 25 pages.
+        let p = Plan::new(200_000, 500, 8);
+        assert_eq!((p.first_cut(200_000), p.target_pages), (16, 25));
+        assert_eq!(p.recut(25 * 500), 1);
+        assert_eq!(p.recut(50 * 500), 1);
+        assert_eq!(p.recut(51 * 500), 3);
+        assert_eq!(p.recut(10_000 * 500), 4);
+        // 20,000 contacts (40 pages), 4 streams: one piece a stream, 10 pages each.
+        let p = Plan::new(20_000, 500, 4);
+        assert_eq!((p.first_cut(20_000), p.target_pages), (4, 10));
+        // 1,000,000 contacts, 4 streams: 2,000 pages, two pieces a stream.
+        let p = Plan::new(1_000_000, 500, 4);
+        assert_eq!((p.first_cut(1_000_000), p.target_pages), (8, 250));
+        // Never more pieces than pages.
+        assert_eq!(Plan::new(1_500, 500, 8).first_cut(1_500), 3);
+        assert_eq!(Plan::new(0, 500, 8).first_cut(0), 1);
+    }
+
+    #[test]
+    fn streams_follow_the_pages_in_flight_the_pacer_allows() {
+        assert_eq!(streams_needed(4.0, 0.6), Some(4));
+        assert_eq!(streams_needed(4.0, 0.05), Some(2));
+        assert_eq!(streams_needed(40.0, 0.06), Some(4));
+        assert_eq!(streams_needed(0.0, 0.6), None);
+    }
+
+    #[test]
+    fn open_bounds_stay_open_and_neighbours_overlap() {
+        let first = FirstPage {
+            contacts_count: 10_000,
+            earliest: Some(t(0)),
+            latest: Some(t(100)),
+        };
+        let pieces = cut(Slice::from(None), &first, t(400), 4);
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces[0].after, None);
+        assert_eq!(pieces[0].before, Some(t(100)));
+        assert_eq!(pieces[1].after, Some(t(100) - OVERLAP));
+        assert_eq!(pieces[3].before, None);
+        let bounded = Slice {
+            after: Some(t(0)),
+            before: Some(t(40)),
+        };
+        let pieces = cut(bounded, &first, t(400), 2);
+        assert_eq!(pieces.first().unwrap().after, Some(t(0)));
+        assert_eq!(pieces.last().unwrap().before, Some(t(40)));
+    }
+
+    #[test]
+    fn a_range_too_narrow_or_without_bounds_is_not_cut() {
+        let instant = FirstPage {
+            contacts_count: 1_000_000,
+            earliest: Some(t(5)),
+            latest: Some(t(5)),
+        };
+        let s = Slice {
+            after: Some(t(4)),
+            before: Some(t(6)),
+        };
+        assert_eq!(cut(s, &instant, t(10), 4), vec![s]);
+        let blank = FirstPage {
+            contacts_count: 0,
+            earliest: None,
+            latest: None,
+        };
+        assert_eq!(
+            cut(Slice::from(None), &blank, t(10), 4),
+            vec![Slice::from(None)]
+        );
+        assert_eq!(cut(Slice::from(Some(t(0))), &blank, t(1000), 1).len(), 1);
+    }
+
+    fn opt_t() -> impl Strategy<Value = Option<DateTime<Utc>>> {
+        prop::option::of((-100_000i64..100_000).prop_map(t))
+    }
+
+    proptest! {
+        /// Every instant the slice holds (down to the millisecond) is held by a piece, no
+        /// piece holds one outside the slice, and there are at most `n` pieces.
+        #[test]
+        fn the_pieces_cover_the_slice_exactly(
+            a in opt_t(),
+            b in opt_t(),
+            e in opt_t(),
+            l in opt_t(),
+            now in (-100_000i64..200_000).prop_map(t),
+            n in 0u64..40,
+            probes in prop::collection::vec(-300_000_000i64..300_000_000, 1..60),
+        ) {
+            let slice = Slice { after: a, before: b };
+            let first = FirstPage { contacts_count: 1, earliest: e, latest: l };
+            let pieces = cut(slice, &first, now, n);
+            prop_assert!(!pieces.is_empty());
+            prop_assert!(pieces.len() as u64 <= n.max(1));
+            let mut instants: Vec<DateTime<Utc>> = probes
+                .iter()
+                .map(|ms| t(0) + Duration::milliseconds(*ms))
+                .collect();
+            for p in &pieces {
+                for bound in [p.after, p.before].into_iter().flatten() {
+                    instants.extend([bound, bound + Duration::milliseconds(1), bound - Duration::milliseconds(1)]);
+                }
+            }
+            for x in instants {
+                let held = pieces.iter().any(|p| p.contains(x));
+                prop_assert_eq!(held, slice.contains(x), "{:?} in {:?} → {:?}", x, slice, pieces);
+            }
+            if pieces.len() > 1 {
+                for w in pieces.windows(2) {
+                    prop_assert_eq!(w[1].after, w[0].before.map(|c| c - OVERLAP));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The sliced contacts pull: a pull with many contacts to read cuts its `updated_at` range
+//! into time slices (`core::slices`) and pages up to `sync.slice_streams` of them at once,
+//! each with its own cursor, so the pacer — the API's 4 requests a second — is the only
+//! limit, not one page's latency.
+//!
+//! Law 4 holds as in the sequential pull: the watermark moves once, after every slice is
+//! committed, to the largest `updated_at` any of them applied; a failed, cancelled or killed
+//! pull leaves it where it was, so the next run reads the whole range again (a no-op where
+//! already applied). The open-ended slice (up to now and beyond) is started first, so a
+//! contact that moves forward while the pull runs is inside a slice that is still reading.
+
+use std::collections::VecDeque;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tracing::info;
+
+use super::contacts::{apply_page, finish, walk_pages, PageSpec, PullStats, Walk};
+use super::context::JobContext;
+use super::pager::Pager;
+use crate::core::job::Job;
+use crate::core::slices::{self, FirstPage, Plan, Slice};
+use crate::ctct::dto::{ContactsPage, PagingLinks};
+use crate::ctct::{AccountClient, ContactsQuery};
+
+/// Whether a walk whose first page is `first` should be sliced.
+pub(super) fn worth_slicing(ctx: &JobContext, first: &ContactsPage) -> bool {
+    let s = &ctx.settings.sync;
+    s.slice_streams > 1
+        && PagingLinks::next_href(&first.links).is_some()
+        && first.contacts_count.unwrap_or(0) > s.slice_above
+}
+
+/// What the first page of a slice shows its planner.
+fn facts(page: &ContactsPage, spec: &PageSpec<'_>) -> FirstPage {
+    let times = || {
+        page.contacts
+            .iter()
+            .map(|c| crate::ctct::convert::to_incoming(c).row)
+            .filter_map(|r| (spec.watermark_of)(&r))
+    };
+    FirstPage {
+        contacts_count: page.contacts_count.unwrap_or(page.contacts.len() as u64),
+        earliest: times().min(),
+        latest: times().max(),
+    }
+}
+
+/// The pieces in the order they start: the open-ended one (the newest) first.
+fn open_first(mut pieces: Vec<Slice>) -> Vec<Slice> {
+    if let Some(i) = pieces.iter().position(|p| p.before.is_none()) {
+        let open = pieces.remove(i);
+        pieces.insert(0, open);
+    }
+    pieces
+}
+
+/// A slice's walk: its pages applied, or the pieces it was cut into.
+struct SliceDone {
+    stats: PullStats,
+    max_seen: Option<DateTime<Utc>>,
+    pieces: Vec<Slice>,
+}
+
+/// Pulls `query`'s range (whose first page, `first`, is in hand) in slices; advances `job`'s
+/// watermark when all are committed.
+pub(super) async fn pull(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    query: &ContactsQuery,
+    first: ContactsPage,
+    first_latency: std::time::Duration,
+    before: Option<DateTime<Utc>>,
+    spec: &PageSpec<'_>,
+) -> anyhow::Result<PullStats> {
+    let settings = &ctx.settings.sync;
+    // As many walks as keep the pacer busy at the latency the first page showed (a slower
+    // answer later only means the pacer is a little less than full).
+    let rate = ctx.settings.constant_contact.requests_per_second;
+    let wanted = slices::streams_needed(rate, first_latency.as_secs_f64()).unwrap_or(u64::MAX);
+    let streams = wanted.min(u64::from(settings.slice_streams)).max(2) as usize;
+    let count = first.contacts_count.unwrap_or(0);
+    let plan = Plan::new(count, u64::from(settings.page_size), streams as u64);
+    let mut stats = PullStats {
+        watermark_before: before,
+        contacts_count: first.contacts_count,
+        dry_run: ctx.dry_run,
+        ..Default::default()
+    };
+    let whole = Slice::from(query.updated_after);
+    let pieces = slices::cut(
+        whole,
+        &facts(&first, spec),
+        Utc::now(),
+        plan.first_cut(count),
+    );
+    // The first page is real data: applied now, re-read by the slice that holds it.
+    let applied = apply_page(ctx, spec, &first)
+        .await
+        .with_context(|| format!("applying page 1 of contacts for account {}", spec.account))?;
+    stats.add_page(spec.account, &applied, ctx.dry_run);
+    let mut max_seen = applied.max_seen;
+    stats.slices = pieces.len() as u64;
+    info!(
+        contacts = count,
+        slices = pieces.len(),
+        streams,
+        "pulling in time slices"
+    );
+    let mut queue: VecDeque<Slice> = open_first(pieces).into();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < streams {
+            let Some(s) = queue.pop_front() else { break };
+            running.push(walk_slice(ctx, client, job, query, s, &plan, spec));
+        }
+        // An error ends the pull: the other walks are dropped (their open transactions roll
+        // back) and the watermark stays where it was.
+        let Some(done) = running.next().await else {
+            break;
+        };
+        let done = done?;
+        stats.absorb(&done.stats);
+        max_seen = max_seen.max(done.max_seen);
+        if !done.pieces.is_empty() {
+            stats.slice_cuts += 1;
+            stats.slices += done.pieces.len() as u64 - 1;
+            queue.extend(open_first(done.pieces));
+        }
+        if ctx.cancel.is_cancelled() && !(queue.is_empty() && running.is_empty()) {
+            anyhow::bail!(
+                "cancelled after {} pages of a sliced pull; watermark unchanged",
+                stats.pages
+            );
+        }
+    }
+    // Every slice is committed: only now may the watermark cover them.
+    finish(ctx, client, job, spec.account, max_seen, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Reads `slice`'s first page; cuts the slice again when it is far larger than planned,
+/// else walks it to its end.
+async fn walk_slice(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    query: &ContactsQuery,
+    slice: Slice,
+    plan: &Plan,
+    spec: &PageSpec<'_>,
+) -> anyhow::Result<SliceDone> {
+    let url = client
+        .contacts_url(&ContactsQuery {
+            updated_after: slice.after,
+            updated_before: slice.before,
+            include_count: true,
+            ..query.clone()
+        })
+        .context("building a slice's URL")?;
+    let page = client.contacts_page(url).await.with_context(|| {
+        format!(
+            "fetching the first page of a slice for account {}",
+            spec.account
+        )
+    })?;
+    let mut stats = PullStats::default();
+    let first = facts(&page, spec);
+    let n = plan.recut(first.contacts_count);
+    if n > 1 && PagingLinks::next_href(&page.links).is_some() {
+        let pieces = slices::cut(slice, &first, Utc::now(), n);
+        if pieces.len() > 1 {
+            let applied = apply_page(ctx, spec, &page).await?;
+            stats.add_page(spec.account, &applied, ctx.dry_run);
+            return Ok(SliceDone {
+                stats,
+                max_seen: applied.max_seen,
+                pieces,
+            });
+        }
+    }
+    let walk = Walk {
+        job,
+        // The slices already keep several pages applying at once.
+        apply_concurrency: 1,
+        progress: false,
+    };
+    let max_seen = walk_pages(
+        ctx,
+        Pager::starting_with(client, page),
+        &walk,
+        spec,
+        &mut stats,
+    )
+    .await?;
+    Ok(SliceDone {
+        stats,
+        max_seen,
+        pieces: Vec::new(),
+    })
+}
