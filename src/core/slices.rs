@@ -75,10 +75,11 @@ pub fn pages(contacts: u64, page_size: u64) -> u64 {
 pub const MIN_PIECE_PAGES: u64 = 25;
 
 /// Walks needed to keep a `rate` requests/s pacer busy when a page takes `latency`
-/// seconds: the pages in flight at once, plus one so a slow answer leaves no gap.
+/// seconds: the pages in flight at once, plus two, so a slow answer leaves no gap and the
+/// last pieces still fill the pacer while the others have ended.
 /// `None` when there is no pacer (every stream allowed).
 pub fn streams_needed(rate: f64, latency_s: f64) -> Option<u64> {
-    (rate > 0.0 && latency_s.is_finite()).then(|| (rate * latency_s.max(0.0)).ceil() as u64 + 1)
+    (rate > 0.0 && latency_s.is_finite()).then(|| (rate * latency_s.max(0.0)).ceil() as u64 + 2)
 }
 
 impl Plan {
@@ -106,15 +107,34 @@ impl Plan {
             .clamp(1, self.max_pieces)
     }
 
-    /// Pieces a piece's first page asks for: only a piece over twice the target is cut
-    /// again (a cut costs a request), and into few pieces.
+    /// Pieces a piece's first page asks for: only a piece over one and a half times the
+    /// target is cut again (a cut costs a request), and into few pieces.
     pub fn recut(&self, contacts: u64) -> u64 {
         let p = pages(contacts, self.page_size);
-        if p <= 2 * self.target_pages {
+        if 2 * p <= 3 * self.target_pages {
             1
         } else {
             p.div_ceil(self.target_pages).clamp(2, 4)
         }
+    }
+}
+
+/// Pieces a piece about to be walked should become so that it does not run on alone after
+/// the rest of the pull. The streams share the pacer, so every running piece moves at about
+/// the same pace and the pull ends when its largest piece does: a piece of `piece_pages`
+/// started when `remaining_pages` are left to `streams` walks is cut when it is more than
+/// one and a half times its share (`remaining_pages / streams`; a cut costs a request and a
+/// part-filled page), into pieces of about that share. A piece of a few
+/// pages is never cut for this.
+pub fn tail_cut(piece_pages: u64, remaining_pages: u64, streams: u64) -> u64 {
+    let share = remaining_pages
+        .max(piece_pages)
+        .div_ceil(streams.max(1))
+        .max(1);
+    if piece_pages < 8 || 2 * piece_pages <= 3 * share {
+        1
+    } else {
+        piece_pages.div_ceil(share).clamp(2, 4)
     }
 }
 
@@ -172,7 +192,8 @@ mod tests {
         let p = Plan::new(200_000, 500, 8);
         assert_eq!((p.first_cut(200_000), p.target_pages), (16, 25));
         assert_eq!(p.recut(25 * 500), 1);
-        assert_eq!(p.recut(50 * 500), 1);
+        assert_eq!(p.recut(37 * 500), 1);
+        assert_eq!(p.recut(38 * 500), 2);
         assert_eq!(p.recut(51 * 500), 3);
         assert_eq!(p.recut(10_000 * 500), 4);
         // 20,000 contacts (40 pages), 4 streams: one piece a stream, 10 pages each.
@@ -187,10 +208,25 @@ mod tests {
     }
 
     #[test]
+    fn a_piece_that_would_run_on_alone_at_the_end_is_cut() {
+        // 41 pages started with 124 left to 5 streams (a share of 25): cut in two; 37 are
+        // within one and a half shares.
+        assert_eq!(tail_cut(41, 124, 5), 2);
+        assert_eq!(tail_cut(37, 124, 5), 1);
+        // Early on, with 300 pages left, the same piece is within its share.
+        assert_eq!(tail_cut(41, 300, 5), 1);
+        // The last piece of all: as many pieces as streams, at most 4.
+        assert_eq!(tail_cut(40, 40, 5), 4);
+        assert_eq!(tail_cut(40, 40, 2), 2);
+        // A few pages are left whole.
+        assert_eq!(tail_cut(7, 7, 5), 1);
+    }
+
+    #[test]
     fn streams_follow_the_pages_in_flight_the_pacer_allows() {
-        assert_eq!(streams_needed(4.0, 0.6), Some(4));
-        assert_eq!(streams_needed(4.0, 0.05), Some(2));
-        assert_eq!(streams_needed(40.0, 0.06), Some(4));
+        assert_eq!(streams_needed(4.0, 0.6), Some(5));
+        assert_eq!(streams_needed(4.0, 0.05), Some(3));
+        assert_eq!(streams_needed(40.0, 0.06), Some(5));
         assert_eq!(streams_needed(0.0, 0.6), None);
     }
 

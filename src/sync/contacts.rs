@@ -161,8 +161,10 @@ pub async fn sweep(
     })?;
     if slices::worth_slicing(ctx, &page) {
         let latency = asked.elapsed();
-        return slices::pull(ctx, &client, spec.job, &query, page, latency, before, &page_spec)
-            .await;
+        return slices::pull(
+            ctx, &client, spec.job, &query, page, latency, before, &page_spec,
+        )
+        .await;
     }
     let pages = Pager::starting_with(&client, page);
     pull_pages(ctx, &client, spec.job, pages, before, &page_spec).await

@@ -47,12 +47,11 @@ fn facts(page: &ContactsPage, spec: &PageSpec<'_>) -> FirstPage {
     }
 }
 
-/// The pieces in the order they start: the open-ended one (the newest) first.
-fn open_first(mut pieces: Vec<Slice>) -> Vec<Slice> {
-    if let Some(i) = pieces.iter().position(|p| p.before.is_none()) {
-        let open = pieces.remove(i);
-        pieces.insert(0, open);
-    }
+/// The pieces in the order they start: newest first — the open-ended one, so that a
+/// contact moving forward meets a slice still reading, then the rest, since accounts
+/// change most recently and the largest pieces should not be the last to start.
+fn newest_first(mut pieces: Vec<Slice>) -> Vec<Slice> {
+    pieces.reverse();
     pieces
 }
 
@@ -81,8 +80,11 @@ pub(super) async fn pull(
     let rate = ctx.settings.constant_contact.requests_per_second;
     let wanted = slices::streams_needed(rate, first_latency.as_secs_f64()).unwrap_or(u64::MAX);
     let streams = wanted.min(u64::from(settings.slice_streams)).max(2) as usize;
+
     let count = first.contacts_count.unwrap_or(0);
-    let plan = Plan::new(count, u64::from(settings.page_size), streams as u64);
+    let page_size = u64::from(settings.page_size);
+    let plan = Plan::new(count, page_size, streams as u64);
+    let planned_pages = slices::pages(count, page_size);
     let mut stats = PullStats {
         watermark_before: before,
         contacts_count: first.contacts_count,
@@ -109,12 +111,20 @@ pub(super) async fn pull(
         streams,
         "pulling in time slices"
     );
-    let mut queue: VecDeque<Slice> = open_first(pieces).into();
+    let mut queue: VecDeque<Slice> = newest_first(pieces).into();
     let mut running = FuturesUnordered::new();
     loop {
         while running.len() < streams {
             let Some(s) = queue.pop_front() else { break };
-            running.push(walk_slice(ctx, client, job, query, s, &plan, spec));
+            // What is left of the pull when this piece starts, the pieces running included
+            // (each request so far fetched about a page of it).
+            let remaining = planned_pages.saturating_sub(client.requests_sent());
+            let piece = Piece {
+                slice: s,
+                remaining_pages: remaining,
+                streams: streams as u64,
+            };
+            running.push(walk_slice(ctx, client, job, query, piece, &plan, spec));
         }
         // An error ends the pull: the other walks are dropped (their open transactions roll
         // back) and the watermark stays where it was.
@@ -127,7 +137,7 @@ pub(super) async fn pull(
         if !done.pieces.is_empty() {
             stats.slice_cuts += 1;
             stats.slices += done.pieces.len() as u64 - 1;
-            queue.extend(open_first(done.pieces));
+            queue.extend(newest_first(done.pieces));
         }
         if ctx.cancel.is_cancelled() && !(queue.is_empty() && running.is_empty()) {
             anyhow::bail!(
@@ -141,17 +151,26 @@ pub(super) async fn pull(
     Ok(stats)
 }
 
-/// Reads `slice`'s first page; cuts the slice again when it is far larger than planned,
-/// else walks it to its end.
+/// A slice about to be walked, and how much of the pull was left when it started.
+struct Piece {
+    slice: Slice,
+    remaining_pages: u64,
+    /// Walks sharing the pacer.
+    streams: u64,
+}
+
+/// Reads a piece's first page; cuts it again when it is far larger than planned or would
+/// run on alone after the rest, else walks it to its end.
 async fn walk_slice(
     ctx: &JobContext,
     client: &AccountClient,
     job: Job,
     query: &ContactsQuery,
-    slice: Slice,
+    piece: Piece,
     plan: &Plan,
     spec: &PageSpec<'_>,
 ) -> anyhow::Result<SliceDone> {
+    let slice = piece.slice;
     let url = client
         .contacts_url(&ContactsQuery {
             updated_after: slice.after,
@@ -168,7 +187,11 @@ async fn walk_slice(
     })?;
     let mut stats = PullStats::default();
     let first = facts(&page, spec);
-    let n = plan.recut(first.contacts_count);
+    let n = plan.recut(first.contacts_count).max(slices::tail_cut(
+        slices::pages(first.contacts_count, plan.page_size),
+        piece.remaining_pages,
+        piece.streams,
+    ));
     if n > 1 && PagingLinks::next_href(&page.links).is_some() {
         let pieces = slices::cut(slice, &first, Utc::now(), n);
         if pieces.len() > 1 {

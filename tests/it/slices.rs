@@ -11,8 +11,8 @@ use ccsync::sync::{self, Job, Outcome};
 use serde_json::Value;
 
 use crate::helpers::{
-    assert_store_equals_sandbox, context, sandbox_max_updated_at, settings_for, watermark,
-    Harness, TestDb,
+    assert_store_equals_sandbox, context, sandbox_max_updated_at, settings_for, watermark, Harness,
+    TestDb,
 };
 
 /// Small pages and a low threshold, so a few thousand contacts make many slices.
@@ -57,7 +57,8 @@ async fn a_large_first_pull_is_paged_in_slices_and_the_store_equals_the_sandbox(
     // The next pull reads what changed since: a few contacts, one walk, no slices.
     let ids = h.ctl.contact_ids();
     for id in ids.iter().take(3) {
-        h.ctl.update_contact(*id, |c| c["first_name"] = "Sliced".into());
+        h.ctl
+            .update_contact(*id, |c| c["first_name"] = "Sliced".into());
     }
     let before = slice_requests(&h);
     let stats = h.run_ok(Job::Contacts).await;
@@ -78,7 +79,10 @@ async fn a_sliced_pull_equals_a_sequential_one_on_the_same_data() {
     let plain = Arc::new(plain);
     let ctx = context(&plain, &db.pool);
     let a = h.run_ok(Job::Contacts).await;
-    let b = match sync::run_guarded(&ctx, &plain.accounts[0], Job::Contacts).await.outcome {
+    let b = match sync::run_guarded(&ctx, &plain.accounts[0], Job::Contacts)
+        .await
+        .outcome
+    {
         Outcome::Succeeded(s) => s,
         other => panic!("sequential pull: {other:?}"),
     };
@@ -128,7 +132,10 @@ async fn a_slice_that_fails_leaves_the_watermark_where_it_was_and_the_next_run_c
         .fetch_one(&h.db.pool)
         .await
         .unwrap();
-    assert!(stored > 0 && stored < 3_000, "{stored} stored before the fault");
+    assert!(
+        stored > 0 && stored < 3_000,
+        "{stored} stored before the fault"
+    );
 
     h.sb.clear_faults();
     let stats = h.run_ok(Job::Contacts).await;
