@@ -15,11 +15,24 @@ use crate::helpers::{
     TestDb,
 };
 
-/// Small pages and a low threshold, so a few thousand contacts make many slices.
+/// Small pages and a low threshold, so a few thousand contacts make many slices; a pacer
+/// fast enough never to wait, so the page latency (`slow`) decides the walks: four.
 fn sliced(s: &mut Settings) {
     s.sync.page_size = 50;
     s.sync.slice_above = 500;
     s.sync.slice_streams = 4;
+    s.constant_contact.requests_per_second = 1_000.0;
+}
+
+/// A sandbox of `contacts` whose answers take 20 ms, with [`sliced`] settings.
+async fn harness(contacts: usize, adjust: impl FnOnce(&mut Settings)) -> Harness {
+    let h = Harness::with(contacts, |s| {
+        sliced(s);
+        adjust(s);
+    })
+    .await;
+    h.sb.set_latency(Duration::from_millis(20), Duration::ZERO);
+    h
 }
 
 fn slice_requests(h: &Harness) -> usize {
@@ -35,7 +48,7 @@ fn num(v: &Value, key: &str) -> u64 {
 
 #[tokio::test]
 async fn a_large_first_pull_is_paged_in_slices_and_the_store_equals_the_sandbox() {
-    let h = Harness::with(3_000, sliced).await;
+    let h = harness(3_000, |_| {}).await;
     let stats = h.run_ok(Job::Contacts).await;
     assert!(num(&stats, "slices") >= 4, "{stats}");
     assert!(slice_requests(&h) >= 4, "slices asked with updated_before");
@@ -70,7 +83,7 @@ async fn a_large_first_pull_is_paged_in_slices_and_the_store_equals_the_sandbox(
 
 #[tokio::test]
 async fn a_sliced_pull_equals_a_sequential_one_on_the_same_data() {
-    let h = Harness::with(2_000, sliced).await;
+    let h = harness(2_000, |_| {}).await;
     // A second store, pulled sequentially from the same sandbox account.
     let db = TestDb::new().await;
     let mut plain = settings_for(&h.sb, &db.url, &[("default", h.ctl.seed_refresh_token())]);
@@ -113,11 +126,7 @@ async fn a_sliced_pull_equals_a_sequential_one_on_the_same_data() {
 
 #[tokio::test]
 async fn a_slice_that_fails_leaves_the_watermark_where_it_was_and_the_next_run_completes() {
-    let h = Harness::with(3_000, |s| {
-        sliced(s);
-        s.constant_contact.max_retries = 0;
-    })
-    .await;
+    let h = harness(3_000, |s| s.constant_contact.max_retries = 0).await;
     // Some slices get through, then every page fails.
     h.sb.inject(Fault::FailAfter {
         path_prefix: "/v3/contacts".into(),
@@ -150,8 +159,8 @@ async fn a_slice_that_fails_leaves_the_watermark_where_it_was_and_the_next_run_c
 
 #[tokio::test]
 async fn subscribers_editing_while_the_slices_run_lose_nothing() {
-    let h = Harness::with(3_000, sliced).await;
-    // Slow pages, so the edits below land while slices are reading.
+    let h = harness(3_000, |_| {}).await;
+    // Slower pages, so the edits below land while slices are reading.
     h.sb.set_latency(Duration::from_millis(20), Duration::from_millis(20));
     let ids = h.ctl.contact_ids();
     let ctl = h.ctl.clone();
