@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::contacts;
 use super::context::JobContext;
+use super::walk;
 use crate::config::AccountSettings;
 use crate::core::job::Job;
 
@@ -30,7 +31,7 @@ pub async fn run_once(
             job: Job::Deletes,
             status: "deleted",
             since: contacts::Since::UpdatedAfter,
-            watermark_of: contacts::updated_at_mark,
+            watermark_of: walk::updated_at_mark,
         },
     )
     .await?;

@@ -6,6 +6,7 @@
 //! - `pager`: the one read-ahead pager of every `GET /contacts` walk;
 //! - `contacts`: the incremental pull and the page apply every sweep shares (`optouts`,
 //!   `deletes` and `reconcile` are sweeps of it);
+//! - `walk`: one cursor walk, its pages applied (the sequential pull and each slice);
 //! - `slices`: a large contacts pull paged in time slices at once;
 //! - `watermark`: the one place a watermark is advanced;
 //! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push;
@@ -26,6 +27,7 @@ pub mod reads;
 pub mod reconcile;
 pub mod runner;
 pub mod slices;
+pub mod walk;
 pub mod watermark;
 
 pub use crate::core::job::Job;

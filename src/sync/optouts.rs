@@ -8,7 +8,7 @@
 //!
 //! Each newly unsubscribed contact gets its permission and opt-out fields, an
 //! `unsubscribed` changes row, and every `pending` outbound row that would add it to a list
-//! becomes `skipped` in the same transaction (see `contacts::apply_page`).
+//! becomes `skipped` in the same transaction (see `walk::apply_page`).
 //!
 //! Re-subscriptions (the contact's own action in Constant Contact) cannot be found here:
 //! `status=unsubscribed` no longer returns them and no filter selects "opted in after". They

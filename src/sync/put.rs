@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tracing::{instrument, warn};
 use uuid::Uuid;
 
-use super::contacts::{apply_page, updated_at_mark, PageSpec};
 use super::context::JobContext;
+use super::walk::{apply_page, updated_at_mark, PageSpec};
 use crate::core::guard::{Direct, Item, Primary};
 use crate::core::put::{plan_fields, primary_of, property_value, unsubscribe_body, CustomFieldIds};
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped};

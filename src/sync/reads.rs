@@ -18,9 +18,9 @@ use serde::Serialize;
 use tracing::{info, instrument};
 use uuid::Uuid;
 
-use super::contacts::{apply_page, updated_at_mark, PageSpec};
 use super::context::JobContext;
 use super::reconcile;
+use super::walk::{apply_page, updated_at_mark, PageSpec};
 use crate::core::reads::{self, ReadPlan, Reader};
 use crate::ctct::dto::ContactsPage;
 use crate::ctct::AccountClient;

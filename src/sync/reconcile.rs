@@ -30,10 +30,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, Postgres};
 use uuid::Uuid;
 
-use super::contacts::{self, PageSpec, PullStats};
 use super::context::JobContext;
 use super::lists;
 use super::pager::Pager;
+use super::walk::{self, PageSpec, PullStats};
 use super::watermark;
 use crate::config::AccountSettings;
 use crate::core::change::{membership_change, Change, ChangeKind};
@@ -187,9 +187,9 @@ async fn deleted_sweep(
         account: &account.id,
         lists_filter: filter.as_ref(),
         run_id,
-        watermark_of: contacts::updated_at_mark,
+        watermark_of: walk::updated_at_mark,
     };
-    contacts::pull(ctx, &sub, Job::Deletes, first, before, &spec)
+    walk::pull(ctx, &sub, Job::Deletes, first, before, &spec)
         .await
         .context("reading every deleted contact")
 }
@@ -382,7 +382,7 @@ async fn unsubscribed_sweep(
         let (page, last) = (p.page, p.last);
         let ids: Vec<Uuid> = page.seen_ids();
         store::memberships::stage_seen(conn, &ids).await?;
-        let applied = contacts::apply_page(ctx, &spec, &page).await?;
+        let applied = walk::apply_page(ctx, &spec, &page).await?;
         max_seen = max_seen.max(applied.max_seen);
         stats.unsubscribed_pages += 1;
         stats.unsubscribed_seen += applied.stats.seen;
@@ -420,7 +420,7 @@ async fn unsubscribed_sweep(
         })?;
         stats.resubscribe_lookups += 1;
         // Not a page of any sweep: no watermark moves.
-        let applied = contacts::apply_page(ctx, &spec, &page).await?;
+        let applied = walk::apply_page(ctx, &spec, &page).await?;
         stats.contacts += applied.stats;
         stats.changes_written += applied.changes_written;
     }

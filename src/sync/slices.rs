@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::info;
 
-use super::contacts::{apply_page, finish, walk_pages, PageSpec, PullStats, Walk};
 use super::context::JobContext;
 use super::pager::Pager;
+use super::walk::{apply_page, finish, walk_pages, PageSpec, PullStats, Walk};
 use crate::core::job::Job;
 use crate::core::slices::{self, FirstPage, Plan, Slice};
 use crate::ctct::dto::{ContactsPage, PagingLinks};

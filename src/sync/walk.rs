@@ -1,0 +1,367 @@
+//! One cursor walk of `GET /contacts`: each page applied in its own transaction (two at
+//! once), the largest `watermark_of` of the committed pages returned, and the watermark
+//! advanced only once every page is committed ([`pull`]). The sequential pull, the sweeps
+//! built on it (`contacts`) and each slice of a sliced pull (`slices`) walk through here.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tracing::{info, instrument, warn};
+use uuid::Uuid;
+
+use super::context::JobContext;
+use super::pager::Pager;
+use super::watermark;
+use crate::core::contact::{ContactRow, Incoming};
+use crate::core::job::Job;
+use crate::core::merge::{self, PageStats};
+use crate::core::optouts::newly_unsubscribed;
+use crate::core::sanitize::BadInput;
+use crate::ctct::convert::to_incoming_noted;
+use crate::ctct::dto::ContactsPage;
+use crate::ctct::AccountClient;
+use crate::store;
+
+/// Stats of one pull run (stored in `sync_runs.stats`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PullStats {
+    pub pages: u64,
+    #[serde(flatten)]
+    pub contacts: PageStats,
+    pub changes_written: u64,
+    /// Pending outbound rows marked `skipped` because their contact unsubscribed.
+    pub outbound_skipped: u64,
+    /// Page elements skipped as not storable contacts (`poison_records`, kind `poison`).
+    pub poison: u64,
+    /// Contact columns stored with NUL characters removed (kind `nul_removed`).
+    pub nul_removed: u64,
+    pub api_requests: u64,
+    pub contacts_count: Option<u64>,
+    /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
+    pub apply_ms: u64,
+    pub watermark_before: Option<DateTime<Utc>>,
+    pub watermark_after: Option<DateTime<Utc>>,
+    /// Time slices the pull was paged in (0: one sequential walk; see `sync::slices`).
+    pub slices: u64,
+    /// Slices cut again because their first page showed far more than planned.
+    pub slice_cuts: u64,
+    pub dry_run: bool,
+}
+
+/// A progress bar for a walk shown on a terminal.
+fn progress_bar(job: &str, account: &str, total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} contacts ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("{account} {job}"));
+    bar
+}
+/// Pages applied at once (each in its own transaction).
+const APPLY_CONCURRENCY: usize = 2;
+
+/// Which timestamp of an incoming contact a sweep's watermark follows.
+pub type WatermarkOf = fn(&ContactRow) -> Option<DateTime<Utc>>;
+
+/// The contacts pull's watermark: the contact's `updated_at`.
+pub fn updated_at_mark(row: &ContactRow) -> Option<DateTime<Utc>> {
+    Some(row.updated_at)
+}
+
+/// How the pages of one walk are applied.
+#[derive(Clone, Copy)]
+pub struct PageSpec<'a> {
+    pub account: &'a str,
+    /// Lists whose memberships are synced (`None` = all).
+    pub lists_filter: Option<&'a HashSet<Uuid>>,
+    pub run_id: Uuid,
+    /// The timestamp each page's maximum is taken of.
+    pub watermark_of: WatermarkOf,
+}
+
+/// Pages through `first` and its next links, applying each page; the watermark of `job`
+/// (the largest `watermark_of` seen) is advanced once every page is committed. Shared by the
+/// jobs that read `GET /contacts` incrementally.
+#[instrument(skip_all, fields(job = %job))]
+pub async fn pull(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    first: url::Url,
+    before: Option<DateTime<Utc>>,
+    spec: &PageSpec<'_>,
+) -> anyhow::Result<PullStats> {
+    pull_pages(ctx, client, job, Pager::new(client, first), before, spec).await
+}
+
+/// [`pull`] of a walk already started.
+pub(super) async fn pull_pages(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    pages: Pager,
+    before: Option<DateTime<Utc>>,
+    spec: &PageSpec<'_>,
+) -> anyhow::Result<PullStats> {
+    let mut stats = PullStats {
+        watermark_before: before,
+        dry_run: ctx.dry_run,
+        ..Default::default()
+    };
+    let walk = Walk {
+        job,
+        apply_concurrency: APPLY_CONCURRENCY,
+        progress: true,
+    };
+    let max_seen = walk_pages(ctx, pages, &walk, spec, &mut stats).await?;
+    // Every page is committed: only now may the watermark cover them.
+    finish(ctx, client, job, spec.account, max_seen, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Advances `job`'s watermark to `max_seen` (every page it covers is committed) and fills in
+/// the run's request count and watermark.
+pub(super) async fn finish(
+    ctx: &JobContext,
+    client: &AccountClient,
+    job: Job,
+    account: &str,
+    max_seen: Option<DateTime<Utc>>,
+    stats: &mut PullStats,
+) -> anyhow::Result<()> {
+    watermark::advance(ctx, account, job, max_seen).await?;
+    stats.api_requests = client.requests_sent();
+    stats.watermark_after = match (stats.watermark_before, max_seen) {
+        (Some(b), Some(m)) => Some(b.max(m)),
+        (b, m) => b.or(m),
+    };
+    Ok(())
+}
+
+/// How one cursor walk runs.
+pub(super) struct Walk {
+    pub job: Job,
+    /// Pages applied at once (each in its own transaction on its own connection).
+    pub apply_concurrency: usize,
+    /// Count the walk's total from its first page and show a bar / log progress.
+    pub progress: bool,
+}
+
+/// Applies every page of `pages` (the watermark untouched), adding to `stats`; the largest
+/// `watermark_of` of the committed pages.
+pub(super) async fn walk_pages(
+    ctx: &JobContext,
+    mut pages: Pager,
+    walk: &Walk,
+    spec: &PageSpec<'_>,
+    stats: &mut PullStats,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let account = spec.account;
+    let job = walk.job;
+    let mut max_seen: Option<DateTime<Utc>> = None;
+    let mut last_progress = Instant::now();
+    // A bar on a terminal (`sync`, `demo`); logs every 10 s otherwise (the daemon).
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    // Pages being applied, each in its own transaction on its own connection, oldest first.
+    let mut applying = FuturesOrdered::new();
+    loop {
+        let page = match pages.next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                // The pages in hand still commit: nothing already read is thrown away.
+                while applying.next().await.is_some() {}
+                return Err(e);
+            }
+        };
+        if page.number == 1 && walk.progress {
+            stats.contacts_count = page.page.contacts_count;
+            if ctx.progress && std::io::stderr().is_terminal() {
+                bar = Some(progress_bar(
+                    job.as_str(),
+                    account,
+                    page.page.contacts_count,
+                ));
+            }
+        }
+        let last = page.last;
+        applying.push_back(async move {
+            let started = Instant::now();
+            let applied = apply_page(ctx, spec, &page.page).await.with_context(|| {
+                format!(
+                    "applying page {} of contacts for account {account}",
+                    page.number
+                )
+            })?;
+            anyhow::Ok((applied, started.elapsed()))
+        });
+        // Two pages in flight keep both PostgreSQL backends busy; more would only hold
+        // more pages in memory.
+        while applying.len() >= walk.apply_concurrency || (last && !applying.is_empty()) {
+            let Some(done) = applying.next().await else {
+                break;
+            };
+            let (applied, took) = done?;
+            max_seen = max_seen.max(applied.max_seen);
+            stats.apply_ms += took.as_millis() as u64;
+            stats.add_page(account, &applied, ctx.dry_run);
+            if let Some(b) = &bar {
+                b.inc(applied.stats.seen);
+            } else if walk.progress && last_progress.elapsed() >= Duration::from_secs(10) {
+                last_progress = Instant::now();
+                info!(
+                    pages = stats.pages,
+                    seen = stats.contacts.seen,
+                    total = stats.contacts_count,
+                    "pull progress"
+                );
+            }
+        }
+        if !last && ctx.cancel.is_cancelled() {
+            // Let the pages in hand commit; the watermark is not advanced, so the next run
+            // re-reads them (a no-op) and goes on.
+            while let Some(done) = applying.next().await {
+                done?;
+            }
+            anyhow::bail!(
+                "cancelled after {} pages; watermark unchanged",
+                pages.fetched()
+            );
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(max_seen)
+}
+
+impl PullStats {
+    /// Counts one committed page.
+    pub(super) fn add_page(&mut self, account: &str, applied: &PageApplied, dry_run: bool) {
+        self.pages += 1;
+        self.contacts += applied.stats;
+        self.changes_written += applied.changes_written;
+        self.outbound_skipped += applied.outbound_skipped;
+        self.poison += applied.poison;
+        self.nul_removed += applied.nul_removed;
+        if applied.poison > 0 && !dry_run {
+            metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
+                .increment(applied.poison);
+        }
+    }
+
+    /// Adds another walk's page counts (a slice of the same pull).
+    pub(super) fn absorb(&mut self, other: &PullStats) {
+        self.pages += other.pages;
+        self.contacts += other.contacts;
+        self.changes_written += other.changes_written;
+        self.outbound_skipped += other.outbound_skipped;
+        self.poison += other.poison;
+        self.nul_removed += other.nul_removed;
+        self.apply_ms += other.apply_ms;
+    }
+}
+
+/// What applying one page did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageApplied {
+    pub stats: PageStats,
+    pub changes_written: u64,
+    pub outbound_skipped: u64,
+    /// Elements skipped as not storable contacts.
+    pub poison: u64,
+    /// Columns stored with NUL characters removed.
+    pub nul_removed: u64,
+    /// Memberships the page removed (the contact is no longer on the list).
+    pub memberships_removed: u64,
+    /// The page's largest `watermark_of` (what the walk's watermark may advance to once
+    /// every page up to here is committed).
+    pub max_seen: Option<DateTime<Utc>>,
+}
+
+/// Applies one page in one transaction. Pending outbound rows that would add a newly
+/// unsubscribed contact to a list become `skipped` in the same transaction (law 2: ccsync
+/// never re-subscribes). The watermark is not touched here ([`watermark::advance`]).
+pub async fn apply_page(
+    ctx: &JobContext,
+    spec: &PageSpec<'_>,
+    page: &ContactsPage,
+) -> anyhow::Result<PageApplied> {
+    let account = spec.account;
+    let mut notes: Vec<BadInput> = page
+        .rejected
+        .iter()
+        .map(|r| BadInput::poison(r.reason.clone(), r.record.clone()))
+        .collect();
+    let poison = notes.len() as u64;
+    let mut incoming: Vec<Incoming> = Vec::with_capacity(page.contacts.len());
+    for c in &page.contacts {
+        let (i, stripped) = to_incoming_noted(c);
+        notes.extend(
+            stripped
+                .into_iter()
+                .map(|field| BadInput::nul_removed(i.row.contact_id, field)),
+        );
+        incoming.push(i);
+    }
+    let nul_removed = notes.len() as u64 - poison;
+    for n in &notes {
+        warn!(
+            account,
+            kind = n.kind.as_str(),
+            contact_id = ?n.contact_id,
+            field = n.field,
+            reason = %n.reason,
+            "bad input from Constant Contact"
+        );
+    }
+    let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
+    ids.sort_unstable();
+    let mut tx = ctx.pool.begin().await?;
+    store::relax_commit_durability(&mut tx).await?;
+    let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
+    let mut plan = merge::plan_page(&incoming, &stored, spec.lists_filter);
+    let max_seen = incoming
+        .iter()
+        .filter_map(|i| (spec.watermark_of)(&i.row))
+        .max();
+    plan.upserts.sort_unstable_by_key(|r| r.contact_id);
+    store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
+    store::memberships::remove(&mut tx, account, &plan.remove_memberships).await?;
+    store::memberships::add(&mut tx, account, &plan.add_memberships).await?;
+    let written = store::changes::append(
+        &mut tx,
+        account,
+        Some(spec.run_id),
+        "constant_contact",
+        &plan.changes,
+    )
+    .await?;
+    let refusals = newly_unsubscribed(&incoming, &plan);
+    let outbound_skipped =
+        store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
+    store::poison::append(&mut tx, account, Some(spec.run_id), &notes).await?;
+    if ctx.dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(PageApplied {
+        stats: plan.stats,
+        changes_written: written,
+        outbound_skipped,
+        poison,
+        nul_removed,
+        memberships_removed: plan.remove_memberships.len() as u64,
+        max_seen,
+    })
+}
