@@ -24,26 +24,26 @@ use crate::core::slices::{self, FirstPage, Plan, Slice};
 use crate::ctct::dto::{ContactsPage, PagingLinks};
 use crate::ctct::{AccountClient, ContactsQuery};
 
-/// Whether a walk whose first page is `first` should be sliced.
+/// Whether a walk whose first page is `first` should be sliced (the caller has checked that
+/// slicing is on, `sync.slice_streams > 1`).
 pub(super) fn worth_slicing(ctx: &JobContext, first: &ContactsPage) -> bool {
-    let s = &ctx.settings.sync;
-    s.slice_streams > 1
-        && PagingLinks::next_href(&first.links).is_some()
-        && first.contacts_count.unwrap_or(0) > s.slice_above
+    PagingLinks::next_href(&first.links).is_some()
+        && first.contacts_count.unwrap_or(0) > ctx.settings.sync.slice_above
 }
 
 /// What the first page of a slice shows its planner.
 fn facts(page: &ContactsPage, spec: &PageSpec<'_>) -> FirstPage {
-    let times = || {
-        page.contacts
-            .iter()
-            .map(|c| crate::ctct::convert::to_incoming(c).row)
-            .filter_map(|r| (spec.watermark_of)(&r))
-    };
+    let (mut earliest, mut latest) = (None, None);
+    for c in &page.contacts {
+        if let Some(t) = (spec.watermark_of)(&crate::ctct::convert::to_incoming(c).row) {
+            earliest = Some(earliest.map_or(t, |e: DateTime<Utc>| e.min(t)));
+            latest = latest.max(Some(t));
+        }
+    }
     FirstPage {
         contacts_count: page.contacts_count.unwrap_or(page.contacts.len() as u64),
-        earliest: times().min(),
-        latest: times().max(),
+        earliest,
+        latest,
     }
 }
 
