@@ -191,6 +191,24 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = BackfillMode::Both)]
         mode: BackfillMode,
     },
+    /// A simulated day of the request-budget planner for N idle accounts on one API key:
+    /// requests spent and the worst staleness achieved per job (no I/O).
+    Planner {
+        /// Accounts on the key (repeat for several).
+        #[arg(long = "accounts", default_values_t = [1usize, 19, 100, 200])]
+        accounts: Vec<usize>,
+        #[arg(long, default_value = "30m")]
+        unsubscribes: humantime::Duration,
+        #[arg(long, default_value = "1h")]
+        contacts: humantime::Duration,
+        #[arg(long, default_value = "4h")]
+        lists: humantime::Duration,
+        #[arg(long, default_value_t = 10_000)]
+        daily_limit: u64,
+        /// Contacts changed per account per day (pages beyond the first cost requests).
+        #[arg(long, default_value_t = 0.0)]
+        changes_per_day: f64,
+    },
     Push {
         /// Rows per push (repeat for several sizes).
         #[arg(long = "rows", default_values_t = [1usize, 100, 10_000])]

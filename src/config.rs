@@ -41,6 +41,8 @@ pub struct Settings {
     pub accounts: Vec<AccountSettings>,
     pub sync: SyncSettings,
     pub schedule: ScheduleSettings,
+    /// `[freshness]`: jobs run by the request-budget planner instead of cron.
+    pub freshness: FreshnessSettings,
     /// `[retention]`: how long bookkeeping rows are kept.
     pub retention: RetentionSettings,
     pub server: ServerSettings,
@@ -190,6 +192,68 @@ pub struct ScheduleSettings {
     pub retention: String,
 }
 
+/// `[freshness]`: the staleness wanted per job. A job given a target here is run by the
+/// request-budget planner (`core::planner`) as often as the API key's daily budget allows, up
+/// to its target, and its `[schedule]` expression is not used; a job without one keeps its
+/// cron expression. `contacts` plans the deletes sweep too (it rides on the pull).
+#[derive(Debug, Clone, Deserialize)]
+pub struct FreshnessSettings {
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub unsubscribes: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub contacts: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub lists: Option<Duration>,
+    /// A planned push runs when there is something to push, at most this often.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub push: Option<Duration>,
+    /// Share of the daily budget the planner leaves unplanned (pushes, the weekly
+    /// reconcile, backfills, retries).
+    pub budget_reserve: f64,
+}
+
+impl FreshnessSettings {
+    /// `(key, target)` of every planned job.
+    pub fn targets(&self) -> crate::core::planner::Targets {
+        crate::core::planner::Targets {
+            unsubscribes: self.unsubscribes,
+            contacts: self.contacts,
+            lists: self.lists,
+            push: self.push,
+            reserve: self.budget_reserve,
+        }
+    }
+
+    fn entries(&self) -> [(&'static str, Option<Duration>); 4] {
+        [
+            ("unsubscribes", self.unsubscribes),
+            ("contacts", self.contacts),
+            ("lists", self.lists),
+            ("push", self.push),
+        ]
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, target) in self.entries() {
+            if let Some(t) = target {
+                if t < Duration::from_secs(60) || t > crate::core::planner::MAX_INTERVAL {
+                    return Err(ConfigError::invalid(
+                        format!("freshness.{key}"),
+                        "must be between 1m and 24h (or \"off\")",
+                    ));
+                }
+            }
+        }
+        if !(0.0..=0.5).contains(&self.budget_reserve) {
+            return Err(ConfigError::invalid(
+                "freshness.budget_reserve",
+                "must be between 0 and 0.5 (a share of the daily budget)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[retention]`: per table, days rows are kept (`0` keeps forever), and the rows deleted
 /// per statement. Signed so that a negative value is refused naming its key.
 #[derive(Debug, Clone, Deserialize)]
@@ -311,6 +375,17 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         )));
     }
     Ok(v)
+}
+
+/// A duration, or `""` / `"off"` for none.
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let v = humantime::parse_duration(s.trim())
+        .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))?;
+    Ok(Some(v))
 }
 
 impl Settings {
@@ -494,6 +569,7 @@ impl Settings {
         parse_cron(&self.schedule.retention)
             .map_err(|m| ConfigError::invalid("schedule.retention", m))?;
         self.retention.validate()?;
+        self.freshness.validate()?;
         if !(1..=MAX_CONCURRENT_ACCOUNTS).contains(&self.server.max_concurrent_accounts) {
             return Err(ConfigError::invalid(
                 "server.max_concurrent_accounts",
@@ -644,6 +720,20 @@ impl Settings {
             out.push_str(&format!("{k} = {v:?}\n"));
         }
         out.push_str(&format!("retention = {:?}\n", self.schedule.retention));
+        out.push_str("\n[freshness]\n");
+        for (k, v) in self.freshness.entries() {
+            match v {
+                Some(d) => out.push_str(&format!(
+                    "{k} = {:?}\n",
+                    humantime::format_duration(d).to_string()
+                )),
+                None => out.push_str(&format!("{k} = \"off\"\n")),
+            }
+        }
+        out.push_str(&format!(
+            "budget_reserve = {}\n",
+            self.freshness.budget_reserve
+        ));
         out.push_str("\n[retention]\n");
         for (k, v) in self.retention.days() {
             out.push_str(&format!("{k} = {v}\n"));
@@ -668,6 +758,19 @@ impl Settings {
             set(self.security.token_key.is_some())
         ));
         out
+    }
+
+    /// The `[schedule]` expressions of the jobs cron runs: those the planner runs
+    /// (`[freshness]`) are left out.
+    pub fn cron_entries(&self) -> Vec<(&'static str, &str)> {
+        let targets = self.freshness.targets();
+        self.schedule
+            .entries()
+            .into_iter()
+            .filter(|(job, _)| {
+                crate::core::cycle::job_named(job).is_none_or(|j| !targets.planned(j))
+            })
+            .collect()
     }
 
     /// Finds an account's settings.
@@ -700,6 +803,10 @@ const OPTIONAL_KEYS: &[&str] = &[
     "constant_contact.client_secret_file",
     "security.token_key",
     "security.token_key_file",
+    "freshness.unsubscribes",
+    "freshness.contacts",
+    "freshness.lists",
+    "freshness.push",
 ];
 /// The keys of one `[[accounts]]` entry.
 const ACCOUNT_KEYS: &[&str] = &["id", "refresh_token", "refresh_token_file", "lists"];
@@ -919,6 +1026,40 @@ mod tests {
         s.sync.page_size = 501;
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("sync.page_size"), "{e}");
+    }
+
+    #[test]
+    fn a_freshness_target_out_of_range_names_the_key_and_planned_jobs_leave_cron() {
+        let mut s = defaults();
+        assert!(!s.freshness.targets().any(), "the planner is opt-in");
+        assert_eq!(s.cron_entries().len(), 6);
+        s.freshness.contacts = Some(Duration::from_secs(30));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("freshness.contacts"), "{e}");
+        s.freshness.contacts = Some(Duration::from_secs(3600));
+        s.freshness.budget_reserve = 0.9;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("freshness.budget_reserve"), "{e}");
+        s.freshness.budget_reserve = 0.05;
+        s.validate().unwrap();
+        // The contacts pull is planned, and the deletes sweep that rides on it with it.
+        let cron: Vec<&str> = s.cron_entries().iter().map(|(j, _)| *j).collect();
+        assert_eq!(cron, ["unsubscribes", "lists", "push", "reconcile"]);
+    }
+
+    #[test]
+    fn off_or_empty_leaves_a_job_on_cron() {
+        let path = std::env::temp_dir().join(format!("ccsync-fresh-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[freshness]\nunsubscribes = \"15m\"\ncontacts = \"off\"\nlists = \"\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_unvalidated(Some(&path)).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(s.freshness.unsubscribes, Some(Duration::from_secs(900)));
+        assert_eq!((s.freshness.contacts, s.freshness.lists), (None, None));
+        assert!(s.unknown_keys.is_empty(), "{:?}", s.unknown_keys);
     }
 
     #[test]

@@ -16,9 +16,15 @@
 //! - firings check the cancellation token and work only through the tracker, which the
 //!   shutdown drains with a grace period.
 //!
+//! - with `[freshness]` targets, a planner tick every minute asks the request-budget
+//!   planner (`core::planner`, fed by `store::planner`) which planned jobs of which
+//!   accounts are due, and dispatches them with the tick's cron jobs through the same
+//!   claims and locks; an account whose cycle is still running in this replica is left to
+//!   the next tick (not recorded as skipped every minute).
+//!
 //! Times are UTC; expressions have six fields (seconds first).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -47,19 +53,59 @@ pub struct Plan {
     pub schedule: Schedule,
     pub accounts: Vec<AccountSettings>,
     pub max_concurrent: usize,
+    /// The planner's tick (every minute) when any job has a freshness target.
+    pub planner_tick: Option<Cron>,
 }
+
+/// The planner's tick.
+const PLANNER_TICK: &str = "0 * * * * *";
 
 impl Plan {
     pub fn new(ctx: JobContext) -> anyhow::Result<Plan> {
         let settings: &Settings = &ctx.settings;
         let schedule =
-            Schedule::parse(settings.schedule.entries()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Schedule::parse(settings.cron_entries()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let planner_tick = if settings.freshness.targets().any() {
+            Some(plan::parse_cron(PLANNER_TICK).map_err(|e| anyhow::anyhow!("{e}"))?)
+        } else {
+            None
+        };
         Ok(Plan {
             accounts: settings.accounts.clone(),
             max_concurrent: settings.server.max_concurrent_accounts,
             schedule,
+            planner_tick,
             ctx,
         })
+    }
+
+    /// Every expression to register: the cron jobs', and the planner's tick.
+    fn expressions(&self) -> Vec<(String, Cron)> {
+        let mut out = self.schedule.expressions();
+        if let Some(tick) = &self.planner_tick {
+            if !out.iter().any(|(e, _)| e == PLANNER_TICK) {
+                out.push((PLANNER_TICK.to_string(), tick.clone()));
+            }
+        }
+        out
+    }
+
+    /// The next tick of any kind after `t` (a cycle waits for a slot until then).
+    fn next_tick_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let planner = self
+            .planner_tick
+            .as_ref()
+            .and_then(|c| c.find_next_occurrence(&t, false).ok());
+        [self.schedule.next_after(t), planner]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn is_planner_tick(&self, tick: DateTime<Utc>) -> bool {
+        self.planner_tick
+            .as_ref()
+            .is_some_and(|c| c.is_time_matching(&tick).unwrap_or(false))
     }
 }
 
@@ -73,6 +119,20 @@ struct Shared {
     recent: Mutex<VecDeque<DateTime<Utc>>>,
     heartbeat: Arc<Heartbeat>,
     replica: String,
+    /// Accounts with a cycle running in this process.
+    in_flight: Mutex<HashSet<String>>,
+}
+
+/// Marks an account's cycle as running in this process while it lives.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    account: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock_or_recover(&self.shared.in_flight).remove(&self.account);
+    }
 }
 
 /// The running scheduler of one `ccsync run`.
@@ -146,19 +206,66 @@ impl Shared {
         }
         let plan = self.plan();
         let due = plan.schedule.due_at(tick);
+        if plan.is_planner_tick(tick) {
+            let span = info_span!("planner", tick = %tick.format("%H:%M:%S"));
+            let task = self.clone().dispatch_planned(plan, tick, due);
+            self.tracker.spawn(task.instrument(span));
+            return;
+        }
         if due.is_empty() {
             return;
         }
         for account in &plan.accounts {
-            let span = info_span!("cycle", account = %account.id, tick = %tick.format("%H:%M:%S"));
-            let task = cycle(
-                self.clone(),
-                plan.clone(),
-                account.clone(),
-                tick,
-                due.clone(),
-            );
-            self.tracker.spawn(task.instrument(span));
+            self.spawn_cycle(&plan, account, tick, due.clone());
+        }
+    }
+
+    fn spawn_cycle(
+        self: &Arc<Self>,
+        plan: &Arc<Plan>,
+        account: &AccountSettings,
+        tick: DateTime<Utc>,
+        due: Vec<Job>,
+    ) {
+        let span = info_span!("cycle", account = %account.id, tick = %tick.format("%H:%M:%S"));
+        let task = cycle(self.clone(), plan.clone(), account.clone(), tick, due);
+        self.tracker.spawn(task.instrument(span));
+    }
+
+    /// A planner tick: the plan from the store's state, then one cycle per account with
+    /// planned jobs due (plus the tick's cron jobs). If the state cannot be read, the tick
+    /// runs its cron jobs only.
+    async fn dispatch_planned(
+        self: Arc<Self>,
+        plan: Arc<Plan>,
+        tick: DateTime<Utc>,
+        due: Vec<Job>,
+    ) {
+        let planned = async {
+            let mut conn = plan.ctx.pool.acquire().await?;
+            store::planner::current(&mut conn, &plan.ctx.settings, Some(&plan.schedule), tick).await
+        }
+        .await;
+        let planned = match planned {
+            Ok(p) => p.due(tick),
+            Err(e) => {
+                warn!(error = %crate::telemetry::Chain(&e), "cannot read what the planner needs; this tick runs its cron jobs only");
+                Vec::new()
+            }
+        };
+        for account in &plan.accounts {
+            let mut jobs = due.clone();
+            if let Some((_, more)) = planned.iter().find(|(a, _)| *a == account.id) {
+                if lock_or_recover(&self.in_flight).contains(&account.id) {
+                    ::metrics::counter!("ccsync_schedule_ticks_total", "outcome" => "still_running")
+                        .increment(1);
+                } else {
+                    jobs.extend(more.iter().copied());
+                }
+            }
+            if !jobs.is_empty() {
+                self.spawn_cycle(&plan, account, tick, jobs);
+            }
         }
     }
 }
@@ -182,6 +289,7 @@ impl Scheduler {
             recent: Mutex::new(VecDeque::new()),
             heartbeat,
             replica: replica_name(),
+            in_flight: Mutex::new(HashSet::new()),
         });
         let hb = shared.heartbeat.clone();
         sched
@@ -203,7 +311,7 @@ impl Scheduler {
     }
 
     async fn register(&mut self) -> anyhow::Result<()> {
-        for (expr, cron) in self.shared.plan().schedule.expressions() {
+        for (expr, cron) in self.shared.plan().expressions() {
             let shared = self.shared.clone();
             let job = CronJob::new_async(expr.as_str(), move |_, _| {
                 let (shared, cron) = (shared.clone(), cron.clone());
@@ -229,12 +337,7 @@ impl Scheduler {
     /// the plan they started with.
     pub async fn replace(&mut self, plan: Plan) -> anyhow::Result<()> {
         let old = self.shared.plan();
-        let new_exprs: Vec<String> = plan
-            .schedule
-            .expressions()
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect();
+        let new_exprs: Vec<String> = plan.expressions().into_iter().map(|(e, _)| e).collect();
         if plan.max_concurrent != old.max_concurrent {
             *self
                 .shared
@@ -305,8 +408,7 @@ async fn cycle(
 ) {
     let permits = shared.permits();
     let wait = plan
-        .schedule
-        .next_after(tick)
+        .next_tick_after(tick)
         .and_then(|next| (next - Utc::now()).to_std().ok())
         .unwrap_or(Duration::ZERO);
     let permit = tokio::select! {
@@ -324,6 +426,11 @@ async fn cycle(
     if shared.cancel.is_cancelled() {
         return;
     }
+    lock_or_recover(&shared.in_flight).insert(account.id.clone());
+    let _in_flight = InFlight {
+        shared: &shared,
+        account: account.id.clone(),
+    };
     if let Err(e) = claim_and_run(&shared, &plan, &account, tick, &due).await {
         error!(error.message = %format!("{e:#}"), error.cause_chain = ?e, "scheduled cycle failed");
     }

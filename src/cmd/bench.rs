@@ -37,6 +37,26 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     match what {
         BenchCommand::Pull { contacts, sandbox } => pull(contacts, sandbox).await,
         BenchCommand::Push { rows } => push(&rows).await,
+        BenchCommand::Planner {
+            accounts,
+            unsubscribes,
+            contacts,
+            lists,
+            daily_limit,
+            changes_per_day,
+        } => {
+            let targets = crate::core::planner::Targets {
+                unsubscribes: Some(unsubscribes.into()),
+                contacts: Some(contacts.into()),
+                lists: Some(lists.into()),
+                push: None,
+                reserve: crate::config::Settings::load_unvalidated(None)?
+                    .freshness
+                    .budget_reserve,
+            };
+            planner(&targets, &accounts, daily_limit, changes_per_day);
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Backfill {
             contacts,
             latency_ms,
@@ -55,6 +75,49 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             backfill(contacts, latency, rate, modes).await
         }
+    }
+}
+
+/// `bench planner`: one simulated day per account count.
+fn planner(
+    targets: &crate::core::planner::Targets,
+    accounts: &[usize],
+    daily_limit: u64,
+    changes_per_day: f64,
+) {
+    use crate::core::job::Job;
+    let fmt = |d: Option<Duration>| {
+        d.map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "targets: opt-outs {}, contacts {}, lists {}; {daily_limit} requests/day, reserve {}, {changes_per_day} changes/account/day",
+        fmt(targets.unsubscribes),
+        fmt(targets.contacts),
+        fmt(targets.lists),
+        targets.reserve
+    );
+    println!(
+        "{:>8} {:>13} {:>8} {:>16} {:>16} {:>16}  short of target",
+        "accounts", "requests/day", "refused", "worst opt-outs", "worst contacts", "worst lists"
+    );
+    for n in accounts {
+        let r = crate::core::planner::simulate_day(targets, *n, daily_limit, changes_per_day);
+        let short: Vec<&str> = r.short.iter().map(|j| j.as_str()).collect();
+        println!(
+            "{:>8} {:>13} {:>8} {:>16} {:>16} {:>16}  {}",
+            n,
+            r.requests,
+            r.refused,
+            fmt(r.gap(Job::Unsubscribes)),
+            fmt(r.gap(Job::Contacts)),
+            fmt(r.gap(Job::Lists)),
+            if short.is_empty() {
+                "-".to_string()
+            } else {
+                short.join(", ")
+            }
+        );
     }
 }
 

@@ -61,12 +61,23 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
     let used: i64 = usage.iter().map(|(_, n)| n).sum();
     let limit = settings.constant_contact.daily_request_limit as i64;
     let now = Utc::now();
-    let schedule = Schedule::parse(settings.schedule.entries()).ok();
-    let next_run = |job: &str| {
-        schedule
+    let schedule = Schedule::parse(settings.cron_entries()).ok();
+    let planned = if settings.freshness.targets().any() {
+        Some(
+            store::planner::current(&mut conn, settings, schedule.as_ref(), now)
+                .await
+                .context("reading what the planner needs")?,
+        )
+    } else {
+        None
+    };
+    let next_run = |account: Option<&str>, job: &str| {
+        let job = job_named(job)?;
+        let by_plan = planned
             .as_ref()
-            .zip(job_named(job))
-            .and_then(|(s, j)| s.next_for(j, now))
+            .zip(account)
+            .and_then(|(p, a)| p.next_run(a, job));
+        by_plan.or_else(|| schedule.as_ref().and_then(|s| s.next_for(job, now)))
     };
     let jobs_json: Vec<_> = jobs
         .iter()
@@ -82,7 +93,7 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
                 "last_outcome": j.last_outcome,
                 "last_error": j.last_error,
                 "last_stats": j.last_stats,
-                "next_run_at": next_run(&j.job),
+                "next_run_at": next_run(Some(&j.account_id), &j.job),
             })
         })
         .collect();
@@ -103,10 +114,39 @@ pub async fn collect(pool: &PgPool, settings: &Settings) -> anyhow::Result<serde
             "cron_utc": settings.schedule.retention,
             "days": settings.retention.days().iter().map(|(k, v)| (k.trim_end_matches("_days").to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         },
-        "schedule": settings.schedule.entries().iter().map(|(job, expr)| json!({
-            "job": job, "cron_utc": expr, "next_run_at": next_run(job),
+        "schedule": settings.cron_entries().iter().map(|(job, expr)| json!({
+            "job": job, "cron_utc": expr, "next_run_at": next_run(None, job),
         })).collect::<Vec<_>>(),
+        "plan": planned.as_ref().map(plan_json),
     }))
+}
+
+/// The request-budget plan: targets, the budget it spends, and per account the interval
+/// of each planned job, what it costs a day and when it runs next.
+fn plan_json(p: &store::planner::Planned) -> serde_json::Value {
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs());
+    json!({
+        "targets_seconds": {
+            "unsubscribes": secs(p.targets.unsubscribes),
+            "contacts": secs(p.targets.contacts),
+            "lists": secs(p.targets.lists),
+            "push": secs(p.targets.push),
+        },
+        "budget_reserve": p.targets.reserve,
+        "plannable_requests_per_day": p.plan.plannable_per_day.round(),
+        "planned_requests_per_day": p.plan.planned_per_day.round(),
+        "short_of_target": p.plan.short.iter().map(|j| j.as_str()).collect::<Vec<_>>(),
+        "accounts": p.plan.accounts.iter().map(|a| json!({
+            "account": a.account,
+            "requests_per_day": (a.requests_per_day * 10.0).round() / 10.0,
+            "jobs": a.intervals.iter().map(|(job, d)| json!({
+                "job": job.as_str(),
+                "interval_seconds": d.as_secs(),
+                "expected_staleness_seconds": d.as_secs(),
+                "next_run_at": p.next_run(&a.account, *job),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Prints the status.
@@ -121,8 +161,16 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
         "{:<12} {:<13} {:<21} {:<10} {:<21} {:<10} {:<21} ERROR",
         "ACCOUNT", "JOB", "WATERMARK", "LAG", "LAST RUN", "OUTCOME", "NEXT RUN"
     );
+    let next_at = |account: &str, job: &str| -> Option<DateTime<Utc>> {
+        v["jobs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["account"] == account && r["job"] == job)?["next_run_at"]
+            .as_str()?
+            .parse()
+            .ok()
+    };
     let now = Utc::now();
-    let schedule = Schedule::parse(settings.schedule.entries()).ok();
     for j in &jobs {
         let lag = j
             .watermark
@@ -131,10 +179,7 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
                 humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
             })
             .unwrap_or_else(|| "-".into());
-        let next = schedule
-            .as_ref()
-            .zip(job_named(&j.job))
-            .and_then(|(s, job)| s.next_for(job, now));
+        let next = next_at(&j.account_id, &j.job);
         println!(
             "{:<12} {:<13} {:<21} {:<10} {:<21} {:<10} {:<21} {}",
             j.account_id,
@@ -159,6 +204,46 @@ pub async fn print(pool: &PgPool, settings: &Settings, as_json: bool) -> anyhow:
             ""
         }
     );
+    if let Some(p) = v["plan"].as_object() {
+        let short: Vec<&str> = p["short_of_target"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j.as_str())
+            .collect();
+        println!(
+            "plan: {} requests/day planned of {} the budget allows{}",
+            p["planned_requests_per_day"],
+            p["plannable_requests_per_day"],
+            if short.is_empty() {
+                " — every target met".to_string()
+            } else {
+                format!(" — short of target: {}", short.join(", "))
+            }
+        );
+        for a in p["accounts"].as_array().into_iter().flatten() {
+            let jobs: Vec<String> = a["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| {
+                    let every =
+                        std::time::Duration::from_secs(j["interval_seconds"].as_u64().unwrap_or(0));
+                    format!(
+                        "{} every {}",
+                        j["job"].as_str().unwrap_or("-"),
+                        humantime::format_duration(every)
+                    )
+                })
+                .collect();
+            println!(
+                "  {}: {} ({} requests/day)",
+                a["account"].as_str().unwrap_or("-"),
+                jobs.join(", "),
+                a["requests_per_day"]
+            );
+        }
+    }
     for o in v["outbound"].as_array().into_iter().flatten() {
         let account = o["account"].as_str().unwrap_or("-");
         let counts: Vec<String> = o["by_state"]

@@ -82,6 +82,14 @@ impl Schedule {
         c.find_next_occurrence(&t, false).ok()
     }
 
+    /// Runs a day of each job on cron, from its period after `t`.
+    pub fn runs_per_day(&self, t: DateTime<Utc>) -> Vec<(Job, f64)> {
+        Job::all()
+            .iter()
+            .filter_map(|j| Some((*j, 86_400.0 / self.period(*j, t)?.as_secs_f64().max(1.0))))
+            .collect()
+    }
+
     /// The gap between the next two runs of `job` after `t` (its period, for readiness).
     pub fn period(&self, job: Job, t: DateTime<Utc>) -> Option<Duration> {
         let a = self.next_for(job, t)?;

@@ -16,6 +16,8 @@
 //! - `sends`: which activity a send attempt with no recorded answer became, if any;
 //! - `sanitize`: NUL characters (which PostgreSQL refuses) removed from API values;
 //! - `slices`: cutting a large pull's `updated_at` range into slices paged at once;
+//! - `planner`: how often each account's jobs run so that the shared daily request budget
+//!   buys the most freshness (and a simulated day of it);
 //! - `cycle`: which jobs a tick runs, in what order, and what a push needs first;
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
 
@@ -31,6 +33,7 @@ pub mod membership;
 pub mod merge;
 pub mod op;
 pub mod optouts;
+pub mod planner;
 pub mod properties;
 pub mod put;
 pub mod reads;

@@ -132,7 +132,7 @@ pub async fn readiness_problems(s: &OpsState) -> Vec<String> {
             })
             .unzip();
         let failing = store::ops::failing_since(&mut conn, &accounts, &jobs).await?;
-        let schedule = Schedule::parse(settings.schedule.entries()).ok();
+        let schedule = Schedule::parse(settings.cron_entries()).ok();
         let now = Utc::now();
         for (account, job, since) in failing {
             let period = schedule

@@ -374,7 +374,7 @@ async fn refresh_alert_gauges(
         })
         .unzip();
     let failing = store::ops::failing_since(conn, &accounts, &jobs).await?;
-    let schedule = Schedule::parse(settings.schedule.entries()).ok();
+    let schedule = Schedule::parse(settings.cron_entries()).ok();
     let now = chrono::Utc::now();
     for (account, job) in accounts.iter().zip(&jobs) {
         let since = failing
@@ -392,6 +392,27 @@ async fn refresh_alert_gauges(
         if let Some(p) = period {
             gauge!("ccsync_job_interval_seconds", "account" => account.clone(), "job" => job.clone())
                 .set(secs(p));
+        }
+    }
+    if settings.freshness.targets().any() {
+        let planned = store::planner::current(conn, settings, schedule.as_ref(), now).await?;
+        gauge!("ccsync_plan_plannable_requests_per_day").set(planned.plan.plannable_per_day);
+        gauge!("ccsync_plan_planned_requests_per_day").set(planned.plan.planned_per_day);
+        for job in crate::core::planner::ALLOCATED {
+            let short = if planned.plan.short.contains(&job) {
+                1.0
+            } else {
+                0.0
+            };
+            gauge!("ccsync_plan_short_of_target", "job" => job.as_str()).set(short);
+        }
+        for a in &planned.plan.accounts {
+            gauge!("ccsync_plan_requests_per_day", "account" => a.account.clone())
+                .set(a.requests_per_day);
+            for (job, every) in &a.intervals {
+                gauge!("ccsync_job_interval_seconds", "account" => a.account.clone(), "job" => job.as_str())
+                    .set(secs(*every));
+            }
         }
     }
     let pending = store::ops::oldest_pending_outbound(conn).await?;

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod optouts;
 pub mod outbound;
 pub mod pacer;
+pub mod planner;
 pub mod poison;
 pub mod retention;
 pub mod runs;

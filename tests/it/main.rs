@@ -19,6 +19,7 @@ mod monitoring;
 mod oauth;
 mod optouts;
 mod outbound_cli;
+mod planner;
 mod push;
 mod push_reads;
 mod retention;
