@@ -195,6 +195,23 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
         seen as f64 * 1000.0 / apply_ms as f64,
         apply_ms
     );
+    let phases = &stats["apply_phases_us"];
+    let total: u64 = phases
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_u64())
+        .sum();
+    let parts: Vec<String> = phases
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let us = v.as_u64().unwrap_or(0);
+            format!("{k} {:.0}%", us as f64 * 100.0 / total.max(1) as f64)
+        })
+        .collect();
+    println!("  apply phases    {}", parts.join(", "));
     println!("  pages           {:>10}", stats["pages"]);
     println!("  API requests    {:>10}", stats["api_requests"]);
     println!(

@@ -43,6 +43,8 @@ pub struct PullStats {
     pub contacts_count: Option<u64>,
     /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
     pub apply_ms: u64,
+    /// Where that time went, summed over pages (microseconds).
+    pub apply_phases_us: ApplyPhases,
     pub watermark_before: Option<DateTime<Utc>>,
     pub watermark_after: Option<DateTime<Utc>>,
     /// Time slices the pull was paged in (0: one sequential walk; see `sync::slices`).
@@ -50,6 +52,44 @@ pub struct PullStats {
     /// Slices cut again because their first page showed far more than planned.
     pub slice_cuts: u64,
     pub dry_run: bool,
+}
+
+/// Where a page's apply spends its time (microseconds), for `bench pull` and `sync_runs.stats`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ApplyPhases {
+    /// Converting the page's contacts to rows (NUL removal, custom fields by name).
+    pub convert: u64,
+    /// `BEGIN` and `SELECT … FOR UPDATE` of the stored copies.
+    pub load: u64,
+    /// The merge in Rust (stale guard, field diffs, membership changes).
+    pub merge: u64,
+    pub upsert: u64,
+    pub memberships: u64,
+    pub changes: u64,
+    /// Opt-out refusals, poison notes.
+    pub other: u64,
+    pub commit: u64,
+}
+
+impl std::ops::AddAssign for ApplyPhases {
+    fn add_assign(&mut self, o: Self) {
+        self.convert += o.convert;
+        self.load += o.load;
+        self.merge += o.merge;
+        self.upsert += o.upsert;
+        self.memberships += o.memberships;
+        self.changes += o.changes;
+        self.other += o.other;
+        self.commit += o.commit;
+    }
+}
+
+/// Microseconds since `*at`, which moves to now.
+fn lap(at: &mut std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let us = now.duration_since(*at).as_micros() as u64;
+    *at = now;
+    us
 }
 
 /// A progress bar for a walk shown on a terminal.
@@ -249,6 +289,7 @@ impl PullStats {
     pub(super) fn add_page(&mut self, account: &str, applied: &PageApplied, dry_run: bool) {
         self.pages += 1;
         self.contacts += applied.stats;
+        self.apply_phases_us += applied.phases;
         self.changes_written += applied.changes_written;
         self.outbound_skipped += applied.outbound_skipped;
         self.poison += applied.poison;
@@ -268,12 +309,14 @@ impl PullStats {
         self.poison += other.poison;
         self.nul_removed += other.nul_removed;
         self.apply_ms += other.apply_ms;
+        self.apply_phases_us += other.apply_phases_us;
     }
 }
 
 /// What applying one page did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PageApplied {
+    pub phases: ApplyPhases,
     pub stats: PageStats,
     pub changes_written: u64,
     pub outbound_skipped: u64,
@@ -297,6 +340,8 @@ pub async fn apply_page(
     page: &ContactsPage,
 ) -> anyhow::Result<PageApplied> {
     let account = spec.account;
+    let mut phases = ApplyPhases::default();
+    let mut at = std::time::Instant::now();
     let mut notes: Vec<BadInput> = page
         .rejected
         .iter()
@@ -326,18 +371,23 @@ pub async fn apply_page(
     }
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
+    phases.convert = lap(&mut at);
     let mut tx = ctx.pool.begin().await?;
     store::relax_commit_durability(&mut tx).await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
+    phases.load = lap(&mut at);
     let mut plan = merge::plan_page(&incoming, &stored, spec.lists_filter);
     let max_seen = incoming
         .iter()
         .filter_map(|i| (spec.watermark_of)(&i.row))
         .max();
     plan.upserts.sort_unstable_by_key(|r| r.contact_id);
+    phases.merge = lap(&mut at);
     store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
+    phases.upsert = lap(&mut at);
     store::memberships::remove(&mut tx, account, &plan.remove_memberships).await?;
     store::memberships::add(&mut tx, account, &plan.add_memberships).await?;
+    phases.memberships = lap(&mut at);
     let written = store::changes::append(
         &mut tx,
         account,
@@ -346,16 +396,20 @@ pub async fn apply_page(
         &plan.changes,
     )
     .await?;
+    phases.changes = lap(&mut at);
     let refusals = newly_unsubscribed(&incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     store::poison::append(&mut tx, account, Some(spec.run_id), &notes).await?;
+    phases.other = lap(&mut at);
     if ctx.dry_run {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
     }
+    phases.commit = lap(&mut at);
     Ok(PageApplied {
+        phases,
         stats: plan.stats,
         changes_written: written,
         outbound_skipped,
