@@ -114,6 +114,15 @@ pub(super) async fn pull(
         "pulling in time slices"
     );
     let mut queue: VecDeque<Slice> = newest_first(pieces).into();
+    // The walks stop on their own token: after one fails, the others are told to stop at
+    // their next page boundary and awaited, never dropped mid-statement (a transaction
+    // dropped mid-statement leaves its connection in the pool inside an open transaction,
+    // holding the row locks that every later pull and pacer slot would wait on).
+    let walks = JobContext {
+        cancel: ctx.cancel.child_token(),
+        ..ctx.clone()
+    };
+    let ctx = &walks;
     let mut running = FuturesUnordered::new();
     loop {
         while running.len() < streams {
@@ -128,12 +137,19 @@ pub(super) async fn pull(
             };
             running.push(walk_slice(ctx, client, job, query, piece, &plan, spec));
         }
-        // An error ends the pull: the other walks are dropped (their open transactions roll
-        // back) and the watermark stays where it was.
+        // An error ends the pull: the other walks stop at their next page boundary (what
+        // they hold commits) and the watermark stays where it was.
         let Some(done) = running.next().await else {
             break;
         };
-        let done = done?;
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                ctx.cancel.cancel();
+                while running.next().await.is_some() {}
+                return Err(e);
+            }
+        };
         stats.absorb(&done.stats);
         max_seen = max_seen.max(done.max_seen);
         if !done.pieces.is_empty() {

@@ -250,7 +250,16 @@ pub(super) async fn walk_pages(
             let Some(done) = applying.next().await else {
                 break;
             };
-            let (applied, took) = done?;
+            let (applied, took) = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // The other page in hand finishes (commits or fails) before the error
+                    // is returned: a transaction dropped mid-statement would leave its
+                    // connection in the pool inside an open transaction, holding row locks.
+                    while applying.next().await.is_some() {}
+                    return Err(e);
+                }
+            };
             max_seen = max_seen.max(applied.max_seen);
             stats.apply_ms += took.as_millis() as u64;
             stats.add_page(account, &applied, ctx.dry_run);
