@@ -283,12 +283,16 @@ fn whole_minutes(d: Duration) -> Duration {
 /// Accounts that started together stay together only until a tick has more due than its
 /// minute can send: those left over run at a later tick and keep that place.
 pub fn due(interval: Duration, last_start: Option<DateTime<Utc>>, tick: DateTime<Utc>) -> bool {
-    let Some(last) = last_start else {
-        return true;
-    };
+    let minute = tick.timestamp().div_euclid(MINUTE as i64) * MINUTE as i64;
+    next_due(interval, last_start).is_none_or(|next| minute >= next.timestamp())
+}
+
+/// The planner tick (a whole minute) from which a job last started at `last_start` is due
+/// again; `None` when it never ran (due at once).
+pub fn next_due(interval: Duration, last_start: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
     let every = (interval.as_secs() / MINUTE).max(1) as i64;
-    let minute = |t: DateTime<Utc>| t.timestamp().div_euclid(MINUTE as i64);
-    minute(tick) >= minute(last) + every
+    let minute = last_start?.timestamp().div_euclid(MINUTE as i64);
+    DateTime::from_timestamp((minute + every) * MINUTE as i64, 0)
 }
 
 /// Whether a planned push is due: there is something to push or to confirm, and the last
@@ -307,7 +311,8 @@ pub fn push_due(
         })
 }
 
-/// The planned jobs of one account due at `tick`: each allocated job on its grid, and a
+/// The planned jobs of one account due at `tick`: each allocated job its interval after its
+/// last start, and a
 /// planned push when it has work (`cycle::cycle_jobs` then adds what a push needs first and
 /// folds the deletes sweep into the contacts pull).
 pub fn due_jobs(

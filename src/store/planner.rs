@@ -117,22 +117,13 @@ impl Planned {
             .collect()
     }
 
-    /// When the next planned run of `job` for `account` is due after `now` (the first grid
-    /// point after its last start), for `status`.
+    /// When the next planned run of `job` for `account` is due (now, for one that never
+    /// ran), for `status`.
     pub fn next_run(&self, account: &str, job: Job) -> Option<DateTime<Utc>> {
         let interval = self.plan.interval(account, job)?;
         let state = self.states.iter().find(|s| s.load.account == account)?;
         let last = state.last_start.get(&job).copied();
-        let minute = chrono::Duration::minutes(1);
-        let mut t = last.unwrap_or_else(Utc::now);
-        let limit = t + chrono::Duration::from_std(interval).ok()? + minute;
-        while t <= limit {
-            if planner::due(interval, last, t) {
-                return Some(t);
-            }
-            t += minute;
-        }
-        None
+        Some(planner::next_due(interval, last).unwrap_or_else(Utc::now))
     }
 }
 
