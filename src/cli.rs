@@ -172,9 +172,10 @@ pub enum BenchCommand {
     },
     /// Requests one push spends per row kind (reads before, PUTs, imports, polls,
     /// confirmations), against the in-process sandbox.
-    /// A first pull at the API's rate limit with page latency: paged (one cursor) against
-    /// sliced (`sync.slice_streams` cursors), contacts/s and the share of the ceiling
-    /// (requests/s × 500 contacts a page).
+    /// A first pull at the API's rate limit with page latency: paged (one cursor), sliced
+    /// (`sync.slice_streams` cursors) and by export (`sync.backfill = export`, the sandbox's
+    /// CSV with a contact_id column), contacts/s, the share of the ceiling (requests/s × 500
+    /// contacts a page) and the requests spent.
     Backfill {
         #[arg(long, default_value_t = 20_000)]
         contacts: usize,
@@ -188,8 +189,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         rate: f64,
         /// Which walks to time.
-        #[arg(long, value_enum, default_value_t = BackfillMode::Both)]
+        #[arg(long, value_enum, default_value_t = BackfillMode::All)]
         mode: BackfillMode,
+        /// How long the sandbox takes to process each export activity (the real duration
+        /// is not documented), milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        export_ms: u64,
     },
     /// A simulated day of the request-budget planner for N idle accounts on one API key:
     /// requests spent and the worst staleness achieved per job (no I/O).
@@ -221,7 +226,11 @@ pub enum BenchCommand {
 pub enum BackfillMode {
     Paged,
     Sliced,
+    Export,
+    /// Paged and sliced.
     Both,
+    /// Paged, sliced and export.
+    All,
 }
 
 #[derive(Debug, Subcommand)]

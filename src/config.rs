@@ -178,6 +178,8 @@ pub struct SyncSettings {
     /// Slices paged at once (1 = never slice). Each holds at most two pages in memory; the
     /// pacer, not this number, keeps the request rate at the API's limit.
     pub slice_streams: u32,
+    /// How a first sync reads an account: `paged`, `export` or `auto` (`core::backfill`).
+    pub backfill: crate::core::backfill::Mode,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -709,11 +711,11 @@ impl Settings {
         }
         let s = &self.sync;
         out.push_str(&format!(
-            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\nput_max_rows = {}\nslice_above = {}\nslice_streams = {}\n\n",
+            "[sync]\nlookback = {:?}\npage_size = {}\nimport_max_contacts = {}\nimport_max_bytes = {}\npoll_initial = {:?}\npoll_max = {:?}\npoll_timeout = {:?}\nmax_push_attempts = {}\nput_max_rows = {}\nslice_above = {}\nslice_streams = {}\nbackfill = {:?}\n\n",
             humantime::format_duration(s.lookback).to_string(), s.page_size, s.import_max_contacts, s.import_max_bytes,
             humantime::format_duration(s.poll_initial).to_string(), humantime::format_duration(s.poll_max).to_string(),
             humantime::format_duration(s.poll_timeout).to_string(), s.max_push_attempts, s.put_max_rows,
-            s.slice_above, s.slice_streams
+            s.slice_above, s.slice_streams, s.backfill.as_str()
         ));
         out.push_str("[schedule]\n");
         for (k, v) in self.schedule.entries() {

@@ -62,6 +62,19 @@ async fn membership_switch(
     ok()
 }
 
+async fn export_contact_ids(
+    State(inner): State<Arc<Inner>>,
+    Path(account): Path<String>,
+    body: Rejected<Switch>,
+) -> Response {
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return bad_json(e),
+    };
+    ctl(&inner, &account).set_export_contact_ids(b.on);
+    ok()
+}
+
 async fn install_trigger(
     State(inner): State<Arc<Inner>>,
     Path(account): Path<String>,
@@ -129,6 +142,10 @@ pub(crate) fn routes() -> Router<Arc<Inner>> {
         .route(
             &format!("{acct}/membership_moves_updated_at"),
             post(membership_switch),
+        )
+        .route(
+            &format!("{acct}/export_contact_ids"),
+            post(export_contact_ids),
         )
         .route(&format!("{acct}/triggers"), post(install_trigger))
         .route(&format!("{acct}/triggers/{{id}}"), get(trigger_state))

@@ -440,6 +440,12 @@ impl AccountCtl {
         self.with(|a, _| a.membership_moves_updated_at = on);
     }
 
+    /// Whether this account's contact exports carry a first `contact_id` column (the export
+    /// guide names none, so the default is false: an export then cannot be keyed).
+    pub fn set_export_contact_ids(&self, on: bool) {
+        self.with(|a, _| a.export_contact_ids = on);
+    }
+
     /// Installs a one-shot request trigger (see [`Trigger`]).
     pub fn on_request(&self, trigger: Trigger) -> TriggerId {
         self.with(|a, _| triggers::install(a, trigger))

@@ -8,6 +8,7 @@
 //! and their effect is applied at that moment.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -82,6 +83,7 @@ pub(crate) fn to_json(a: &ActivityRec, shape: Shape) -> Value {
                 s.insert("list_count".into(), json!(c.list_count));
             }
         }
+        Kind::Export => {}
         Kind::Delete => {
             // `list_count` only when the contacts were chosen by list.
             if c.list_count > 0 {
@@ -90,10 +92,11 @@ pub(crate) fn to_json(a: &ActivityRec, shape: Shape) -> Value {
         }
     }
     o.insert("status".into(), Value::Object(s));
-    o.insert(
-        "_links".into(),
-        json!({"self": {"href": format!("/v3/activities/{}", a.id)}}),
-    );
+    let mut links = json!({"self": {"href": format!("/v3/activities/{}", a.id)}});
+    if let Some(file) = a.results {
+        links["results"] = json!({"href": format!("/v3/contact_exports/{file}")});
+    }
+    o.insert("_links".into(), links);
     Value::Object(o)
 }
 
@@ -173,6 +176,15 @@ fn complete(acct: &mut Account, id: Uuid, now: Ts) {
                 }
                 Some(Job::Delete { source }) => {
                     apply_delete(acct, &source, now, &mut counters, &mut errors)
+                }
+                Some(Job::Export(job)) => {
+                    let (csv, rows) = super::export_render::render(acct, &job);
+                    let file = Uuid::new_v4();
+                    acct.export_files.insert(file, Arc::new(csv));
+                    counters.items_total_count = rows;
+                    if let Some(a) = acct.activities.get_mut(&id) {
+                        a.results = Some(file);
+                    }
                 }
                 None => {}
             }
@@ -289,6 +301,7 @@ pub(crate) fn new_rec(st: &State, kind: Kind, job: Job) -> ActivityRec {
         done_at: start + st.import_processing,
         job: Some(job),
         forced: None,
+        results: None,
     }
 }
 

@@ -63,6 +63,8 @@ mod control_api;
 mod control_write;
 mod cursor;
 mod custom_fields;
+mod export_render;
+mod exports;
 mod fault_answers;
 mod faults;
 mod generator;
@@ -370,6 +372,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .merge(activities::routes())
         .merge(contact_put::routes())
         .merge(bulk_delete::routes())
+        .merge(exports::routes())
         .merge(control_write::routes())
         .merge(control_api::routes())
         .fallback(fallback)

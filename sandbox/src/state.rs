@@ -486,6 +486,11 @@ pub(crate) struct Account {
     pub triggers: Vec<TriggerSlot>,
     /// Next trigger id.
     pub next_trigger: u64,
+    /// CSVs of completed exports by `file_export_id`.
+    pub export_files: HashMap<Uuid, Arc<String>>,
+    /// When true, exports carry a first `contact_id` column (the export guide names none;
+    /// default false).
+    pub export_contact_ids: bool,
 }
 
 impl Account {
@@ -564,6 +569,8 @@ pub(crate) enum Kind {
     RemoveMembers,
     /// `contact_delete`
     Delete,
+    /// `contact_exports`
+    Export,
 }
 
 #[derive(Debug)]
@@ -586,6 +593,26 @@ pub(crate) enum Job {
     },
     /// `contact_delete`: `ContactIds` or `ListIds`.
     Delete { source: Source },
+    /// `contact_exports`: rendered to a CSV when the activity completes.
+    Export(ExportJob),
+}
+
+/// The rows of an export.
+#[derive(Debug)]
+pub(crate) enum ExportSource {
+    All,
+    ContactIds(Vec<Uuid>),
+    ListIds(Vec<Uuid>),
+}
+
+/// What an export activity will render.
+#[derive(Debug)]
+pub(crate) struct ExportJob {
+    pub source: ExportSource,
+    /// `active`, `unsubscribed` or `removed` (deleted).
+    pub status: Option<String>,
+    /// Columns asked for (`None`: all).
+    pub fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -615,6 +642,8 @@ pub(crate) struct ActivityRec {
     pub done_at: Instant,
     pub job: Option<Job>,
     pub forced: Option<(String, Vec<String>)>,
+    /// The CSV of a completed export (`_links.results.href`).
+    pub results: Option<Uuid>,
 }
 
 impl ActivityRec {

@@ -63,17 +63,28 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
             jitter_ms,
             rate,
             mode,
+            export_ms,
         } => {
-            let modes: &[bool] = match mode {
-                BackfillMode::Paged => &[false],
-                BackfillMode::Sliced => &[true],
-                BackfillMode::Both => &[false, true],
+            use BackfillMode::{Export, Paged, Sliced};
+            let modes: &[BackfillMode] = match mode {
+                Paged => &[Paged],
+                Sliced => &[Sliced],
+                Export => &[Export],
+                BackfillMode::Both => &[Paged, Sliced],
+                BackfillMode::All => &[Paged, Sliced, Export],
             };
             let latency = Latency {
                 fixed: Duration::from_millis(latency_ms),
                 jitter: Duration::from_millis(jitter_ms),
             };
-            backfill(contacts, latency, rate, modes).await
+            backfill(
+                contacts,
+                latency,
+                rate,
+                modes,
+                Duration::from_millis(export_ms),
+            )
+            .await
         }
     }
 }
@@ -241,7 +252,8 @@ async fn backfill(
     contacts: usize,
     latency: Latency,
     rate: f64,
-    modes: &[bool],
+    modes: &[BackfillMode],
+    export_processing: Duration,
 ) -> anyhow::Result<ExitCode> {
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
@@ -253,19 +265,22 @@ async fn backfill(
     .await?;
     let ctl = sb.account(account);
     ctl.generate(contacts, 8, 42);
+    ctl.set_export_contact_ids(true);
+    sb.set_import_processing(export_processing);
     let page = 500.0;
     let ceiling = rate * page;
     println!(
         "bench backfill: {contacts} contacts, {rate} requests/s (ceiling {ceiling:.0} contacts/s), \
-         {} ms latency + up to {} ms jitter",
+         {} ms latency + up to {} ms jitter, exports take {} s each (8 lists: 9 exports)",
         latency.fixed.as_millis(),
-        latency.jitter.as_millis()
+        latency.jitter.as_millis(),
+        export_processing.as_secs_f64()
     );
     println!(
         "{:<8} {:>8} {:>10} {:>12} {:>8} {:>7} {:>9} {:>10}",
         "walk", "slices", "seconds", "contacts/s", "ceiling", "pages", "requests", "throttled"
     );
-    for &sliced in modes {
+    for &mode in modes {
         forget_account(&pool, account).await?;
         let mut settings = sandbox_settings(
             &sb.api_base(),
@@ -276,8 +291,11 @@ async fn backfill(
         )?;
         settings.constant_contact.requests_per_second = rate;
         settings.constant_contact.daily_request_limit = u64::MAX / 4;
-        if !sliced {
+        if mode != BackfillMode::Sliced {
             settings.sync.slice_streams = 1;
+        }
+        if mode == BackfillMode::Export {
+            settings.sync.backfill = crate::core::backfill::Mode::Export;
         }
         let settings = Arc::new(settings);
         let ctx = crate::startup::job_context(
@@ -300,7 +318,12 @@ async fn backfill(
         let per_s = seen / elapsed;
         println!(
             "{:<8} {:>8} {:>10.1} {:>12.0} {:>7.1}% {:>7} {:>9} {:>10}",
-            if sliced { "sliced" } else { "paged" },
+            match mode {
+                BackfillMode::Sliced => "sliced",
+                BackfillMode::Export if stats["export"]["used"] == true => "export",
+                BackfillMode::Export => "export?",
+                _ => "paged",
+            },
             stats["slices"].as_u64().unwrap_or(0),
             elapsed,
             per_s,

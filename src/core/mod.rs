@@ -15,6 +15,7 @@
 //! - `reads`: choosing the cheaper read of Constant Contact before and after a write;
 //! - `sends`: which activity a send attempt with no recorded answer became, if any;
 //! - `sanitize`: NUL characters (which PostgreSQL refuses) removed from API values;
+//! - `backfill`: whether a first sync pages or exports the account;
 //! - `slices`: cutting a large pull's `updated_at` range into slices paged at once;
 //! - `planner`: how often each account's jobs run so that the shared daily request budget
 //!   buys the most freshness (and a simulated day of it);
@@ -22,6 +23,7 @@
 //! - `job`, `states`: the named jobs, outbound states and run outcomes.
 
 pub mod activity;
+pub mod backfill;
 pub mod batch;
 pub mod change;
 pub mod confirm;

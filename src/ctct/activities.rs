@@ -1,5 +1,5 @@
 //! Bulk activities: `POST /activities/contacts_json_import`, `remove_list_memberships`,
-//! `contact_delete` and `GET /activities/{id}`
+//! `contact_delete`, `contact_exports` and `GET /activities/{id}`
 //! (API-NOTES §6, §10).
 
 use serde::Deserialize;
@@ -29,6 +29,9 @@ pub struct Activity {
     /// When Constant Contact created it (ISO-8601), as given; read by [`Activity::created`].
     #[serde(default)]
     pub created_at: Option<Value>,
+    /// `_links` (`self`; an export's `results`), kept whole.
+    #[serde(rename = "_links", default)]
+    pub links: Option<Value>,
 }
 
 /// `GET /activities`: a page of the account's activities of the last ten days, newest
@@ -59,6 +62,11 @@ impl Activity {
     /// miss an activity treats that as "could be any time").
     pub fn created(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         super::dto::parse_datetime(self.created_at.as_ref()?.as_str()?)
+    }
+
+    /// An export's `_links.results.href`, once it has one (to be followed as given).
+    pub fn results_href(&self) -> Option<&str> {
+        self.links.as_ref()?.get("results")?.get("href")?.as_str()
     }
 
     /// A status counter, if present.
@@ -123,6 +131,21 @@ impl AccountClient {
         let body = serde_json::json!({ "contact_ids": contact_ids });
         self.post_json(
             "POST /activities/contact_delete",
+            url,
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// `POST /activities/contact_exports` with `body` (`ContactsExport`). Retried only on
+    /// `throttled`.
+    pub async fn contact_exports(&self, body: &Value) -> Result<Activity, Error> {
+        let url = self
+            .api()
+            .endpoint("activities/contact_exports")
+            .map_err(|_| bad_url("activities/contact_exports"))?;
+        self.post_json(
+            "POST /activities/contact_exports",
             url,
             body.to_string().into_bytes(),
         )

@@ -329,6 +329,63 @@ impl AccountClient {
         body: Option<Vec<u8>>,
         idempotent: bool,
     ) -> Result<T, Error> {
+        self.send_with(endpoint, method, url, body, idempotent, |resp| async move {
+            let bytes = classify(endpoint, resp).await?;
+            serde_json::from_slice::<T>(&bytes).map_err(|source| Error::Decode { endpoint, source })
+        })
+        .await
+    }
+
+    /// `GET url` streamed into the file at `path` (created or truncated on each attempt), for
+    /// a body too large to hold in memory (an export's CSV). Retried like any GET. Returns
+    /// the bytes written.
+    pub async fn download_to(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        path: &std::path::Path,
+    ) -> Result<u64, Error> {
+        use tokio::io::AsyncWriteExt;
+        self.send_with(endpoint, reqwest::Method::GET, url, None, true, |mut resp| async move {
+            if !resp.status().is_success() {
+                return Err(match classify(endpoint, resp).await {
+                    Err(e) => e,
+                    Ok(_) => bad_url(endpoint),
+                });
+            }
+            metrics::counter!("ccsync_api_requests_total", "endpoint" => endpoint, "status" => resp.status().as_u16().to_string()).increment(1);
+            let io = |e: std::io::Error| Error::File { endpoint, source: e };
+            let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+            let mut written = 0u64;
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|source| Error::Transport { endpoint, source })?
+            {
+                file.write_all(&chunk).await.map_err(io)?;
+                written += chunk.len() as u64;
+            }
+            file.flush().await.map_err(io)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    /// The retry loop: budget, pacing, token, send, then `decode` of the answer. A decode
+    /// error counts as a failed attempt (retried when `idempotent`).
+    async fn send_with<T, F, Fut>(
+        &self,
+        endpoint: &'static str,
+        method: reqwest::Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+        idempotent: bool,
+        mut decode: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
         let api = &self.api;
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(api.min_delay)
@@ -370,10 +427,7 @@ impl AccountClient {
                     .body(b.clone());
             }
             let result = match req.send().await {
-                Ok(resp) => classify(endpoint, resp).await.and_then(|bytes| {
-                    serde_json::from_slice::<T>(&bytes)
-                        .map_err(|source| Error::Decode { endpoint, source })
-                }),
+                Ok(resp) => decode(resp).await,
                 Err(source) => {
                     metrics::counter!("ccsync_api_requests_total", "endpoint" => endpoint, "status" => "transport_error").increment(1);
                     Err(Error::Transport { endpoint, source })

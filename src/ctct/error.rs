@@ -65,6 +65,13 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Writing a downloaded body to a local file failed (disk full, no permission).
+    #[error("cannot write the answer of {endpoint} to a local file")]
+    File {
+        endpoint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Recording the request in the shared budget failed (database).
     #[error("cannot record the request in the API budget")]
     Budget(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod convert;
 pub mod dto;
 pub mod error;
+pub mod export_csv;
 pub mod limiter;
 pub mod oauth_flows;
 

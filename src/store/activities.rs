@@ -48,6 +48,31 @@ pub async fn insert(
     Ok(())
 }
 
+/// Records a contact export ccsync created (kind `contact_exports`), finished at once: the
+/// backfill follows it itself, the push never polls it, and the push's recovery of lost
+/// answers knows it is not one of its own imports.
+pub async fn record_export(
+    conn: &mut PgConnection,
+    account: &str,
+    activity_id: &str,
+    state: &str,
+    run_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ccsync.import_activities
+            (activity_id, account_id, state, run_id, kind, finished_at)
+         VALUES ($1, $2, $3, $4, 'contact_exports', now())
+         ON CONFLICT (activity_id) DO NOTHING",
+    )
+    .bind(activity_id)
+    .bind(account)
+    .bind(state)
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Activities of `account` still in flight: (activity_id, submitted_at, kind), oldest
 /// first.
 pub async fn open(

@@ -47,6 +47,31 @@ fn row_from(r: &sqlx::postgres::PgRow) -> Result<ContactRow, sqlx::Error> {
     })
 }
 
+/// Whether the store holds any contact of `account` (a first sync by export needs none).
+pub async fn any(conn: &mut PgConnection, account: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ccsync.contacts WHERE account_id = $1)")
+        .bind(account)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Which of `ids` the store holds as deleted.
+pub async fn deleted_among(
+    conn: &mut PgConnection,
+    account: &str,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT contact_id FROM ccsync.contacts
+         WHERE account_id = $1 AND contact_id = ANY($2) AND deleted_at IS NOT NULL",
+    )
+    .bind(account)
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
 /// The stored rows and memberships of `ids`, locked for the page's transaction.
 pub async fn load_for_update(
     conn: &mut PgConnection,

@@ -162,6 +162,33 @@ pub async fn add(
     Ok(done.rows_affected())
 }
 
+/// Adds memberships (contact, list) in one statement, except those of contacts the store
+/// holds as deleted (a deleted contact is on no list). Returns the rows added.
+pub async fn add_unless_deleted(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(0);
+    }
+    let (c, l): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "INSERT INTO ccsync.list_memberships (account_id, contact_id, list_id)
+         SELECT $1, u.c, u.l FROM UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
+         WHERE NOT EXISTS (SELECT 1 FROM ccsync.contacts k
+                           WHERE k.account_id = $1 AND k.contact_id = u.c
+                             AND k.deleted_at IS NOT NULL)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(account)
+    .bind(c)
+    .bind(l)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Removes memberships (contact, list) in one statement.
 pub async fn remove(
     conn: &mut PgConnection,

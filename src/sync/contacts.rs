@@ -14,14 +14,17 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::context::JobContext;
+use super::export::{self, Outcome};
 use super::lists::lists_filter;
 use super::pager::Pager;
 use super::slices;
 use super::walk::{pull, pull_pages, updated_at_mark, PageSpec, PullStats, WatermarkOf};
 use super::watermark;
 use crate::config::AccountSettings;
+use crate::core::backfill::{ExportStats, Mode};
 use crate::core::job::Job;
 use crate::ctct::{ContactsQuery, CONTACT_INCLUDE};
+use crate::store;
 
 /// One pull for `account`.
 pub async fn run_once(
@@ -29,7 +32,16 @@ pub async fn run_once(
     account: &AccountSettings,
     run_id: Uuid,
 ) -> anyhow::Result<PullStats> {
-    let stats = sweep(
+    let mut export = None;
+    let mut by_export = None;
+    if wants_export(ctx, account).await? {
+        let mut e = ExportStats::default();
+        if let Outcome::Applied(s) = export::first_sync(ctx, account, run_id, &mut e).await? {
+            by_export = Some(s);
+        }
+        export = Some(e);
+    }
+    let mut stats = sweep(
         ctx,
         account,
         run_id,
@@ -42,10 +54,40 @@ pub async fn run_once(
         },
     )
     .await?;
+    if let Some(applied) = &by_export {
+        // The export's pages count with the catch-up pull's; the run started with no
+        // watermark at all.
+        stats.absorb(applied);
+        stats.watermark_before = None;
+    }
+    if let Some(e) = export {
+        stats.api_requests += e.api_requests;
+        stats.export = Some(e);
+    }
     // `status=all` with the same filter covers the deletes sweep: every delete up to this
     // watermark is applied, so the deletes watermark (and its success) follows.
     watermark::advance(ctx, &account.id, Job::Deletes, stats.watermark_after).await?;
     Ok(stats)
+}
+
+/// Whether this run is a first sync the export path may take: `sync.backfill` is not
+/// `paged`, not a dry run or `--full`, no watermark yet and no contact stored (an export
+/// carries fewer columns than a page, so it never overwrites stored contacts).
+async fn wants_export(ctx: &JobContext, account: &AccountSettings) -> anyhow::Result<bool> {
+    if ctx.settings.sync.backfill == Mode::Paged || ctx.dry_run || ctx.full {
+        return Ok(false);
+    }
+    if watermark::read(ctx, &account.id, Job::Contacts)
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let mut conn = ctx.pool.acquire().await.context("acquiring a connection")?;
+    let any = store::contacts::any(&mut conn, &account.id)
+        .await
+        .with_context(|| format!("looking for stored contacts of account {}", account.id))?;
+    Ok(!any)
 }
 
 /// Which server-side filter a sweep's watermark feeds.

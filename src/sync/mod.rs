@@ -8,6 +8,7 @@
 //!   `deletes` and `reconcile` are sweeps of it);
 //! - `walk`: one cursor walk, its pages applied (the sequential pull and each slice);
 //! - `slices`: a large contacts pull paged in time slices at once;
+//! - `export`: a first sync by contact export (`sync.backfill`), then the incremental pull;
 //! - `watermark`: the one place a watermark is advanced;
 //! - `lists`, `reconcile`, `push`: the list catalogue, the weekly repair and the push;
 //! - `custom_fields`: the custom field catalogue (name ↔ id), synced by the lists job;
@@ -17,6 +18,7 @@ pub mod contacts;
 pub mod context;
 pub mod custom_fields;
 pub mod deletes;
+pub mod export;
 pub mod lists;
 pub mod lists_cycle;
 pub mod optouts;

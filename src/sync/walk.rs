@@ -51,6 +51,9 @@ pub struct PullStats {
     pub slices: u64,
     /// Slices cut again because their first page showed far more than planned.
     pub slice_cuts: u64,
+    /// A first sync's export path (`sync.backfill`), when one was considered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::core::backfill::ExportStats>,
     pub dry_run: bool,
 }
 

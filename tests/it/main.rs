@@ -10,6 +10,7 @@ mod crash_suite;
 mod custom_fields;
 mod daemon;
 mod db_role;
+mod export_backfill;
 mod faults;
 mod healthcheck;
 mod helpers;
