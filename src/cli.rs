@@ -161,6 +161,16 @@ pub struct SandboxArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Every benchmark below at fixed sizes, then one summary table: backfill at the rate
+    /// limit with latency (paged, sliced, export), local apply (pacing off), peak RSS of
+    /// ccsync alone at 100k and 1M contacts (the sandbox in its own process), requests a day
+    /// of N idle accounts under the planner, requests of a push of 1, 100 and 10,000 rows.
+    All {
+        /// Smaller sizes (a minute or two instead of several): 5k backfill, 20k apply and
+        /// RSS, pushes of 1 and 100 rows.
+        #[arg(long)]
+        quick: bool,
+    },
     /// End-to-end pull throughput (rate limiting off) and peak RSS of this process.
     Pull {
         #[arg(long, default_value_t = 200_000)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::demo::{demo_pool, forget_account, sandbox_settings};
+use super::demo::{demo_pool, reset_bench, sandbox_settings};
 use crate::cli::{BackfillMode, BenchCommand};
 use crate::config::Settings;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -35,8 +35,15 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     log.level = "warn".into();
     telemetry::init(&log);
     match what {
-        BenchCommand::Pull { contacts, sandbox } => pull(contacts, sandbox).await,
-        BenchCommand::Push { rows } => push(&rows).await,
+        BenchCommand::Pull { contacts, sandbox } => {
+            pull(contacts, sandbox).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::All { quick } => all(quick).await,
+        BenchCommand::Push { rows } => {
+            push(&rows).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Planner {
             accounts,
             unsubscribes,
@@ -84,18 +91,20 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
                 modes,
                 Duration::from_millis(export_ms),
             )
-            .await
+            .await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// `bench planner`: one simulated day per account count.
-fn planner(
+pub(super) fn planner(
     targets: &crate::core::planner::Targets,
     accounts: &[usize],
     daily_limit: u64,
     changes_per_day: f64,
-) {
+) -> Vec<(usize, crate::core::planner::DayReport)> {
+    let mut out = Vec::with_capacity(accounts.len());
     use crate::core::job::Job;
     let fmt = |d: Option<Duration>| {
         d.map(|d| humantime::format_duration(d).to_string())
@@ -129,13 +138,24 @@ fn planner(
                 short.join(", ")
             }
         );
+        out.push((*n, r));
     }
+    out
 }
 
-async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitCode> {
+/// What `bench pull` measured.
+pub(super) struct PullResult {
+    pub contacts: u64,
+    pub end_to_end: f64,
+    pub apply_per_page: f64,
+    pub peak_mib: f64,
+    pub sandbox_included: bool,
+}
+
+pub(super) async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<PullResult> {
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
-    forget_account(&pool, account).await?;
+    reset_bench(&pool).await?;
     let (api_base, token_url, refresh, sandbox_guard) = match external {
         Some(base) => {
             let u = url::Url::parse(&base).context("--sandbox")?;
@@ -236,25 +256,42 @@ async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<ExitC
         rss_before as f64 / 1024.0
     );
     pool.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(PullResult {
+        contacts: seen,
+        end_to_end: seen as f64 / elapsed.as_secs_f64(),
+        apply_per_page: seen as f64 * 1000.0 / apply_ms as f64,
+        peak_mib: peak as f64 / 1024.0,
+        sandbox_included: sandbox_guard.is_some(),
+    })
 }
 
 /// Page latency the sandbox adds to every answer.
 #[derive(Debug, Clone, Copy)]
-struct Latency {
-    fixed: Duration,
-    jitter: Duration,
+pub(super) struct Latency {
+    pub fixed: Duration,
+    pub jitter: Duration,
+}
+
+/// One walk of `bench backfill`.
+pub(super) struct BackfillRow {
+    pub walk: &'static str,
+    pub seconds: f64,
+    pub per_s: f64,
+    pub ceiling_pct: f64,
+    pub requests: u64,
+    pub throttled: u64,
 }
 
 /// `bench backfill`: a first pull of `contacts` at `rate` requests/s with `latency` per
 /// page, once per mode (sliced or not), each into an empty store.
-async fn backfill(
+pub(super) async fn backfill(
     contacts: usize,
     latency: Latency,
     rate: f64,
     modes: &[BackfillMode],
     export_processing: Duration,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Vec<BackfillRow>> {
+    let mut rows = Vec::with_capacity(modes.len());
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
     let sb = Sandbox::start(SandboxConfig {
@@ -281,7 +318,7 @@ async fn backfill(
         "walk", "slices", "seconds", "contacts/s", "ceiling", "pages", "requests", "throttled"
     );
     for &mode in modes {
-        forget_account(&pool, account).await?;
+        reset_bench(&pool).await?;
         let mut settings = sandbox_settings(
             &sb.api_base(),
             &sb.token_url(),
@@ -315,27 +352,35 @@ async fn backfill(
             anyhow::bail!("the pull did not succeed");
         };
         let seen = contacts as f64;
-        let per_s = seen / elapsed;
-        println!(
-            "{:<8} {:>8} {:>10.1} {:>12.0} {:>7.1}% {:>7} {:>9} {:>10}",
-            match mode {
+        let row = BackfillRow {
+            walk: match mode {
                 BackfillMode::Sliced => "sliced",
                 BackfillMode::Export if stats["export"]["used"] == true => "export",
                 BackfillMode::Export => "export?",
                 _ => "paged",
             },
+            seconds: elapsed,
+            per_s: seen / elapsed,
+            ceiling_pct: 100.0 * seen / elapsed / ceiling,
+            requests: stats["api_requests"].as_u64().unwrap_or(0),
+            throttled: sb.throttled_count() - throttled,
+        };
+        println!(
+            "{:<8} {:>8} {:>10.1} {:>12.0} {:>7.1}% {:>7} {:>9} {:>10}",
+            row.walk,
             stats["slices"].as_u64().unwrap_or(0),
-            elapsed,
-            per_s,
-            100.0 * per_s / ceiling,
+            row.seconds,
+            row.per_s,
+            row.ceiling_pct,
             stats["pages"].as_u64().unwrap_or(0),
-            stats["api_requests"].as_u64().unwrap_or(0),
-            sb.throttled_count() - throttled
+            row.requests,
+            row.throttled
         );
+        rows.push(row);
     }
     sb.shutdown();
     pool.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 /// The row kinds `bench push` measures.
@@ -351,7 +396,11 @@ const PUSH_KINDS: &[(&str, &str)] = &[
     ),
 ];
 
-async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
+/// Requests of one push run: (kind, rows, total requests).
+pub(super) type PushRow = (&'static str, usize, u64);
+
+pub(super) async fn push(sizes: &[usize]) -> anyhow::Result<Vec<PushRow>> {
+    let mut out = Vec::new();
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
     println!(
@@ -373,7 +422,7 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
     );
     for &n in sizes {
         for (kind, _) in PUSH_KINDS {
-            forget_account(&pool, account).await?;
+            reset_bench(&pool).await?;
             let sb = Sandbox::start(SandboxConfig {
                 contacts: 0,
                 ..SandboxConfig::default()
@@ -464,6 +513,7 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("the push did not succeed");
             };
             let r = |k: &str| s["requests"][k].as_u64().unwrap_or(0);
+            out.push((*kind, n, r("total")));
             println!(
                 "{:<11} {:>6} {:>6} {:>8} {:>9} {:>5} {:>8} {:>6} {:>9} {:>6} {:>9} {:>10} {:>8.2}",
                 kind,
@@ -491,5 +541,163 @@ async fn push(sizes: &[usize]) -> anyhow::Result<ExitCode> {
         println!("  {k:<11} {what}");
     }
     pool.close().await;
+    Ok(out)
+}
+
+/// `bench all`: every benchmark at fixed sizes, then one table.
+async fn all(quick: bool) -> anyhow::Result<ExitCode> {
+    let mut table: Vec<(String, String, String)> = Vec::new();
+    let backfill_n = if quick { 5_000 } else { 20_000 };
+    let export = Duration::from_secs(if quick { 5 } else { 30 });
+    println!("== (a) backfill at the rate limit ==");
+    let latency = Latency {
+        fixed: Duration::from_millis(600),
+        jitter: Duration::ZERO,
+    };
+    use BackfillMode::{Export, Paged, Sliced};
+    for r in backfill(backfill_n, latency, 4.0, &[Paged, Sliced, Export], export).await? {
+        table.push((
+            format!("(a) backfill {backfill_n}, 600 ms, 4 req/s"),
+            r.walk.to_string(),
+            format!(
+                "{:.0} contacts/s = {:.1} % of 2,000; {} requests; {} throttled; {:.1} s",
+                r.per_s, r.ceiling_pct, r.requests, r.throttled, r.seconds
+            ),
+        ));
+    }
+    let apply_n = if quick { 20_000 } else { 100_000 };
+    println!("\n== (b) local apply, pacing off ==");
+    let p = pull(apply_n, None).await?;
+    table.push((
+        format!("(b) apply {}, in-process sandbox", p.contacts),
+        "end to end".into(),
+        format!("{:.0} contacts/s", p.end_to_end),
+    ));
+    table.push((
+        format!("(b) apply {}, in-process sandbox", p.contacts),
+        "per page (2 at once)".into(),
+        format!(
+            "{:.0} contacts/s; peak RSS {:.1} MiB{}",
+            p.apply_per_page,
+            p.peak_mib,
+            if p.sandbox_included {
+                " with the sandbox"
+            } else {
+                ""
+            }
+        ),
+    ));
+    println!("\n== (c) peak RSS of ccsync alone (sandbox in its own process) ==");
+    let sizes: &[usize] = if quick {
+        &[20_000]
+    } else {
+        &[100_000, 1_000_000]
+    };
+    for &n in sizes {
+        let (rss, rate) = rss_alone(n).await?;
+        table.push((
+            format!("(c) peak RSS, {n} contacts"),
+            "ccsync alone".into(),
+            format!("{rss:.1} MiB ({rate:.0} contacts/s end to end)"),
+        ));
+    }
+    println!("\n== (d) idle accounts under the planner (30m / 1h / 4h) ==");
+    let targets = crate::core::planner::Targets {
+        unsubscribes: Some(Duration::from_secs(30 * 60)),
+        contacts: Some(Duration::from_secs(3600)),
+        lists: Some(Duration::from_secs(4 * 3600)),
+        push: None,
+        reserve: Settings::load_unvalidated(None)?.freshness.budget_reserve,
+    };
+    let fmt = |d: Option<Duration>| {
+        d.map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    for (n, r) in planner(&targets, &[1, 19, 100, 200], 10_000, 0.0) {
+        use crate::core::job::Job;
+        table.push((
+            format!("(d) planner, {n} idle accounts"),
+            "requests/day; worst staleness".into(),
+            format!(
+                "{} ({} refused); opt-outs {}, contacts {}, lists {}",
+                r.requests,
+                r.refused,
+                fmt(r.gap(Job::Unsubscribes)),
+                fmt(r.gap(Job::Contacts)),
+                fmt(r.gap(Job::Lists))
+            ),
+        ));
+    }
+    println!("\n== (e) requests per push ==");
+    let rows: &[usize] = if quick { &[1, 100] } else { &[1, 100, 10_000] };
+    for (kind, n, total) in push(rows).await? {
+        table.push((
+            format!("(e) push of {n} rows"),
+            kind.to_string(),
+            format!("{total} requests"),
+        ));
+    }
+    let w0 = table.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = table.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    println!("\n== summary ==");
+    for (a, b, c) in &table {
+        println!("{a:<w0$}  {b:<w1$}  {c}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Peak RSS (MiB) and end-to-end rate of `ccsync bench pull` in a process of its own against
+/// `ccsync sandbox` in another, so that the figure is ccsync's alone.
+async fn rss_alone(contacts: usize) -> anyhow::Result<(f64, f64)> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port();
+    let mut sandbox = tokio::process::Command::new(&exe)
+        .args(["sandbox", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--contacts", &contacts.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting `ccsync sandbox`")?;
+    let origin = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    loop {
+        let up = http
+            .post(format!("{origin}/__control/accounts/default/refresh_token"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            break;
+        }
+        if ready.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("the sandbox did not answer within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let out = tokio::process::Command::new(&exe)
+        .args(["bench", "pull", "--sandbox", &format!("{origin}/v3")])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("running `ccsync bench pull`")?;
+    let _ = sandbox.kill().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        anyhow::bail!("`ccsync bench pull --sandbox` failed");
+    }
+    let number = |label: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
+    };
+    match (number("peak RSS"), number("end to end")) {
+        (Some(rss), Some(rate)) => Ok((rss, rate)),
+        _ => anyhow::bail!("cannot read the peak RSS from `bench pull`'s output"),
+    }
 }

@@ -89,6 +89,14 @@ pub async fn forget_account(pool: &sqlx::PgPool, account: &str) -> anyhow::Resul
         .with_context(|| format!("clearing the store of account {account}"))
 }
 
+/// Empties the benchmark database's account tables (`ccsync_bench` only).
+pub async fn reset_bench(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("acquiring a connection")?;
+    store::demo::truncate_all(&mut conn)
+        .await
+        .context("emptying the benchmark database")
+}
+
 /// `ccsync demo`.
 pub async fn run(contacts: usize) -> anyhow::Result<ExitCode> {
     let mut log = Settings::load_unvalidated(None)?.log;

@@ -29,6 +29,19 @@ pub async fn forget_account(conn: &mut PgConnection, account: &str) -> Result<()
     Ok(())
 }
 
+/// Empties every account table (the benchmark's own database only: a run measured after a
+/// `DELETE` of the last run's rows would pay for their dead index entries).
+pub async fn truncate_all(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let tables: Vec<String> = ACCOUNT_TABLES
+        .iter()
+        .map(|t| format!("ccsync.{t}"))
+        .collect();
+    sqlx::query(&format!("TRUNCATE {}", tables.join(", ")))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Queues one outbound row, as the application does (the whole application API).
 pub async fn queue_outbound(
     conn: &mut PgConnection,
