@@ -282,7 +282,21 @@ pub(crate) fn select(
     after: Option<Uuid>,
     count_key: &str,
 ) -> (Vec<Arc<Contact>>, Option<usize>, bool) {
-    if let Some(ids) = indexed_matches(acct, q) {
+    let cached = match acct.ids_cache.get(count_key) {
+        Some((v, ids)) if *v == acct.version => Some(Arc::clone(ids)),
+        _ => indexed_matches(acct, q).map(|ids| {
+            // A walk asks the same query page after page: the matches are kept until the
+            // account changes (without it a large time slice costs a scan per page).
+            let ids = Arc::new(ids);
+            if acct.ids_cache.len() > 64 {
+                acct.ids_cache.clear();
+            }
+            acct.ids_cache
+                .insert(count_key.to_string(), (acct.version, Arc::clone(&ids)));
+            ids
+        }),
+    };
+    if let Some(ids) = cached {
         let mut page = Vec::with_capacity(q.limit.min(512));
         let mut more = false;
         let start = match after {
@@ -504,7 +518,7 @@ mod tests {
                     ..query(case)
                 },
                 None,
-                "k",
+                &format!("{case:?}"),
             );
             let page_ids: Vec<Uuid> = page.iter().map(|c| c.core.contact_id).collect();
             assert_eq!(

@@ -471,6 +471,8 @@ pub(crate) struct Account {
     pub version: u64,
     /// `contacts_count` per filter: (version, count).
     pub count_cache: HashMap<String, (u64, usize)>,
+    /// Matching ids of a time-indexed filter: (version, sorted ids).
+    pub ids_cache: HashMap<String, (u64, Arc<Vec<Uuid>>)>,
     pub idx: TimeIndexes,
     /// Lower-case addresses the import refuses for a reason the client cannot foresee:
     /// counted in `error_count`, named in no `activity_errors` entry (the real format of

@@ -137,42 +137,67 @@ pub async fn get(
 pub async fn upsert(
     conn: &mut PgConnection,
     account: &str,
-    rows: &[ContactRow],
+    rows: Vec<ContactRow>,
 ) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    macro_rules! col {
-        ($f:ident) => {
-            rows.iter().map(|r| r.$f.clone()).collect::<Vec<_>>()
-        };
+    // The rows are moved into their columns (a page's JSON values are not copied again).
+    let n = rows.len();
+    let mut ids: Vec<Uuid> = Vec::with_capacity(n);
+    let mut email: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut first_name: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut last_name: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut job_title: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut company_name: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut birthday_month: Vec<Option<i16>> = Vec::with_capacity(n);
+    let mut birthday_day: Vec<Option<i16>> = Vec::with_capacity(n);
+    let mut anniversary: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut permission: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut opt_in_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut opt_in_date: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut opt_out_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut opt_out_date: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut opt_out_reason: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut confirm_status: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut email_updated_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut custom_fields: Vec<Value> = Vec::with_capacity(n);
+    let mut phone_numbers: Vec<Value> = Vec::with_capacity(n);
+    let mut street_addresses: Vec<Value> = Vec::with_capacity(n);
+    let mut taggings: Vec<Value> = Vec::with_capacity(n);
+    let mut create_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut update_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut created_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut updated_at: Vec<DateTime<Utc>> = Vec::with_capacity(n);
+    let mut deleted_at: Vec<Option<NaiveDate>> = Vec::with_capacity(n);
+    for r in rows {
+        ids.push(r.contact_id);
+        email.push(r.email);
+        first_name.push(r.first_name);
+        last_name.push(r.last_name);
+        job_title.push(r.job_title);
+        company_name.push(r.company_name);
+        birthday_month.push(r.birthday_month);
+        birthday_day.push(r.birthday_day);
+        anniversary.push(r.anniversary);
+        permission.push(r.permission_to_send);
+        opt_in_source.push(r.opt_in_source);
+        opt_in_date.push(r.opt_in_date);
+        opt_out_source.push(r.opt_out_source);
+        opt_out_date.push(r.opt_out_date);
+        opt_out_reason.push(r.opt_out_reason);
+        confirm_status.push(r.confirm_status);
+        email_updated_at.push(r.email_updated_at);
+        custom_fields.push(r.custom_fields);
+        phone_numbers.push(r.phone_numbers);
+        street_addresses.push(r.street_addresses);
+        taggings.push(r.taggings);
+        create_source.push(r.create_source);
+        update_source.push(r.update_source);
+        created_at.push(r.created_at);
+        updated_at.push(r.updated_at);
+        deleted_at.push(r.deleted_at);
     }
-    let ids: Vec<Uuid> = col!(contact_id);
-    let email: Vec<Option<String>> = col!(email);
-    let first_name: Vec<Option<String>> = col!(first_name);
-    let last_name: Vec<Option<String>> = col!(last_name);
-    let job_title: Vec<Option<String>> = col!(job_title);
-    let company_name: Vec<Option<String>> = col!(company_name);
-    let birthday_month: Vec<Option<i16>> = col!(birthday_month);
-    let birthday_day: Vec<Option<i16>> = col!(birthday_day);
-    let anniversary: Vec<Option<String>> = col!(anniversary);
-    let permission: Vec<Option<String>> = col!(permission_to_send);
-    let opt_in_source: Vec<Option<String>> = col!(opt_in_source);
-    let opt_in_date: Vec<Option<DateTime<Utc>>> = col!(opt_in_date);
-    let opt_out_source: Vec<Option<String>> = col!(opt_out_source);
-    let opt_out_date: Vec<Option<DateTime<Utc>>> = col!(opt_out_date);
-    let opt_out_reason: Vec<Option<String>> = col!(opt_out_reason);
-    let confirm_status: Vec<Option<String>> = col!(confirm_status);
-    let email_updated_at: Vec<Option<DateTime<Utc>>> = col!(email_updated_at);
-    let custom_fields: Vec<Value> = col!(custom_fields);
-    let phone_numbers: Vec<Value> = col!(phone_numbers);
-    let street_addresses: Vec<Value> = col!(street_addresses);
-    let taggings: Vec<Value> = col!(taggings);
-    let create_source: Vec<Option<String>> = col!(create_source);
-    let update_source: Vec<Option<String>> = col!(update_source);
-    let created_at: Vec<Option<DateTime<Utc>>> = col!(created_at);
-    let updated_at: Vec<DateTime<Utc>> = col!(updated_at);
-    let deleted_at: Vec<Option<NaiveDate>> = col!(deleted_at);
     let done = sqlx::query(
         "INSERT INTO ccsync.contacts (account_id, contact_id, email, first_name, last_name, \
             job_title, company_name, birthday_month, birthday_day, anniversary, \

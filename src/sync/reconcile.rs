@@ -334,7 +334,7 @@ async fn apply_group_page(
     let d = membership::diff(&local, &remote);
     let mut changes = plan.changes.clone();
     changes.extend(diff_changes(&d, &emails));
-    store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
+    store::contacts::upsert(&mut tx, account, std::mem::take(&mut plan.upserts)).await?;
     store::memberships::remove(&mut tx, account, &d.remove).await?;
     store::memberships::add(&mut tx, account, &d.add).await?;
     stats.changes_written +=

@@ -395,7 +395,7 @@ pub async fn apply_page(
         .max();
     plan.upserts.sort_unstable_by_key(|r| r.contact_id);
     phases.merge = lap(&mut at);
-    store::contacts::upsert(&mut tx, account, &plan.upserts).await?;
+    store::contacts::upsert(&mut tx, account, std::mem::take(&mut plan.upserts)).await?;
     phases.upsert = lap(&mut at);
     store::memberships::remove(&mut tx, account, &plan.remove_memberships).await?;
     store::memberships::add(&mut tx, account, &plan.add_memberships).await?;
