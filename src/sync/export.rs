@@ -208,10 +208,27 @@ async fn run(
             .resolve_link(href)
             .with_context(|| format!("resolving the export link {href:?}"))?;
         let path = files.path(&a.activity_id);
-        export.csv_bytes += client
+        match client
             .download_to("GET /contact_exports/{id}", url, &path)
             .await
-            .with_context(|| format!("downloading export {}", a.activity_id))?;
+        {
+            Ok(bytes) => export.csv_bytes += bytes,
+            // No room or no right to write a temporary file (a read-only container without a
+            // /tmp): paging needs none.
+            Err(e @ ApiError::File { .. }) => {
+                return Ok(Err(format!(
+                    "{} ({}): {}",
+                    e,
+                    path.display(),
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                )))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("downloading export {}", a.activity_id))
+            }
+        }
         paths.push((*list, path));
     }
     // 5. Every file checked before anything is applied.
