@@ -427,6 +427,14 @@ async fn apply_contacts(
     });
     let mut applied = Ok(());
     while let Some(mut contacts) = rx.recv().await {
+        if ctx.cancel.is_cancelled() {
+            // The watermark stays unset: the next run finds contacts stored and pages.
+            applied = Err(anyhow::anyhow!(
+                "cancelled after {} exported rows; watermark unchanged",
+                export.rows
+            ));
+            break;
+        }
         export.rows += contacts.len() as u64;
         let ids: Vec<Uuid> = contacts.iter().map(|c| c.contact_id).collect();
         let deleted = {
