@@ -227,3 +227,43 @@ async fn auto_pages_an_account_too_small_to_be_worth_an_export() {
     assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
     h.finish().await;
 }
+
+#[tokio::test]
+async fn a_failed_export_leaves_no_watermark_and_the_next_run_pages_everything() {
+    let h = harness(400, |_| {}).await;
+    h.ctl.set_export_contact_ids(true);
+    let ids = h.ctl.contact_ids();
+    h.ctl.delete_contact(ids[0]);
+    // The first file's answer is cut short (a transport error, retried like any GET), and
+    // the retry is refused: the run fails after the exports were created.
+    h.sb.inject(ccsync::sandbox::Fault::TruncateBody {
+        path_prefix: "/v3/contact_exports".into(),
+        times: 1,
+    });
+    h.sb.inject(ccsync::sandbox::Fault::Status {
+        path_prefix: "/v3/contact_exports".into(),
+        status: 404,
+        times: 1,
+    });
+    let report = h.run(Job::Contacts).await;
+    assert!(
+        matches!(report.outcome, Outcome::Failed(_)),
+        "{:?}",
+        report.outcome
+    );
+    assert_eq!(watermark(&h.db.pool, "contacts").await, None, "law 4");
+    // Nothing of the export was applied: only the deleted contact, paged before it.
+    assert_eq!(h.count("SELECT count(*) FROM ccsync.contacts").await, 1);
+    h.sb.clear_faults();
+    let stats = h.run_ok(Job::Contacts).await;
+    assert!(
+        stats.get("export").is_none(),
+        "contacts stored: paged, {stats}"
+    );
+    assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    assert_eq!(
+        watermark(&h.db.pool, "contacts").await,
+        Some(sandbox_max_updated_at(&h.sb))
+    );
+    h.finish().await;
+}
