@@ -78,10 +78,18 @@ pub async fn load_for_update(
     account: &str,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Stored>, sqlx::Error> {
+    // A probe per id on the whole primary key (LATERAL), planned for this call
+    // (`persistent(false)`: an unnamed statement gets a custom plan at every run). Without
+    // statistics (a store filling up in its first sync, before any ANALYZE) a cached plan
+    // made while the table was empty kept using an index on `account_id` alone and read
+    // every stored contact of the account per page: seconds a page, growing with the
+    // store. Planned per call, the lookup is an index probe per id at any size.
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM ccsync.contacts \
-         WHERE account_id = $1 AND contact_id = ANY($2) FOR UPDATE"
+        "SELECT c.* FROM UNNEST($2::uuid[]) AS i(id) CROSS JOIN LATERAL ( \
+            SELECT {COLUMNS} FROM ccsync.contacts \
+            WHERE account_id = $1 AND contact_id = i.id FOR UPDATE) c"
     ))
+    .persistent(false)
     .bind(account)
     .bind(ids)
     .fetch_all(&mut *conn)
@@ -100,10 +108,14 @@ pub async fn load_for_update(
     if out.is_empty() {
         return Ok(out);
     }
+    // The same probe per id for memberships (`OFFSET 0` keeps the subquery from being
+    // flattened into a join the planner could hash).
     let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT contact_id, list_id FROM ccsync.list_memberships \
-         WHERE account_id = $1 AND contact_id = ANY($2)",
+        "SELECT m.contact_id, m.list_id FROM UNNEST($2::uuid[]) AS i(id) CROSS JOIN LATERAL ( \
+            SELECT contact_id, list_id FROM ccsync.list_memberships \
+            WHERE account_id = $1 AND contact_id = i.id OFFSET 0) m",
     )
+    .persistent(false)
     .bind(account)
     .bind(ids)
     .fetch_all(&mut *conn)

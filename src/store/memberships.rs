@@ -204,6 +204,9 @@ pub async fn remove(
          USING UNNEST($2::uuid[], $3::uuid[]) AS u(c, l)
          WHERE m.account_id = $1 AND m.contact_id = u.c AND m.list_id = u.l",
     )
+    // Planned per call, never from a plan cached while the table was empty (see
+    // `contacts::load_for_update`).
+    .persistent(false)
     .bind(account)
     .bind(c)
     .bind(l)

@@ -20,6 +20,7 @@ mod monitoring;
 mod oauth;
 mod optouts;
 mod outbound_cli;
+mod page_apply;
 mod planner;
 mod push;
 mod push_reads;
