@@ -165,6 +165,22 @@ async fn planned_jobs_run_on_their_targets_idle_cycles_cost_one_request_and_push
         .default_account()
         .contact_by_email("ada@example.com")
         .is_some());
+    // The row completes inside the push run; the run is tagged with its cycle's tick only
+    // once it has ended.
+    eventually(
+        "the push run to be tagged with its cycle",
+        Duration::from_secs(60),
+        || async {
+            (db.count(
+                "SELECT count(*) FROM ccsync.sync_runs
+                 WHERE job = 'push' AND scheduled_for IS NOT NULL",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
     let push_cycle: Vec<String> = sqlx::query_scalar(
         "SELECT o.job FROM ccsync.sync_runs o
          WHERE o.scheduled_for = (SELECT scheduled_for FROM ccsync.sync_runs
