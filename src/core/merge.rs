@@ -37,12 +37,18 @@ impl std::ops::AddAssign for PageStats {
     }
 }
 
-/// Everything one page asks of the store.
+/// Everything one page asks of the store; its rows are the page's own (borrowed, never
+/// copied).
 #[derive(Debug, Default, PartialEq)]
-pub struct PagePlan {
-    /// Rows to insert or update (new or changed; stale and identical ones are left out).
-    pub upserts: Vec<ContactRow>,
+pub struct PagePlan<'a> {
+    /// Contacts the store does not hold.
+    pub inserts: Vec<&'a ContactRow>,
+    /// The list memberships of `inserts`.
+    pub insert_memberships: Vec<(Uuid, Uuid)>,
+    /// Stored contacts to update (changed; stale and identical ones are left out).
+    pub updates: Vec<&'a ContactRow>,
     pub changes: Vec<Change>,
+    /// Memberships stored contacts gained.
     pub add_memberships: Vec<(Uuid, Uuid)>,
     pub remove_memberships: Vec<(Uuid, Uuid)>,
     pub stats: PageStats,
@@ -85,11 +91,11 @@ pub fn field_diffs(old: &ContactRow, new: &ContactRow) -> Vec<(&'static str, Val
 }
 
 /// Plans one page. `lists_filter` limits which lists' memberships are synced (`None` = all).
-pub fn plan_page(
-    incoming: &[Incoming],
+pub fn plan_page<'a>(
+    incoming: &'a [Incoming],
     stored: &HashMap<Uuid, Stored>,
     lists_filter: Option<&HashSet<Uuid>>,
-) -> PagePlan {
+) -> PagePlan<'a> {
     let mut plan = PagePlan::default();
     // The API should not repeat a contact within a page; if it does, the newest copy wins
     // (the last one among equals).
@@ -131,10 +137,10 @@ pub fn plan_page(
                 new_value: None,
             });
             if let Some(m) = &filtered {
-                plan.add_memberships
+                plan.insert_memberships
                     .extend(m.iter().map(|l| (new.contact_id, *l)));
             }
-            plan.upserts.push(new.clone());
+            plan.inserts.push(new);
             continue;
         };
         if is_stale(new, &old.row) {
@@ -200,7 +206,7 @@ pub fn plan_page(
             plan.stats.unchanged += 1;
         }
         if changed || bookkeeping_moved {
-            plan.upserts.push(new.clone());
+            plan.updates.push(new);
         }
     }
     plan
@@ -259,10 +265,12 @@ mod tests {
 
     #[test]
     fn new_contact_is_created_with_its_memberships() {
-        let plan = plan_page(&[inc(row(1, 10), &[7, 8])], &HashMap::new(), None);
+        let page = [inc(row(1, 10), &[7, 8])];
+        let plan = plan_page(&page, &HashMap::new(), None);
         assert_eq!(plan.stats.created, 1);
-        assert_eq!(plan.upserts.len(), 1);
-        assert_eq!(plan.add_memberships.len(), 2);
+        assert_eq!(plan.inserts.len(), 1);
+        assert_eq!(plan.insert_memberships.len(), 2);
+        assert!(plan.updates.is_empty() && plan.add_memberships.is_empty());
         assert_eq!(plan.changes.len(), 1);
         assert_eq!(plan.changes[0].kind, ChangeKind::Created);
     }
@@ -273,9 +281,10 @@ mod tests {
         s.insert(Uuid::from_u128(1), stored(&row(1, 20), &[7]));
         let mut older = row(1, 10);
         older.first_name = Some("Old".into());
-        let plan = plan_page(&[inc(older, &[])], &s, None);
+        let page = [inc(older, &[])];
+        let plan = plan_page(&page, &s, None);
         assert_eq!(plan.stats.stale, 1);
-        assert!(plan.upserts.is_empty() && plan.changes.is_empty());
+        assert!(plan.updates.is_empty() && plan.changes.is_empty());
         assert!(plan.remove_memberships.is_empty());
     }
 
@@ -287,7 +296,8 @@ mod tests {
         let mut unsub = base.clone();
         unsub.permission_to_send = Some("unsubscribed".into());
         unsub.email_updated_at = DateTime::from_timestamp(30, 0);
-        let plan = plan_page(&[inc(unsub, &[])], &s, None);
+        let page = [inc(unsub, &[])];
+        let plan = plan_page(&page, &s, None);
         assert_eq!(plan.changes.len(), 1);
         assert_eq!(plan.changes[0].kind, ChangeKind::Unsubscribed);
         assert_eq!(plan.stats.unsubscribed, 1);
@@ -299,7 +309,8 @@ mod tests {
         let mut s = HashMap::new();
         s.insert(base.contact_id, stored(&base, &[7, 8]));
         let filter: HashSet<Uuid> = [Uuid::from_u128(8), Uuid::from_u128(9)].into();
-        let plan = plan_page(&[inc(base.clone(), &[7, 9])], &s, Some(&filter));
+        let page = [inc(base.clone(), &[7, 9])];
+        let plan = plan_page(&page, &s, Some(&filter));
         // 7 is outside the filter: untouched. 8 removed, 9 added.
         assert_eq!(
             plan.add_memberships,
@@ -318,14 +329,11 @@ mod tests {
         s.insert(base.contact_id, stored(&base, &[7]));
         let mut del = row(1, 25);
         del.deleted_at = NaiveDate::from_ymd_opt(2026, 11, 26);
-        let plan = plan_page(
-            &[Incoming {
-                row: del,
-                memberships: Some(BTreeSet::new()),
-            }],
-            &s,
-            None,
-        );
+        let page = [Incoming {
+            row: del,
+            memberships: Some(BTreeSet::new()),
+        }];
+        let plan = plan_page(&page, &s, None);
         assert!(plan.changes.iter().any(|c| c.kind == ChangeKind::Deleted));
         assert_eq!(plan.remove_memberships.len(), 1);
     }
@@ -348,19 +356,19 @@ mod tests {
 
     /// Applies a plan to an in-memory store the way the SQL does.
     fn apply(store: &mut HashMap<Uuid, Stored>, plan: &PagePlan) {
-        for r in &plan.upserts {
+        for r in plan.inserts.iter().chain(&plan.updates) {
             let e = store.entry(r.contact_id).or_insert_with(|| Stored {
-                row: r.clone(),
+                row: (*r).clone(),
                 memberships: BTreeSet::new(),
             });
-            e.row = r.clone();
+            e.row = (*r).clone();
         }
         for (c, l) in &plan.remove_memberships {
             if let Some(s) = store.get_mut(c) {
                 s.memberships.remove(l);
             }
         }
-        for (c, l) in &plan.add_memberships {
+        for (c, l) in plan.insert_memberships.iter().chain(&plan.add_memberships) {
             if let Some(s) = store.get_mut(c) {
                 s.memberships.insert(*l);
             }
@@ -379,7 +387,8 @@ mod tests {
             apply(&mut store, &p1);
             let p2 = plan_page(&page, &store, None);
             prop_assert!(p2.changes.is_empty());
-            prop_assert!(p2.upserts.is_empty());
+            prop_assert!(p2.inserts.is_empty() && p2.updates.is_empty());
+            prop_assert!(p2.insert_memberships.is_empty());
             prop_assert!(p2.add_memberships.is_empty() && p2.remove_memberships.is_empty());
         }
 

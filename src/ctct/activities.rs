@@ -70,6 +70,16 @@ impl Activity {
     }
 
     /// A status counter, if present.
+    /// The status counters, for the core's completion mapping.
+    pub fn counters(&self) -> crate::core::activity::Counters {
+        crate::core::activity::Counters {
+            person_count: self.counter("person_count"),
+            error_count: self.counter("error_count"),
+            correctable_count: self.counter("correctable_count"),
+            cannot_add_to_list_count: self.counter("cannot_add_to_list_count"),
+        }
+    }
+
     pub fn counter(&self, name: &str) -> Option<u64> {
         self.status.as_ref()?.get(name)?.as_u64()
     }

@@ -12,9 +12,10 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::Auth;
-use super::dto::{ContactListsPage, ContactsPage, CustomFieldsPage};
+use super::dto::{ContactListsPage, CustomFieldsPage};
 use super::error::{parse_error_body, Error};
 use super::limiter::{Budget, Pacer, RequestBudget, SharedPacer};
+use super::page::ContactsPage;
 
 /// Everything shared by the accounts of one API key.
 pub struct Api {

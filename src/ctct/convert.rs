@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::dto::Contact;
 use crate::core::contact::{ContactRow, Incoming};
@@ -12,50 +12,57 @@ use crate::core::sanitize::strip_nul_row;
 /// Converts the API's contact into the local row shape (email lower-cased, NULs removed:
 /// PostgreSQL refuses them).
 pub fn to_incoming(c: &Contact) -> Incoming {
-    to_incoming_noted(c).0
+    into_incoming_noted(c.clone()).0
 }
 
-/// [`to_incoming`], and the columns that lost NUL characters on the way (for the caller
-/// to record).
-pub fn to_incoming_noted(c: &Contact) -> (Incoming, Vec<&'static str>) {
+/// [`to_incoming`] of a contact given up (its values are moved, not copied), and the
+/// columns that lost NUL characters on the way (for the caller to record).
+pub fn into_incoming_noted(c: Contact) -> (Incoming, Vec<&'static str>) {
     let mut incoming = convert(c);
     let stripped = strip_nul_row(&mut incoming.row);
     (incoming, stripped)
 }
 
-fn convert(c: &Contact) -> Incoming {
-    let e = c.email_address.as_ref();
-    let arr = |v: &Option<Value>| match v {
-        Some(Value::Null) | None => json!([]),
-        Some(v) => v.clone(),
+fn convert(c: Contact) -> Incoming {
+    let arr = |v: Option<Value>| match v {
+        Some(Value::Null) | None => Value::Array(Vec::new()),
+        Some(v) => v,
     };
     let deleted = c.deleted_at.is_some();
+    let e = c.email_address.unwrap_or_default();
+    let email = e.address.map(|a| {
+        let a = a.trim();
+        // ASCII (nearly every address) is lower-cased without Unicode tables.
+        if a.is_ascii() {
+            a.to_ascii_lowercase()
+        } else {
+            a.to_lowercase()
+        }
+    });
     let row = ContactRow {
         contact_id: c.contact_id,
-        email: e
-            .and_then(|e| e.address.as_deref())
-            .map(|a| a.trim().to_lowercase()),
-        first_name: c.first_name.clone(),
-        last_name: c.last_name.clone(),
-        job_title: c.job_title.clone(),
-        company_name: c.company_name.clone(),
+        email,
+        first_name: c.first_name,
+        last_name: c.last_name,
+        job_title: c.job_title,
+        company_name: c.company_name,
         birthday_month: c.birthday_month,
         birthday_day: c.birthday_day,
-        anniversary: c.anniversary.clone(),
-        permission_to_send: e.and_then(|e| e.permission_to_send.clone()),
-        opt_in_source: e.and_then(|e| e.opt_in_source.clone()),
-        opt_in_date: e.and_then(|e| e.opt_in_date),
-        opt_out_source: e.and_then(|e| e.opt_out_source.clone()),
-        opt_out_date: e.and_then(|e| e.opt_out_date),
-        opt_out_reason: e.and_then(|e| e.opt_out_reason.clone()),
-        confirm_status: e.and_then(|e| e.confirm_status.clone()),
-        email_updated_at: e.and_then(|e| e.updated_at),
-        custom_fields: arr(&c.custom_fields),
-        phone_numbers: arr(&c.phone_numbers),
-        street_addresses: arr(&c.street_addresses),
-        taggings: arr(&c.taggings),
-        create_source: c.create_source.clone(),
-        update_source: c.update_source.clone(),
+        anniversary: c.anniversary,
+        permission_to_send: e.permission_to_send,
+        opt_in_source: e.opt_in_source,
+        opt_in_date: e.opt_in_date,
+        opt_out_source: e.opt_out_source,
+        opt_out_date: e.opt_out_date,
+        opt_out_reason: e.opt_out_reason,
+        confirm_status: e.confirm_status,
+        email_updated_at: e.updated_at,
+        custom_fields: arr(c.custom_fields),
+        phone_numbers: arr(c.phone_numbers),
+        street_addresses: arr(c.street_addresses),
+        taggings: arr(c.taggings),
+        create_source: c.create_source,
+        update_source: c.update_source,
         created_at: c.created_at,
         // Defensive: a contact without updated_at falls back to created_at, then the epoch,
         // never to the local clock.
@@ -69,21 +76,9 @@ fn convert(c: &Contact) -> Incoming {
     let memberships = if deleted {
         Some(BTreeSet::new())
     } else {
-        c.list_memberships
-            .as_ref()
-            .map(|m| m.iter().copied().collect())
+        c.list_memberships.map(|m| m.into_iter().collect())
     };
     Incoming { row, memberships }
-}
-
-/// The status counters of an activity, for the core's completion mapping.
-pub fn activity_counters(a: &super::activities::Activity) -> crate::core::activity::Counters {
-    crate::core::activity::Counters {
-        person_count: a.counter("person_count"),
-        error_count: a.counter("error_count"),
-        correctable_count: a.counter("correctable_count"),
-        cannot_add_to_list_count: a.counter("cannot_add_to_list_count"),
-    }
 }
 
 #[cfg(test)]
@@ -101,12 +96,12 @@ mod tests {
         )
         .unwrap();
         let c = Contact::from_value(&v).unwrap();
-        let (i, fields) = to_incoming_noted(&c);
+        let (i, fields) = into_incoming_noted(c.clone());
         assert_eq!(i.row.first_name.as_deref(), Some("Anne"));
         assert_eq!(i.row.email.as_deref(), Some("a@b.c"));
         assert_eq!(
             i.row.custom_fields,
-            json!([{"custom_field_id": "x", "value": "v"}])
+            serde_json::json!([{"custom_field_id": "x", "value": "v"}])
         );
         assert_eq!(fields, vec!["first_name", "custom_fields"]);
         assert_eq!(to_incoming(&c), i);

@@ -11,8 +11,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::activities::{Activity, TERMINAL_STATES};
-use super::convert::{activity_counters, to_incoming_noted};
-use super::dto::{ContactListsPage, ContactsPage, CustomFieldsPage, PagingLinks};
+use super::convert::into_incoming_noted;
+use super::dto::{ContactListsPage, CustomFieldsPage, PagingLinks};
+use super::page::ContactsPage;
 use crate::core::activity::map_completion;
 use crate::core::contact::ContactRow;
 use crate::core::merge::plan_page;
@@ -245,11 +246,21 @@ fn check_page(page: &ContactsPage, body: &Value) -> Result<(), TestCaseError> {
         .unwrap_or_default();
     // Every element is a contact or a rejected record, in order, never both.
     prop_assert_eq!(page.contacts.len() + page.rejected.len(), elements.len());
-    let decodable = elements
+    // Each contact is what the tree path makes of its element (`Contact::from_value`,
+    // then the edge conversion): the page's typed decode is a shortcut, never a second
+    // opinion.
+    let mut via_tree = Vec::new();
+    let mut nuls_via_tree = Vec::new();
+    for c in elements
         .iter()
-        .filter(|e| super::dto::Contact::from_value(e).is_ok())
-        .count();
-    prop_assert_eq!(page.contacts.len(), decodable);
+        .filter_map(|e| super::dto::Contact::from_value(e).ok())
+    {
+        let (inc, stripped) = into_incoming_noted(c);
+        nuls_via_tree.extend(stripped.into_iter().map(|f| (inc.row.contact_id, f)));
+        via_tree.push(inc);
+    }
+    prop_assert_eq!(&page.contacts, &via_tree);
+    prop_assert_eq!(&page.nul_removed, &nuls_via_tree);
     for r in &page.rejected {
         prop_assert!(!r.reason.is_empty());
         let poison = BadInput::poison(r.reason.clone(), r.record.clone());
@@ -262,10 +273,8 @@ fn check_page(page: &ContactsPage, body: &Value) -> Result<(), TestCaseError> {
     }
     let seen: HashSet<Uuid> = page.seen_ids().into_iter().collect();
     let _ = PagingLinks::next_href(&page.links);
-    let mut incoming = Vec::new();
-    for c in &page.contacts {
-        prop_assert!(seen.contains(&c.contact_id));
-        let (inc, _) = to_incoming_noted(c);
+    for inc in &page.contacts {
+        prop_assert!(seen.contains(&inc.row.contact_id));
         prop_assert!(!has_nul(&inc.row), "a NUL reaches the store: {:?}", inc.row);
         let email = inc.row.email.clone().unwrap_or_default();
         prop_assert!(
@@ -276,11 +285,11 @@ fn check_page(page: &ContactsPage, body: &Value) -> Result<(), TestCaseError> {
         if inc.row.deleted_at.is_some() {
             prop_assert_eq!(inc.memberships.as_ref().map(|m| m.len()), Some(0));
         }
-        incoming.push(inc);
     }
+    let incoming = &page.contacts;
     // The merge plans what the page says; opt-outs it reports are unsubscribed contacts.
-    let plan = plan_page(&incoming, &HashMap::new(), None);
-    for row in &plan.upserts {
+    let plan = plan_page(incoming, &HashMap::new(), None);
+    for row in plan.inserts.iter().chain(&plan.updates) {
         prop_assert!(!has_nul(row));
     }
     let unsubscribed: HashSet<String> = incoming
@@ -288,7 +297,7 @@ fn check_page(page: &ContactsPage, body: &Value) -> Result<(), TestCaseError> {
         .filter(|i| i.row.permission_to_send.as_deref() == Some("unsubscribed"))
         .filter_map(|i| i.row.email.clone())
         .collect();
-    for r in newly_unsubscribed(&incoming, &plan) {
+    for r in newly_unsubscribed(incoming, &plan) {
         prop_assert!(
             unsubscribed.contains(&r.email),
             "{} refused but not unsubscribed",
@@ -387,7 +396,7 @@ fn check_activity(a: &Activity, rows: &[(i64, String)]) -> Result<(), TestCaseEr
         messages.len(),
         a.activity_errors.as_ref().map_or(0, Vec::len)
     );
-    let done = map_completion(rows, &messages, &activity_counters(a));
+    let done = map_completion(rows, &messages, &a.counters());
     let ids: HashSet<i64> = rows.iter().map(|(i, _)| *i).collect();
     let failed: HashSet<i64> = done.failed.iter().map(|(i, _)| *i).collect();
     prop_assert_eq!(failed.len(), done.failed.len(), "a row failed twice");

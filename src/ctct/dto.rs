@@ -5,75 +5,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-/// `GET /contacts` page (`Contacts`). Its contacts are decoded one by one: one that cannot
-/// be a contact (see [`Contact::from_value`]) lands in `rejected` instead of failing the
-/// page.
-#[derive(Debug, Default, Deserialize)]
-#[serde(from = "RawContactsPage")]
-pub struct ContactsPage {
-    pub contacts: Vec<Contact>,
-    /// The page's elements that are not contacts ccsync can store, with the reason.
-    pub rejected: Vec<Rejected>,
-    pub contacts_count: Option<u64>,
-    pub links: Option<PagingLinks>,
-}
-
-impl ContactsPage {
-    /// The ids the page shows: its contacts' and the readable `contact_id` of its rejected
-    /// elements (a contact Constant Contact sent badly is still there: a reconcile must
-    /// not take it for gone).
-    pub fn seen_ids(&self) -> Vec<Uuid> {
-        let rejected = self.rejected.iter().filter_map(|r| {
-            r.record
-                .get("contact_id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| Uuid::parse_str(s).ok())
-        });
-        self.contacts
-            .iter()
-            .map(|c| c.contact_id)
-            .chain(rejected)
-            .collect()
-    }
-}
-
-/// A page element that is not a storable contact: why, and the element as it came.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejected {
-    pub reason: String,
-    pub record: serde_json::Value,
-}
-
-/// The page as it comes, before its contacts are decoded.
-#[derive(Deserialize)]
-struct RawContactsPage {
-    #[serde(default)]
-    contacts: Vec<serde_json::Value>,
-    #[serde(default)]
-    contacts_count: Option<u64>,
-    #[serde(rename = "_links", default)]
-    links: Option<PagingLinks>,
-}
-
-impl From<RawContactsPage> for ContactsPage {
-    fn from(raw: RawContactsPage) -> Self {
-        let mut contacts = Vec::with_capacity(raw.contacts.len());
-        let mut rejected = Vec::new();
-        for record in raw.contacts {
-            match Contact::from_value(&record) {
-                Ok(c) => contacts.push(c),
-                Err(reason) => rejected.push(Rejected { reason, record }),
-            }
-        }
-        ContactsPage {
-            contacts,
-            rejected,
-            contacts_count: raw.contacts_count,
-            links: raw.links,
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub struct PagingLinks {
     #[serde(default)]
@@ -158,20 +89,24 @@ impl Contact {
             .get("email_address")
             .and_then(|e| e.get("address"))
             .and_then(|a| a.as_str());
-        // NULs are removed before the store sees a value, so an address of only NULs
-        // and blanks is no address at all.
-        if address.is_none_or(|a| {
-            a.trim_matches(|c: char| c == '\0' || c.is_whitespace())
-                .is_empty()
-        }) {
+        if !has_address(address) {
             return Err("email_address has no address".into());
         }
         Contact::deserialize(v).map_err(|e| format!("does not decode as a contact: {e}"))
     }
 }
 
+/// Whether an address is there: NULs are removed before the store sees a value, so an
+/// address of only NULs and blanks is no address at all.
+pub(super) fn has_address(address: Option<&str>) -> bool {
+    address.is_some_and(|a| {
+        !a.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .is_empty()
+    })
+}
+
 /// `EmailAddress`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct EmailAddress {
     #[serde(default)]
     pub address: Option<String>,
@@ -338,63 +273,6 @@ mod tests {
         assert!(
             Contact::from_value(&v).is_ok(),
             "a NUL inside an address is removed later, not a poison record"
-        );
-    }
-
-    #[test]
-    fn a_page_keeps_its_good_contacts_and_rejects_the_poison_ones_with_a_reason() {
-        let p: ContactsPage = serde_json::from_str(
-            r#"{"contacts":[
-                {"contact_id":"4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11","email_address":{"address":"a@b.c"},
-                 "some_new_field":{"x":1}},
-                {"email_address":{"address":"no-id@b.c"}},
-                {"contact_id":"5a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11","email_address":{"permission_to_send":"implicit"}},
-                {"contact_id":"6a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11"},
-                {"contact_id":"not-a-uuid","email_address":{"address":"x@b.c"}},
-                {"contact_id":"7a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11","email_address":{"address":"d@b.c"},
-                 "updated_at":"yesterday"},
-                "just a string"
-            ],"contacts_count":7}"#,
-        )
-        .unwrap();
-        assert_eq!(p.contacts.len(), 1, "unknown fields are ignored");
-        let reasons: Vec<&str> = p.rejected.iter().map(|r| r.reason.as_str()).collect();
-        assert_eq!(reasons[0], "no contact_id");
-        assert_eq!(reasons[1], "email_address has no address");
-        assert_eq!(reasons[2], "email_address has no address");
-        assert_eq!(reasons[3], "contact_id is not a UUID");
-        assert!(reasons[4].starts_with("does not decode"), "{}", reasons[4]);
-        assert_eq!(reasons[5], "not a JSON object");
-        assert_eq!(
-            p.rejected[0].record["email_address"]["address"],
-            "no-id@b.c"
-        );
-        assert_eq!(p.contacts_count, Some(7));
-        let seen: Vec<String> = p.seen_ids().iter().map(|u| u.to_string()).collect();
-        assert_eq!(
-            seen,
-            [
-                "4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
-                "5a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
-                "6a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
-                "7a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11"
-            ],
-            "a rejected contact with a readable id is not taken for gone"
-        );
-    }
-
-    #[test]
-    fn missing_or_empty_links_mean_done() {
-        let p: ContactsPage = serde_json::from_str(r#"{"contacts":[],"_links":{}}"#).unwrap();
-        assert!(PagingLinks::next_href(&p.links).is_none());
-        let p: ContactsPage = serde_json::from_str(r#"{"contacts":[]}"#).unwrap();
-        assert!(PagingLinks::next_href(&p.links).is_none());
-        let p: ContactsPage =
-            serde_json::from_str(r#"{"_links":{"next":{"href":"/v3/contacts?cursor=x"}}}"#)
-                .unwrap();
-        assert_eq!(
-            PagingLinks::next_href(&p.links),
-            Some("/v3/contacts?cursor=x")
         );
     }
 }

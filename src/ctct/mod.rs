@@ -10,6 +10,7 @@ pub mod error;
 pub mod export_csv;
 pub mod limiter;
 pub mod oauth_flows;
+pub mod page;
 
 #[cfg(test)]
 mod decode_props;

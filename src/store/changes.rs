@@ -4,14 +4,14 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::copy::{copy_in, CopyRows};
 use crate::core::change::Change;
 
 /// The channel applications `LISTEN` on.
 pub const CHANNEL: &str = "ccsync_changes";
 
-/// Appends `changes` in one statement and, when any were written, queues a
-/// `NOTIFY ccsync_changes` (delivered at commit) with the account and the id range.
-/// Returns the number of rows written.
+/// Appends `changes` and, when any were written, queues a `NOTIFY ccsync_changes`
+/// (delivered at commit) with the account and the id range. Returns the rows written.
 pub async fn append(
     conn: &mut PgConnection,
     account: &str,
@@ -19,63 +19,80 @@ pub async fn append(
     origin: &str,
     changes: &[Change],
 ) -> Result<u64, sqlx::Error> {
-    let cols = Columns {
-        contact_id: changes.iter().map(|c| Some(c.contact_id)).collect(),
-        email: changes.iter().map(|c| c.email.as_deref()).collect(),
-        kind: changes.iter().map(|c| c.kind.as_str()).collect(),
-        field: changes.iter().map(|c| c.field).collect(),
-        old_value: changes.iter().map(|c| c.old_value.clone()).collect(),
-        new_value: changes.iter().map(|c| c.new_value.clone()).collect(),
-    };
-    append_columns(conn, account, run_id, origin, cols).await
+    let rows = changes.iter().map(|c| Row {
+        contact_id: Some(c.contact_id),
+        email: c.email.as_deref(),
+        kind: c.kind.as_str(),
+        field: c.field,
+        old_value: c.old_value.as_ref(),
+        new_value: c.new_value.as_ref(),
+    });
+    append_rows(conn, account, run_id, origin, rows).await
 }
 
-/// A batch of `changes` rows as column vectors (all of the same length).
-pub struct Columns<'a> {
-    pub contact_id: Vec<Option<Uuid>>,
-    pub email: Vec<Option<&'a str>>,
-    pub kind: Vec<&'a str>,
-    pub field: Vec<Option<&'a str>>,
-    pub old_value: Vec<Option<Value>>,
-    pub new_value: Vec<Option<Value>>,
+/// One `changes` row to append, borrowed from its writer's own shape.
+pub struct Row<'a> {
+    pub contact_id: Option<Uuid>,
+    pub email: Option<&'a str>,
+    pub kind: &'a str,
+    pub field: Option<&'a str>,
+    pub old_value: Option<&'a Value>,
+    pub new_value: Option<&'a Value>,
 }
 
-/// Appends a batch in one statement and queues the `NOTIFY` (delivered at commit). Every
-/// writer of the log (the pulls and the push) goes through here.
-pub async fn append_columns(
+/// Appends rows by binary `COPY` and queues the `NOTIFY` (delivered at commit). Their ids
+/// are taken from the sequence first (one statement), so the notice names the batch's
+/// range without reading the rows back. Every writer of the log (the pulls and the push)
+/// goes through here.
+pub async fn append_rows<'a>(
     conn: &mut PgConnection,
     account: &str,
     run_id: Option<Uuid>,
     origin: &str,
-    cols: Columns<'_>,
+    rows: impl ExactSizeIterator<Item = Row<'a>>,
 ) -> Result<u64, sqlx::Error> {
-    if cols.kind.is_empty() {
+    let n = rows.len();
+    if n == 0 {
         return Ok(0);
     }
-    let (first, last, n): (Option<i64>, Option<i64>, i64) = sqlx::query_as(
-        "WITH ins AS (
-            INSERT INTO ccsync.changes (account_id, run_id, origin, contact_id, email, kind,
-                                        field, old_value, new_value)
-            SELECT $1, $2, $3, u.* FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::text[],
-                                               $8::jsonb[], $9::jsonb[]) AS u
-            RETURNING id)
-         SELECT min(id), max(id), count(*) FROM ins",
+    // The ids, and the NOTIFY naming their range (delivered at commit, so sent with
+    // them): one round trip.
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "WITH ids AS (SELECT nextval('ccsync.changes_id_seq') AS id FROM generate_series(1, $1))
+         SELECT id FROM ids
+         CROSS JOIN (SELECT pg_notify($2, format('{\"account\":%s,\"first_id\":%s,\"last_id\":%s}',
+                                                 to_json($3::text), min(id), max(id)))
+                     FROM ids) n",
     )
+    .bind(n as i64)
+    .bind(CHANNEL)
     .bind(account)
-    .bind(run_id)
-    .bind(origin)
-    .bind(cols.contact_id)
-    .bind(cols.email)
-    .bind(cols.kind)
-    .bind(cols.field)
-    .bind(cols.old_value)
-    .bind(cols.new_value)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    if let (Some(first), Some(last)) = (first, last) {
-        notify(conn, account, first, last).await?;
+    let mut data = CopyRows::with_capacity(n * 160);
+    let enc = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    for (id, r) in ids.iter().zip(rows) {
+        data.row(10)
+            .i64(*id)
+            .text(account)
+            .opt_uuid(run_id)
+            .text(origin)
+            .opt_uuid(r.contact_id)
+            .opt_text(r.email)
+            .text(r.kind)
+            .opt_text(r.field)
+            .opt_jsonb(r.old_value)
+            .and_then(|d| d.opt_jsonb(r.new_value))
+            .map_err(enc)?;
     }
-    Ok(n as u64)
+    let written = copy_in(
+        conn,
+        "COPY ccsync.changes (id, account_id, run_id, origin, contact_id, email, kind, field, \
+            old_value, new_value) FROM STDIN (FORMAT binary)",
+        data,
+    )
+    .await?;
+    Ok(written)
 }
 
 /// `NOTIFY ccsync_changes` with `{"account":..,"first_id":..,"last_id":..}`.

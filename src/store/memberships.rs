@@ -8,6 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::changes;
+use super::copy::{copy_in, CopyRows};
 
 /// Removes every membership of `account` in a list that is deleted locally (`deleted_at`
 /// set) and logs each as `list_removed`, all in SQL (no rows pass through memory), with one
@@ -160,6 +161,25 @@ pub async fn add(
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Inserts the memberships of contacts just inserted, by binary `COPY`; fails with a unique
+/// violation on one already stored (see `contacts::NewRows::Copy`).
+pub async fn insert_new(
+    conn: &mut PgConnection,
+    account: &str,
+    pairs: &[(Uuid, Uuid)],
+) -> Result<u64, sqlx::Error> {
+    let mut data = CopyRows::with_capacity(pairs.len() * 50);
+    for (c, l) in pairs {
+        data.row(3).text(account).uuid(*c).uuid(*l);
+    }
+    copy_in(
+        conn,
+        "COPY ccsync.list_memberships (account_id, contact_id, list_id) FROM STDIN (FORMAT binary)",
+        data,
+    )
+    .await
 }
 
 /// Adds memberships (contact, list) in one statement, except those of contacts the store

@@ -4,6 +4,7 @@
 pub mod activities;
 pub mod changes;
 pub mod contacts;
+pub mod copy;
 pub mod custom_fields;
 pub mod demo;
 pub mod lists;
@@ -111,19 +112,20 @@ fn is_transient_connect_error(e: &sqlx::Error) -> bool {
     }
 }
 
-/// `SET LOCAL synchronous_commit = off` for the current transaction.
+/// A pulled page's transaction: `BEGIN` and `SET LOCAL synchronous_commit = off` in one
+/// round trip.
 ///
-/// Why this is safe for pulled pages (and used nowhere else): a page, its changes and — on
-/// the last page — the watermark commit together, and WAL is replayed in order, so a
-/// PostgreSQL crash can only lose a suffix of recent commits, watermark included; the next
-/// run re-reads them from Constant Contact. A killed ccsync loses nothing (the commit is in
-/// the server). Push state transitions keep fully durable commits: they record requests
-/// that cannot be re-derived.
-pub async fn relax_commit_durability(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// Why relaxed durability is safe for pulled pages (and used nowhere else): a page, its
+/// changes and — on the last page — the watermark commit together, and WAL is replayed in
+/// order, so a PostgreSQL crash can only lose a suffix of recent commits, watermark
+/// included; the next run re-reads them from Constant Contact. A killed ccsync loses
+/// nothing (the commit is in the server). Push state transitions keep fully durable
+/// commits: they record requests that cannot be re-derived.
+pub async fn begin_page(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await
 }
 
 /// Runs the migrations (sqlx takes an advisory lock, so replicas may race safely).

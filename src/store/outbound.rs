@@ -361,15 +361,15 @@ pub async fn append_changes(
     run_id: uuid::Uuid,
     changes: &[LocalChange],
 ) -> Result<u64, sqlx::Error> {
-    let cols = super::changes::Columns {
-        contact_id: changes.iter().map(|c| c.contact_id).collect(),
-        email: changes.iter().map(|c| Some(c.email.as_str())).collect(),
-        kind: changes.iter().map(|c| c.kind).collect(),
-        field: changes.iter().map(|c| c.field.as_deref()).collect(),
-        old_value: changes.iter().map(|c| c.old_value.clone()).collect(),
-        new_value: changes.iter().map(|c| c.new_value.clone()).collect(),
-    };
-    super::changes::append_columns(conn, account, Some(run_id), "local", cols).await
+    let rows = changes.iter().map(|c| super::changes::Row {
+        contact_id: c.contact_id,
+        email: Some(c.email.as_str()),
+        kind: c.kind,
+        field: c.field.as_deref(),
+        old_value: c.old_value.as_ref(),
+        new_value: c.new_value.as_ref(),
+    });
+    super::changes::append_rows(conn, account, Some(run_id), "local", rows).await
 }
 
 /// Rows by state for one account (tests, demo summary).

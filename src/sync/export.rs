@@ -43,8 +43,8 @@ use crate::config::AccountSettings;
 use crate::core::backfill::{self, Choice, ExportStats, Mode};
 use crate::core::job::Job;
 use crate::ctct::activities::Activity;
-use crate::ctct::dto::ContactsPage;
 use crate::ctct::export_csv::{Columns, Unusable};
+use crate::ctct::page::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery, Error as ApiError, CONTACT_INCLUDE};
 use crate::store;
 
@@ -445,12 +445,7 @@ async fn apply_contacts(
         };
         contacts.retain(|c| !deleted.contains(&c.contact_id));
         export.deleted_rows_skipped += deleted.len() as u64;
-        let page = ContactsPage {
-            contacts,
-            rejected: Vec::new(),
-            contacts_count: None,
-            links: None,
-        };
+        let page = ContactsPage::from_contacts(contacts);
         match apply_page(ctx, spec, &page).await {
             Ok(done) => stats.add_page(spec.account, &done, ctx.dry_run),
             Err(e) => {

@@ -9,7 +9,8 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{info_span, Instrument};
 use url::Url;
 
-use crate::ctct::dto::{ContactsPage, PagingLinks};
+use crate::ctct::dto::PagingLinks;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::{AccountClient, Error as ApiError};
 
 /// One page and where it stands in the walk.

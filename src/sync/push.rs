@@ -44,7 +44,6 @@ use crate::core::reads::Reader;
 use crate::core::sends;
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped, Submitted};
 use crate::ctct::activities::Activity;
-use crate::ctct::convert::activity_counters;
 use crate::ctct::{AccountClient, Error as ApiError};
 use crate::store::{self, outbound::LocalChange};
 
@@ -1220,7 +1219,7 @@ async fn finish(
         stats.failed += failed;
         stats.unconfirmed += failed;
     } else if a.state == "completed" {
-        let counters = activity_counters(a);
+        let counters = a.counters();
         // Errors that name a row keep the API's message; every other row is judged on what
         // Constant Contact shows now (read by `read_back` just before).
         let outcome = map_completion(&rows, &messages, &counters);

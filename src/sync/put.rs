@@ -22,7 +22,8 @@ use super::walk::{apply_page, updated_at_mark, PageSpec};
 use crate::core::guard::{Direct, Item, Primary};
 use crate::core::put::{plan_fields, primary_of, property_value, unsubscribe_body, CustomFieldIds};
 use crate::core::states::OutboundState::{Completed, Failed, Pending, Skipped};
-use crate::ctct::dto::{Contact, ContactsPage};
+use crate::ctct::dto::Contact;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::{AccountClient, Error as ApiError};
 use crate::store::{self, outbound::LocalChange};
 
@@ -299,10 +300,7 @@ async fn apply(
             return Ok(());
         }
     };
-    let page = ContactsPage {
-        contacts: vec![c],
-        ..Default::default()
-    };
+    let page = ContactsPage::from_contacts(vec![c]);
     let spec = PageSpec {
         account: client.account(),
         lists_filter,

@@ -22,7 +22,7 @@ use super::context::JobContext;
 use super::reconcile;
 use super::walk::{apply_page, updated_at_mark, PageSpec};
 use crate::core::reads::{self, ReadPlan, Reader};
-use crate::ctct::dto::ContactsPage;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::AccountClient;
 use crate::store;
 use crate::store::outbound::ReadTarget;
@@ -191,8 +191,7 @@ pub async fn read_by_email(
                 .contact_by_email(email)
                 .await
                 .with_context(|| format!("reading {email} from Constant Contact"))?;
-            page.contacts.extend(found.contacts);
-            page.rejected.extend(found.rejected);
+            page.extend(found);
         }
         let applied = apply_page(ctx, spec, &page).await?;
         leaves += applied.memberships_removed;

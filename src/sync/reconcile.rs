@@ -42,8 +42,7 @@ use crate::core::job::Job;
 use crate::core::membership::{self, MembershipDiff, Pair};
 use crate::core::merge::{self, PageStats};
 use crate::core::optouts::{newly_unsubscribed, optout_mark};
-use crate::ctct::convert::to_incoming;
-use crate::ctct::dto::ContactsPage;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery, CONTACT_INCLUDE};
 use crate::store;
 
@@ -297,10 +296,10 @@ async fn apply_group_page(
     run_id: Uuid,
     stats: &mut ReconcileStats,
 ) -> anyhow::Result<()> {
-    let incoming: Vec<Incoming> = page.contacts.iter().map(to_incoming).collect();
+    let incoming = &page.contacts;
     let mut remote: BTreeSet<Pair> = BTreeSet::new();
     let mut emails: HashMap<Uuid, String> = HashMap::new();
-    for inc in &incoming {
+    for inc in incoming {
         let id = inc.row.contact_id;
         if let Some(m) = &inc.memberships {
             remote.extend(membership::pairs_in_scope(id, m, scope));
@@ -330,17 +329,30 @@ async fn apply_group_page(
         ));
     }
     let mut plan = merge::plan_page(&for_merge, &stored, None);
-    plan.upserts.sort_unstable_by_key(|r| r.contact_id);
+    plan.inserts.sort_unstable_by_key(|r| r.contact_id);
+    plan.updates.sort_unstable_by_key(|r| r.contact_id);
     let d = membership::diff(&local, &remote);
     let mut changes = plan.changes.clone();
     changes.extend(diff_changes(&d, &emails));
-    store::contacts::upsert(&mut tx, account, std::mem::take(&mut plan.upserts)).await?;
-    store::memberships::remove(&mut tx, account, &d.remove).await?;
-    store::memberships::add(&mut tx, account, &d.add).await?;
+    // Memberships come from the reconcile's own diff (the merge saw none).
+    store::contacts::write_page(
+        &mut tx,
+        account,
+        store::contacts::PageWrites {
+            inserts: &plan.inserts,
+            insert_memberships: &[],
+            updates: &plan.updates,
+            add_memberships: &d.add,
+            remove_memberships: &d.remove,
+        },
+        // A repair of stored contacts (new ones are rare): the path that never conflicts.
+        store::contacts::NewRows::Upsert,
+    )
+    .await?;
     stats.changes_written +=
         store::changes::append(&mut tx, account, Some(run_id), "constant_contact", &changes)
             .await?;
-    let refusals = newly_unsubscribed(&incoming, &plan);
+    let refusals = newly_unsubscribed(incoming, &plan);
     stats.outbound_skipped +=
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     finish(ctx, tx).await?;

@@ -21,7 +21,8 @@ use super::pager::Pager;
 use super::walk::{apply_page, finish, walk_pages, PageSpec, PullStats, Walk};
 use crate::core::job::Job;
 use crate::core::slices::{self, FirstPage, Plan, Slice};
-use crate::ctct::dto::{ContactsPage, PagingLinks};
+use crate::ctct::dto::PagingLinks;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::{AccountClient, ContactsQuery};
 
 /// Whether a walk whose first page is `first` should be sliced (the caller has checked that
@@ -35,7 +36,7 @@ pub(super) fn worth_slicing(ctx: &JobContext, first: &ContactsPage) -> bool {
 fn facts(page: &ContactsPage, spec: &PageSpec<'_>) -> FirstPage {
     let (mut earliest, mut latest) = (None, None);
     for c in &page.contacts {
-        if let Some(t) = (spec.watermark_of)(&crate::ctct::convert::to_incoming(c).row) {
+        if let Some(t) = (spec.watermark_of)(&c.row) {
             earliest = Some(earliest.map_or(t, |e: DateTime<Utc>| e.min(t)));
             latest = latest.max(Some(t));
         }

@@ -16,13 +16,12 @@ use uuid::Uuid;
 use super::context::JobContext;
 use super::pager::Pager;
 use super::watermark;
-use crate::core::contact::{ContactRow, Incoming};
+use crate::core::contact::ContactRow;
 use crate::core::job::Job;
 use crate::core::merge::{self, PageStats};
 use crate::core::optouts::newly_unsubscribed;
 use crate::core::sanitize::BadInput;
-use crate::ctct::convert::to_incoming_noted;
-use crate::ctct::dto::ContactsPage;
+use crate::ctct::page::ContactsPage;
 use crate::ctct::AccountClient;
 use crate::store;
 
@@ -39,6 +38,9 @@ pub struct PullStats {
     pub poison: u64,
     /// Contact columns stored with NUL characters removed (kind `nul_removed`).
     pub nul_removed: u64,
+    /// Pages applied again by upserts because another writer stored one of their new
+    /// contacts first (see [`apply_page`]).
+    pub pages_reapplied: u64,
     pub api_requests: u64,
     pub contacts_count: Option<u64>,
     /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
@@ -110,7 +112,7 @@ fn progress_bar(job: &str, account: &str, total: Option<u64>) -> indicatif::Prog
     bar
 }
 /// Pages applied at once (each in its own transaction).
-const APPLY_CONCURRENCY: usize = 2;
+pub const APPLY_CONCURRENCY: usize = 3;
 
 /// Which timestamp of an incoming contact a sweep's watermark follows.
 pub type WatermarkOf = fn(&ContactRow) -> Option<DateTime<Utc>>;
@@ -306,6 +308,7 @@ impl PullStats {
         self.outbound_skipped += applied.outbound_skipped;
         self.poison += applied.poison;
         self.nul_removed += applied.nul_removed;
+        self.pages_reapplied += u64::from(applied.raced);
         if applied.poison > 0 && !dry_run {
             metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
                 .increment(applied.poison);
@@ -320,6 +323,7 @@ impl PullStats {
         self.outbound_skipped += other.outbound_skipped;
         self.poison += other.poison;
         self.nul_removed += other.nul_removed;
+        self.pages_reapplied += other.pages_reapplied;
         self.apply_ms += other.apply_ms;
         self.apply_phases_us += other.apply_phases_us;
     }
@@ -338,6 +342,9 @@ pub struct PageApplied {
     pub nul_removed: u64,
     /// Memberships the page removed (the contact is no longer on the list).
     pub memberships_removed: u64,
+    /// Another writer stored one of the page's new contacts first: the page was applied
+    /// again by upserts.
+    pub raced: bool,
     /// The page's largest `watermark_of` (what the walk's watermark may advance to once
     /// every page up to here is committed).
     pub max_seen: Option<DateTime<Utc>>,
@@ -346,10 +353,34 @@ pub struct PageApplied {
 /// Applies one page in one transaction. Pending outbound rows that would add a newly
 /// unsubscribed contact to a list become `skipped` in the same transaction (law 2: ccsync
 /// never re-subscribes). The watermark is not touched here ([`watermark::advance`]).
+///
+/// Contacts new to the store are copied in; should another writer (an overlapping slice,
+/// a push's read) have stored one of them meanwhile, the transaction is rolled back and
+/// the page applied again, merged against what is stored now.
 pub async fn apply_page(
     ctx: &JobContext,
     spec: &PageSpec<'_>,
     page: &ContactsPage,
+) -> anyhow::Result<PageApplied> {
+    use store::contacts::NewRows;
+    match apply_page_with(ctx, spec, page, NewRows::Copy).await {
+        Err(e)
+            if e.downcast_ref::<sqlx::Error>()
+                .is_some_and(store::contacts::is_unique_violation) =>
+        {
+            let mut applied = apply_page_with(ctx, spec, page, NewRows::Upsert).await?;
+            applied.raced = true;
+            Ok(applied)
+        }
+        done => done,
+    }
+}
+
+async fn apply_page_with(
+    ctx: &JobContext,
+    spec: &PageSpec<'_>,
+    page: &ContactsPage,
+    new_rows: store::contacts::NewRows,
 ) -> anyhow::Result<PageApplied> {
     let account = spec.account;
     let mut phases = ApplyPhases::default();
@@ -360,16 +391,13 @@ pub async fn apply_page(
         .map(|r| BadInput::poison(r.reason.clone(), r.record.clone()))
         .collect();
     let poison = notes.len() as u64;
-    let mut incoming: Vec<Incoming> = Vec::with_capacity(page.contacts.len());
-    for c in &page.contacts {
-        let (i, stripped) = to_incoming_noted(c);
-        notes.extend(
-            stripped
-                .into_iter()
-                .map(|field| BadInput::nul_removed(i.row.contact_id, field)),
-        );
-        incoming.push(i);
-    }
+    // The page came converted (`ctct::dto::ContactsPage`): only its NUL removals to note.
+    notes.extend(
+        page.nul_removed
+            .iter()
+            .map(|(id, field)| BadInput::nul_removed(*id, field)),
+    );
+    let incoming = &page.contacts;
     let nul_removed = notes.len() as u64 - poison;
     for n in &notes {
         warn!(
@@ -384,22 +412,34 @@ pub async fn apply_page(
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
     phases.convert = lap(&mut at);
-    let mut tx = ctx.pool.begin().await?;
-    store::relax_commit_durability(&mut tx).await?;
+    let mut tx = store::begin_page(&ctx.pool).await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
     phases.load = lap(&mut at);
-    let mut plan = merge::plan_page(&incoming, &stored, spec.lists_filter);
+    let mut plan = merge::plan_page(incoming, &stored, spec.lists_filter);
     let max_seen = incoming
         .iter()
         .filter_map(|i| (spec.watermark_of)(&i.row))
         .max();
-    plan.upserts.sort_unstable_by_key(|r| r.contact_id);
+    // One order for every writer's row locks and key checks (no deadlock between pages).
+    plan.inserts.sort_unstable_by_key(|r| r.contact_id);
+    plan.updates.sort_unstable_by_key(|r| r.contact_id);
     phases.merge = lap(&mut at);
-    store::contacts::upsert(&mut tx, account, std::mem::take(&mut plan.upserts)).await?;
-    phases.upsert = lap(&mut at);
-    store::memberships::remove(&mut tx, account, &plan.remove_memberships).await?;
-    store::memberships::add(&mut tx, account, &plan.add_memberships).await?;
-    phases.memberships = lap(&mut at);
+    let written = store::contacts::write_page(
+        &mut tx,
+        account,
+        store::contacts::PageWrites {
+            inserts: &plan.inserts,
+            insert_memberships: &plan.insert_memberships,
+            updates: &plan.updates,
+            add_memberships: &plan.add_memberships,
+            remove_memberships: &plan.remove_memberships,
+        },
+        new_rows,
+    )
+    .await?;
+    lap(&mut at);
+    phases.upsert = written.contacts_us;
+    phases.memberships = written.memberships_us;
     let written = store::changes::append(
         &mut tx,
         account,
@@ -409,7 +449,7 @@ pub async fn apply_page(
     )
     .await?;
     phases.changes = lap(&mut at);
-    let refusals = newly_unsubscribed(&incoming, &plan);
+    let refusals = newly_unsubscribed(incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     store::poison::append(&mut tx, account, Some(spec.run_id), &notes).await?;
@@ -428,6 +468,7 @@ pub async fn apply_page(
         poison,
         nul_removed,
         memberships_removed: plan.remove_memberships.len() as u64,
+        raced: false,
         max_seen,
     })
 }

@@ -1,12 +1,243 @@
-//! The page apply's write path: a first sync's lookups stay probes by key however large
-//! the store grows.
+//! The page apply's write path: contacts new to the store go in by binary `COPY`, stored
+//! ones by upsert. Values copied are stored exactly as bound parameters store them; a new
+//! contact another writer stores while the page is being written is merged, not lost; and
+//! a first sync's lookups stay probes by key however large the store grows.
 
 use std::time::Duration;
 
+use ccsync::ctct::dto::Contact;
+use ccsync::ctct::page::ContactsPage;
+use ccsync::store::copy::{copy_in, CopyRows};
+use ccsync::sync::walk::{apply_page, updated_at_mark, PageSpec};
 use ccsync::sync::Job;
-use sqlx::Row;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::json;
+use sqlx::{Connection, Row};
+use uuid::Uuid;
 
 use crate::helpers::{assert_store_equals_sandbox, context, eventually, Harness};
+
+#[tokio::test]
+async fn copied_values_are_stored_exactly_as_bound_parameters_store_them() {
+    let h = Harness::new(0).await;
+    let mut conn = h.db.pool.acquire().await.unwrap();
+    sqlx::query(
+        "CREATE TEMPORARY TABLE t (n int8, u uuid, s text, i int2, b int8, t timestamptz,
+                                   d date, j jsonb)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let stamps: Vec<DateTime<Utc>> = [
+        "2026-12-07T10:11:12.345Z",
+        "1999-12-31T23:59:59.999999Z",
+        "1970-01-01T00:00:00Z",
+        "1901-06-01T12:00:00.5Z",
+        "2000-01-01T00:00:00Z",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let dates = [
+        NaiveDate::from_ymd_opt(2026, 2, 28).unwrap(),
+        NaiveDate::from_ymd_opt(1999, 12, 31).unwrap(),
+        NaiveDate::from_ymd_opt(1, 1, 1).unwrap(),
+        NaiveDate::from_ymd_opt(2000, 1, 1).unwrap(),
+        NaiveDate::from_ymd_opt(2400, 2, 29).unwrap(),
+    ];
+    let texts = ["plain", "Zoë ünïcødé ✓ 𝄞", "", "quote ' \" \\ tab\t", "x"];
+    let docs = [
+        json!([{"custom_field_id": "a", "value": "silver"}]),
+        json!({"nested": {"deep": [1, 2.5, -3, true, null, "ß"]}}),
+        json!([]),
+        json!("just a string"),
+        json!({"big": 12345678901234567i64, "neg": -0.125}),
+    ];
+    let mut rows = CopyRows::default();
+    for k in 0..5 {
+        rows.row(8)
+            .i64(k as i64)
+            .uuid(Uuid::from_u128(0xabc0 + k as u128))
+            .text(texts[k])
+            .opt_i16(Some(i16::MIN + k as i16 * 1000))
+            .i64(i64::MAX - k as i64)
+            .timestamptz(stamps[k])
+            .opt_date(Some(dates[k]))
+            .jsonb(&docs[k])
+            .unwrap();
+    }
+    rows.row(8)
+        .i64(5)
+        .null()
+        .opt_text(None)
+        .opt_i16(None)
+        .null()
+        .opt_timestamptz(None)
+        .opt_date(None)
+        .opt_jsonb::<serde_json::Value>(None)
+        .unwrap();
+    let copied = copy_in(&mut conn, "COPY t FROM STDIN (FORMAT binary)", rows)
+        .await
+        .unwrap();
+    assert_eq!(copied, 6);
+    for k in 0..5 {
+        let same: bool = sqlx::query_scalar(
+            "SELECT u = $2 AND s = $3 AND i = $4 AND b = $5 AND t = $6 AND d = $7 AND j = $8
+             FROM t WHERE n = $1",
+        )
+        .bind(k as i64)
+        .bind(Uuid::from_u128(0xabc0 + k as u128))
+        .bind(texts[k])
+        .bind(i16::MIN + k as i16 * 1000)
+        .bind(i64::MAX - k as i64)
+        .bind(stamps[k])
+        .bind(dates[k])
+        .bind(&docs[k])
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert!(same, "row {k} differs from the bound values");
+    }
+    let nulls: bool = sqlx::query_scalar(
+        "SELECT u IS NULL AND s IS NULL AND i IS NULL AND b IS NULL AND t IS NULL
+                AND d IS NULL AND j IS NULL FROM t WHERE n = 5",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert!(nulls);
+    // A field count that does not match the table fails the copy and leaves the
+    // connection usable.
+    let mut bad = CopyRows::default();
+    bad.row(2).i64(9).null();
+    assert!(copy_in(&mut conn, "COPY t FROM STDIN (FORMAT binary)", bad)
+        .await
+        .is_err());
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 6);
+    drop(conn);
+    h.db.cleanup().await;
+}
+
+/// A contact as Constant Contact sends it.
+fn contact(id: Uuid, first_name: &str, updated_at: &str, lists: &[Uuid]) -> Contact {
+    serde_json::from_value(json!({
+        "contact_id": id,
+        "email_address": {"address": format!("{id}@example.com"), "permission_to_send": "implicit",
+                          "updated_at": updated_at},
+        "first_name": first_name,
+        "updated_at": updated_at,
+        "created_at": "2026-01-01T00:00:00Z",
+        "list_memberships": lists,
+    }))
+    .unwrap()
+}
+
+/// Another writer (a racing slice, a push's read) stores `writer` in a transaction left
+/// open; the page with `page` is applied meanwhile and must wait for it; the writer
+/// commits. The page is applied again by upsert; what ends stored is returned.
+async fn race(writer: Contact, page: Contact) -> (bool, String, Vec<Uuid>, i64) {
+    let h = Harness::new(0).await;
+    let id = writer.contact_id;
+    let mut other = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    let theirs = ContactsPage::from_contacts(vec![writer]);
+    let rows: Vec<&ccsync::core::contact::ContactRow> =
+        theirs.contacts.iter().map(|i| &i.row).collect();
+    ccsync::store::contacts::upsert(&mut tx, "default", &rows)
+        .await
+        .unwrap();
+    let memberships: Vec<(Uuid, Uuid)> = theirs.contacts[0]
+        .memberships
+        .iter()
+        .flatten()
+        .map(|l| (id, *l))
+        .collect();
+    ccsync::store::memberships::add(&mut tx, "default", &memberships)
+        .await
+        .unwrap();
+
+    let ctx = h.ctx.clone();
+    let applying = tokio::spawn(async move {
+        let spec = PageSpec {
+            account: "default",
+            lists_filter: None,
+            run_id: Uuid::new_v4(),
+            watermark_of: updated_at_mark,
+        };
+        apply_page(&ctx, &spec, &ContactsPage::from_contacts(vec![page])).await
+    });
+    // The page planned the contact as new (the writer had not committed) and its copy
+    // now waits on the writer's key.
+    eventually(
+        "the page's copy to wait for the other writer",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'COPY ccsync.contacts%'",
+            )
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    let applied = applying
+        .await
+        .unwrap()
+        .expect("the page applies after the race");
+    let row = sqlx::query("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
+        .bind(id)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    let lists: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT list_id FROM ccsync.list_memberships WHERE contact_id = $1 ORDER BY list_id",
+    )
+    .bind(id)
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    let n = h.db.count("SELECT count(*) FROM ccsync.contacts").await;
+    let out = (applied.raced, row.get::<String, _>("first_name"), lists, n);
+    other.close().await.ok();
+    h.db.cleanup().await;
+    out
+}
+
+#[tokio::test]
+async fn a_new_contact_another_writer_stores_first_is_merged_and_the_newer_version_wins() {
+    let id = Uuid::new_v4();
+    let (l1, l2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    // The page is newer: it wins, memberships included.
+    let (raced, name, lists, n) = race(
+        contact(id, "Writer", "2026-03-01T00:00:00Z", &[l1]),
+        contact(id, "Page", "2026-03-02T00:00:00Z", &[l1, l2]),
+    )
+    .await;
+    assert!(
+        raced,
+        "the page was applied again after the unique violation"
+    );
+    assert_eq!((name.as_str(), lists, n), ("Page", vec![l1, l2], 1));
+
+    // The page is older: the stale guard keeps what the writer stored.
+    let id = Uuid::new_v4();
+    let (raced, name, lists, n) = race(
+        contact(id, "Writer", "2026-03-02T00:00:00Z", &[l1]),
+        contact(id, "Page", "2026-03-01T00:00:00Z", &[l2]),
+    )
+    .await;
+    assert!(raced);
+    assert_eq!((name.as_str(), lists, n), ("Writer", vec![l1], 1));
+}
 
 #[tokio::test]
 async fn a_first_sync_looks_contacts_up_by_key_however_large_the_store_grows() {
