@@ -31,7 +31,7 @@ impl PagingLinks {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Contact {
     pub contact_id: Uuid,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_only")]
     pub email_address: Option<EmailAddress>,
     #[serde(default)]
     pub first_name: Option<String>,
@@ -213,6 +213,38 @@ fn lenient_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<U
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("not a date-time: {v:?}"))),
     }
+}
+
+/// A nested object that must come as a JSON object: serde's derive would also build a
+/// struct from an array of its fields in order, which no API answer means.
+fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::{value::MapAccessDeserializer, MapAccess, Visitor};
+    use std::marker::PhantomData;
+
+    struct Inner<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Inner<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_option(Inner(PhantomData))
 }
 
 fn lenient_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {

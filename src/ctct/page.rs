@@ -176,6 +176,28 @@ mod tests {
         );
     }
 
+    /// Found by the decoder proptest in CI: serde's derive builds a struct from an array
+    /// of its fields, so `"email_address":["A"]` decoded typed as the address "A" while the
+    /// tree path (rightly) rejected it. Both now reject it.
+    #[test]
+    fn an_email_address_given_as_an_array_is_no_address_on_either_path() {
+        let body = r#"{"contacts":[{"contact_id":"00000000-0000-0000-0000-000000000001",
+                                     "email_address":["A"]}]}"#;
+        let p: ContactsPage = serde_json::from_str(body).unwrap();
+        assert!(p.contacts.is_empty(), "{:?}", p.contacts);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].reason, "email_address has no address");
+        let direct: Result<Contact, _> = serde_json::from_str(
+            r#"{"contact_id":"00000000-0000-0000-0000-000000000001","email_address":["A"]}"#,
+        );
+        assert!(direct.is_err(), "a struct field must come as an object");
+        let null: Contact = serde_json::from_str(
+            r#"{"contact_id":"00000000-0000-0000-0000-000000000001","email_address":null}"#,
+        )
+        .unwrap();
+        assert!(null.email_address.is_none());
+    }
+
     #[test]
     fn missing_or_empty_links_mean_done() {
         let p: ContactsPage = serde_json::from_str(r#"{"contacts":[],"_links":{}}"#).unwrap();
