@@ -171,14 +171,20 @@ pub enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
-    /// End-to-end pull throughput (rate limiting off) and peak RSS of this process.
+    /// End-to-end pull throughput (rate limiting off), peak RSS of this process, then the
+    /// apply stage alone (pages fetched ahead, only their applying timed) and the fetch
+    /// stage alone.
     Pull {
         #[arg(long, default_value_t = 200_000)]
         contacts: usize,
-        /// Use a sandbox already running at this API base (e.g. http://127.0.0.1:8765/v3)
-        /// so that its memory is not counted; default: start one in-process.
-        #[arg(long)]
+        /// Use a sandbox already running at this API base (e.g. http://127.0.0.1:8765/v3);
+        /// default: start `ccsync sandbox` in a process of its own, so that its work and
+        /// memory are not counted as ccsync's.
+        #[arg(long, conflicts_with = "in_process")]
         sandbox: Option<String>,
+        /// Run the sandbox inside this process instead (its CPU and memory then count).
+        #[arg(long)]
+        in_process: bool,
     },
     /// Requests one push spends per row kind (reads before, PUTs, imports, polls,
     /// confirmations), against the in-process sandbox.

@@ -1,7 +1,9 @@
 //! `ccsync bench push`: the requests one push spends per row kind and size.
 //!
-//! `ccsync bench pull`: end-to-end pull throughput with rate limiting off, the share spent
-//! applying pages to PostgreSQL, API requests and this process's peak RSS.
+//! `ccsync bench pull`: end-to-end pull throughput with rate limiting off, where a page's
+//! apply spends its time, API requests and this process's peak RSS; then the apply stage
+//! alone (the store emptied, pages fetched ahead, only their applying timed) and the
+//! fetch stage alone.
 //!
 //! For a memory figure of ccsync alone, run the sandbox as its own process
 //! (`ccsync sandbox --contacts 200000`) and pass `--sandbox http://127.0.0.1:8765/v3`:
@@ -35,8 +37,12 @@ pub async fn run(what: BenchCommand) -> anyhow::Result<ExitCode> {
     log.level = "warn".into();
     telemetry::init(&log);
     match what {
-        BenchCommand::Pull { contacts, sandbox } => {
-            pull(contacts, sandbox).await?;
+        BenchCommand::Pull {
+            contacts,
+            sandbox,
+            in_process,
+        } => {
+            pull(contacts, sandbox, in_process).await?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::All { quick } => all(quick).await,
@@ -143,38 +149,37 @@ pub(super) fn planner(
     out
 }
 
-/// What `bench pull` measured.
-pub(super) struct PullResult {
-    pub contacts: u64,
-    pub end_to_end: f64,
-    pub apply_per_page: f64,
-    pub peak_mib: f64,
-    pub sandbox_included: bool,
-}
-
-pub(super) async fn pull(contacts: usize, external: Option<String>) -> anyhow::Result<PullResult> {
+/// `bench pull`: against the sandbox at `external`, else one started in its own process
+/// (or, with `in_process`, in this one, its work and memory then counted as ccsync's).
+pub(super) async fn pull(
+    contacts: usize,
+    external: Option<String>,
+    in_process: bool,
+) -> anyhow::Result<()> {
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
     reset_bench(&pool).await?;
+    let mut child = None;
+    let external = match (external, in_process) {
+        (Some(base), _) => Some(base),
+        (None, true) => None,
+        (None, false) => {
+            let (process, base) = SandboxProcess::start(contacts).await?;
+            child = Some(process);
+            Some(base)
+        }
+    };
     let (api_base, token_url, refresh, sandbox_guard) = match external {
         Some(base) => {
             let u = url::Url::parse(&base).context("--sandbox")?;
             let origin = u.origin().ascii_serialization();
-            let http = reqwest::Client::new();
-            let v: serde_json::Value = http
-                .post(format!("{origin}/__control/accounts/default/refresh_token"))
-                .send()
+            let rt = SandboxProcess::refresh_token(&origin)
                 .await
-                .context("asking the sandbox for a refresh token")?
-                .json()
-                .await?;
-            let rt = v["refresh_token"]
-                .as_str()
-                .context("no refresh_token from the sandbox")?;
+                .context("asking the sandbox for a refresh token")?;
             (
                 base.clone(),
                 format!("{origin}/oauth2/default/v1/token"),
-                rt.to_string(),
+                rt,
                 None,
             )
         }
@@ -214,37 +219,46 @@ pub(super) async fn pull(contacts: usize, external: Option<String>) -> anyhow::R
     let seen = stats["seen"].as_u64().unwrap_or(0);
     let apply_ms = stats["apply_ms"].as_u64().unwrap_or(0).max(1);
     let peak = peak_rss_kib().unwrap_or(0);
+    // Neighbouring time slices overlap by a second, so a sliced pull sees a few contacts
+    // twice: the rate is of distinct contacts, as stored.
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ccsync.contacts WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(&pool)
+            .await
+            .context("counting the stored contacts")?;
     println!(
-        "bench pull: {seen} contacts in {:.2}s",
+        "bench pull: {stored} contacts ({seen} page elements, slices overlapping) in {:.2}s",
         elapsed.as_secs_f64()
     );
     println!(
         "  end to end      {:>10.0} contacts/s",
-        seen as f64 / elapsed.as_secs_f64()
+        stored as f64 / elapsed.as_secs_f64()
     );
     println!(
-        "  apply per page  {:>10.0} contacts/s ({} ms summed over pages; 2 apply at once)",
+        "  apply per page  {:>10.0} contacts/s ({} ms summed over pages; {} apply at once)",
         seen as f64 * 1000.0 / apply_ms as f64,
-        apply_ms
+        apply_ms,
+        sync::walk::APPLY_CONCURRENCY
     );
-    let phases = &stats["apply_phases_us"];
-    let total: u64 = phases
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, v)| v.as_u64())
-        .sum();
-    let parts: Vec<String> = phases
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| {
-            let us = v.as_u64().unwrap_or(0);
-            format!("{k} {:.0}%", us as f64 * 100.0 / total.max(1) as f64)
-        })
-        .collect();
-    println!("  apply phases    {}", parts.join(", "));
+    println!(
+        "  apply phases    {}",
+        phase_shares(&stats["apply_phases_us"], seen)
+    );
     println!("  pages           {:>10}", stats["pages"]);
+    let stage = apply_stage(&ctx, &settings.accounts[0]).await?;
+    println!(
+        "  apply stage     {:>10.0} contacts/s ({} contacts; decoded pages to committed, {} at once, fetching not timed)",
+        stage.per_s, stage.contacts, sync::walk::APPLY_CONCURRENCY
+    );
+    println!(
+        "  stage phases    {}",
+        phase_shares(&stage.phases, stage.contacts)
+    );
+    println!(
+        "  fetch stage     {:>10.0} contacts/s (fetching and decoding pages alone, one read ahead)",
+        stage.fetch_per_s
+    );
     println!("  API requests    {:>10}", stats["api_requests"]);
     println!(
         "  peak RSS        {:>10.1} MiB (this process{}; {:.1} MiB before the pull)",
@@ -257,12 +271,166 @@ pub(super) async fn pull(contacts: usize, external: Option<String>) -> anyhow::R
         rss_before as f64 / 1024.0
     );
     pool.close().await;
-    Ok(PullResult {
-        contacts: seen,
-        end_to_end: seen as f64 / elapsed.as_secs_f64(),
-        apply_per_page: seen as f64 * 1000.0 / apply_ms as f64,
-        peak_mib: peak as f64 / 1024.0,
-        sandbox_included: sandbox_guard.is_some(),
+    if let Some(mut process) = child {
+        process.stop().await;
+    }
+    Ok(())
+}
+
+/// `ccsync sandbox` in a process of its own, killed when dropped.
+struct SandboxProcess(tokio::process::Child);
+
+impl SandboxProcess {
+    /// Starts it with `contacts` on a free port and waits until it answers (seeding a
+    /// million contacts takes a while): the process and its API base.
+    async fn start(contacts: usize) -> anyhow::Result<(SandboxProcess, String)> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port")?
+            .port();
+        let child = tokio::process::Command::new(&exe)
+            .args(["sandbox", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--contacts", &contacts.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `ccsync sandbox`")?;
+        let mut process = SandboxProcess(child);
+        let origin = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while SandboxProcess::refresh_token(&origin).await.is_err() {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                anyhow::bail!("`ccsync sandbox` exited before answering: {status}");
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                process.stop().await;
+                anyhow::bail!("the sandbox did not answer within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        eprintln!(
+            "sandbox process with {contacts} contacts ready in {:.2?}",
+            started.elapsed()
+        );
+        Ok((process, format!("{origin}/v3")))
+    }
+
+    /// A refresh token of the sandbox's default account (its control API).
+    async fn refresh_token(origin: &str) -> anyhow::Result<String> {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("{origin}/__control/accounts/default/refresh_token"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v["refresh_token"]
+            .as_str()
+            .context("no refresh_token from the sandbox")?
+            .to_string())
+    }
+
+    async fn stop(&mut self) {
+        // Already gone is as good as stopped.
+        let _ = self.0.kill().await;
+    }
+}
+
+/// Each phase of the apply as its share of the whole and its time per contact.
+fn phase_shares(phases: &serde_json::Value, contacts: u64) -> String {
+    let total: u64 = phases
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_u64())
+        .sum();
+    let parts: Vec<String> = phases
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let us = v.as_u64().unwrap_or(0);
+            format!(
+                "{k} {:.0}% ({:.1} µs)",
+                us as f64 * 100.0 / total.max(1) as f64,
+                us as f64 / contacts.max(1) as f64
+            )
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// What the apply stage alone reached.
+pub(super) struct StageResult {
+    pub contacts: u64,
+    pub per_s: f64,
+    /// Fetching and decoding alone (the untimed part), for comparison.
+    pub fetch_per_s: f64,
+    /// Where the stage's time went (microseconds, summed over pages).
+    pub phases: serde_json::Value,
+}
+
+/// Pages decoded ahead of each timed stretch of the apply stage: enough for the stage to
+/// run at full speed between fetches, few enough to keep memory bounded.
+const STAGE_BATCH_PAGES: usize = 40;
+
+/// The apply stage alone: the store emptied, the account's pages fetched and decoded
+/// [`STAGE_BATCH_PAGES`] at a time, then each batch applied by the pull's own
+/// `apply_page`, as many pages at once as a walk applies; only the applying is timed.
+async fn apply_stage(
+    ctx: &sync::JobContext,
+    account: &crate::config::AccountSettings,
+) -> anyhow::Result<StageResult> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    reset_bench(&ctx.pool).await?;
+    let client = ctx.api.account(&account.id);
+    let query = crate::ctct::ContactsQuery {
+        status: Some("all".into()),
+        include: Some(crate::ctct::CONTACT_INCLUDE.into()),
+        limit: ctx.settings.sync.page_size,
+        ..Default::default()
+    };
+    let mut pages = sync::pager::Pager::new(&client, client.contacts_url(&query)?);
+    let spec = sync::walk::PageSpec {
+        account: &account.id,
+        lists_filter: None,
+        run_id: uuid::Uuid::new_v4(),
+        watermark_of: sync::walk::updated_at_mark,
+    };
+    let (mut contacts, mut timed, mut fetching) = (0u64, Duration::ZERO, Duration::ZERO);
+    let mut phases = sync::walk::ApplyPhases::default();
+    loop {
+        let fetch_started = Instant::now();
+        let mut batch = Vec::with_capacity(STAGE_BATCH_PAGES);
+        while batch.len() < STAGE_BATCH_PAGES {
+            match pages.next().await? {
+                Some(p) => batch.push(p.page),
+                None => break,
+            }
+        }
+        fetching += fetch_started.elapsed();
+        if batch.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        let applied: Vec<_> = stream::iter(batch.iter())
+            .map(|p| sync::walk::apply_page(ctx, &spec, p))
+            .buffered(sync::walk::APPLY_CONCURRENCY)
+            .try_collect()
+            .await?;
+        timed += started.elapsed();
+        for a in &applied {
+            contacts += a.stats.seen;
+            phases += a.phases;
+        }
+    }
+    Ok(StageResult {
+        contacts,
+        per_s: contacts as f64 / timed.as_secs_f64().max(1e-9),
+        fetch_per_s: contacts as f64 / fetching.as_secs_f64().max(1e-9),
+        phases: serde_json::to_value(phases)?,
     })
 }
 
@@ -566,27 +734,24 @@ async fn all(quick: bool) -> anyhow::Result<ExitCode> {
             ),
         ));
     }
-    let apply_n = if quick { 20_000 } else { 100_000 };
-    println!("\n== (b) local apply, pacing off ==");
-    let p = pull(apply_n, None).await?;
+    let apply_n = if quick { 20_000 } else { 200_000 };
+    println!("\n== (b) local apply, pacing off (the sandbox in its own process) ==");
+    let p = pull_apart(apply_n).await?;
+    let label = format!("(b) pull {apply_n}, pacing off");
     table.push((
-        format!("(b) apply {}, in-process sandbox", p.contacts),
+        label.clone(),
         "end to end".into(),
         format!("{:.0} contacts/s", p.end_to_end),
     ));
     table.push((
-        format!("(b) apply {}, in-process sandbox", p.contacts),
-        "per page (2 at once)".into(),
-        format!(
-            "{:.0} contacts/s; peak RSS {:.1} MiB{}",
-            p.apply_per_page,
-            p.peak_mib,
-            if p.sandbox_included {
-                " with the sandbox"
-            } else {
-                ""
-            }
-        ),
+        label.clone(),
+        format!("apply stage ({} at once)", sync::walk::APPLY_CONCURRENCY),
+        format!("{:.0} contacts/s", p.apply_stage),
+    ));
+    table.push((
+        label,
+        "fetch stage (one read ahead)".into(),
+        format!("{:.0} contacts/s", p.fetch_stage),
     ));
     println!("\n== (c) peak RSS of ccsync alone (sandbox in its own process) ==");
     let sizes: &[usize] = if quick {
@@ -595,11 +760,14 @@ async fn all(quick: bool) -> anyhow::Result<ExitCode> {
         &[100_000, 1_000_000]
     };
     for &n in sizes {
-        let (rss, rate) = rss_alone(n).await?;
+        let p = pull_apart(n).await?;
         table.push((
             format!("(c) peak RSS, {n} contacts"),
             "ccsync alone".into(),
-            format!("{rss:.1} MiB ({rate:.0} contacts/s end to end)"),
+            format!(
+                "{:.1} MiB ({:.0} contacts/s end to end)",
+                p.peak_mib, p.end_to_end
+            ),
         ));
     }
     println!("\n== (d) idle accounts under the planner (30m / 1h / 4h) ==");
@@ -647,58 +815,47 @@ async fn all(quick: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Peak RSS (MiB) and end-to-end rate of `ccsync bench pull` in a process of its own against
-/// `ccsync sandbox` in another, so that the figure is ccsync's alone.
-async fn rss_alone(contacts: usize) -> anyhow::Result<(f64, f64)> {
+/// What `ccsync bench pull` printed, run in a process of its own against `ccsync sandbox`
+/// in another.
+struct PullApart {
+    peak_mib: f64,
+    end_to_end: f64,
+    apply_stage: f64,
+    fetch_stage: f64,
+}
+
+/// `ccsync bench pull` in a process of its own (which starts `ccsync sandbox` in another),
+/// so that the process's peak RSS is this pull's alone.
+async fn pull_apart(contacts: usize) -> anyhow::Result<PullApart> {
     let exe = std::env::current_exe().context("finding this executable")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port")?
-        .port();
-    let mut sandbox = tokio::process::Command::new(&exe)
-        .args(["sandbox", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--contacts", &contacts.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting `ccsync sandbox`")?;
-    let origin = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let ready = Instant::now();
-    loop {
-        let up = http
-            .post(format!("{origin}/__control/accounts/default/refresh_token"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if up {
-            break;
-        }
-        if ready.elapsed() > Duration::from_secs(600) {
-            anyhow::bail!("the sandbox did not answer within 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     let out = tokio::process::Command::new(&exe)
-        .args(["bench", "pull", "--sandbox", &format!("{origin}/v3")])
+        .args(["bench", "pull", "--contacts", &contacts.to_string()])
         .stderr(std::process::Stdio::inherit())
         .output()
         .await
         .context("running `ccsync bench pull`")?;
-    let _ = sandbox.kill().await;
     let text = String::from_utf8_lossy(&out.stdout);
     print!("{text}");
     if !out.status.success() {
-        anyhow::bail!("`ccsync bench pull --sandbox` failed");
+        anyhow::bail!("`ccsync bench pull` failed");
     }
     let number = |label: &str| {
         text.lines()
             .find(|l| l.trim_start().starts_with(label))
             .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
     };
-    match (number("peak RSS"), number("end to end")) {
-        (Some(rss), Some(rate)) => Ok((rss, rate)),
-        _ => anyhow::bail!("cannot read the peak RSS from `bench pull`'s output"),
+    match (
+        number("peak RSS"),
+        number("end to end"),
+        number("apply stage"),
+        number("fetch stage"),
+    ) {
+        (Some(peak_mib), Some(end_to_end), Some(apply_stage), Some(fetch_stage)) => Ok(PullApart {
+            peak_mib,
+            end_to_end,
+            apply_stage,
+            fetch_stage,
+        }),
+        _ => anyhow::bail!("cannot read the figures from `bench pull`'s output"),
     }
 }
