@@ -198,6 +198,22 @@ mod tests {
         assert!(null.email_address.is_none());
     }
 
+    /// Found by the decoder proptest in CI: serde_json's default float parsing is best
+    /// effort, so a number in a contact's JSON could come back as a neighbouring `f64`
+    /// (-1.9983911896132398e18 read as -1.99839118961324e18). `float_roundtrip` makes what
+    /// is stored exactly what Constant Contact sent.
+    #[test]
+    fn a_number_in_a_contact_is_read_exactly() {
+        let n = -1.998_391_189_613_239_8e18_f64;
+        let body = serde_json::json!({"contacts": [{
+            "contact_id": "4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
+            "email_address": {"address": "a@b.c"},
+            "custom_fields": n,
+        }]});
+        let p: ContactsPage = serde_json::from_str(&body.to_string()).unwrap();
+        assert_eq!(p.contacts[0].row.custom_fields, serde_json::json!(n));
+    }
+
     #[test]
     fn missing_or_empty_links_mean_done() {
         let p: ContactsPage = serde_json::from_str(r#"{"contacts":[],"_links":{}}"#).unwrap();
