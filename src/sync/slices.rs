@@ -78,10 +78,12 @@ pub(super) async fn pull(
     let settings = &ctx.settings.sync;
     // As many walks as keep the pacer busy at the latency the first page showed (a slower
     // answer later only means the pacer is a little less than full). Each walk holds up to
-    // two pages, so no more than that: without a pacer (a local sandbox) two walks, since
-    // more would only hold more pages and contend for the database.
+    // two pages, so no more than that: without a pacer (a local sandbox) as many walks as
+    // a cursor walk applies pages at once, since more would only hold more pages and
+    // contend for the database.
     let rate = ctx.settings.constant_contact.requests_per_second;
-    let wanted = slices::streams_needed(rate, first_latency.as_secs_f64()).unwrap_or(2);
+    let wanted = slices::streams_needed(rate, first_latency.as_secs_f64())
+        .unwrap_or(super::walk::APPLY_CONCURRENCY as u64);
     let streams = wanted.min(u64::from(settings.slice_streams)).max(2) as usize;
 
     let count = first.contacts_count.unwrap_or(0);
