@@ -57,13 +57,12 @@ pub async fn append_rows<'a>(
     }
     // The ids, and the NOTIFY naming their range (delivered at commit, so sent with
     // them): one round trip.
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sqlx::query_scalar(&format!(
         "WITH ids AS (SELECT nextval('ccsync.changes_id_seq') AS id FROM generate_series(1, $1))
          SELECT id FROM ids
-         CROSS JOIN (SELECT pg_notify($2, format('{\"account\":%s,\"first_id\":%s,\"last_id\":%s}',
-                                                 to_json($3::text), min(id), max(id)))
-                     FROM ids) n",
-    )
+         CROSS JOIN (SELECT {} FROM ids) n",
+        notify_sql("$2", "$3", "min(id)", "max(id)")
+    ))
     .bind(n as i64)
     .bind(CHANNEL)
     .bind(account)
@@ -102,13 +101,23 @@ pub async fn notify(
     first: i64,
     last: i64,
 ) -> Result<(), sqlx::Error> {
-    let payload = serde_json::json!({"account": account, "first_id": first, "last_id": last});
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query(&format!("SELECT {}", notify_sql("$1", "$2", "$3", "$4")))
         .bind(CHANNEL)
-        .bind(payload.to_string())
+        .bind(account)
+        .bind(first)
+        .bind(last)
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// The one `pg_notify` call both writers of the log use, over SQL expressions for the
+/// channel, the account (text) and the id range (bigint), so the payload has one format.
+fn notify_sql(channel: &str, account: &str, first: &str, last: &str) -> String {
+    format!(
+        "pg_notify({channel}, format('{{\"account\":%s,\"first_id\":%s,\"last_id\":%s}}', \
+         to_json({account}::text), {first}, {last}))"
+    )
 }
 
 /// Number of `changes` rows of an account (tests, status).

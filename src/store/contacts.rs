@@ -159,56 +159,56 @@ pub async fn upsert(
     }
     let n = rows.len();
     let mut ids: Vec<Uuid> = Vec::with_capacity(n);
-    let mut email: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut first_name: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut last_name: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut job_title: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut company_name: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut email: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut first_name: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut last_name: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut job_title: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut company_name: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut birthday_month: Vec<Option<i16>> = Vec::with_capacity(n);
     let mut birthday_day: Vec<Option<i16>> = Vec::with_capacity(n);
-    let mut anniversary: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut permission: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut opt_in_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut anniversary: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut permission: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut opt_in_source: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut opt_in_date: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut opt_out_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut opt_out_source: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut opt_out_date: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut opt_out_reason: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut confirm_status: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut opt_out_reason: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut confirm_status: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut email_updated_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-    let mut custom_fields: Vec<Value> = Vec::with_capacity(n);
-    let mut phone_numbers: Vec<Value> = Vec::with_capacity(n);
-    let mut street_addresses: Vec<Value> = Vec::with_capacity(n);
-    let mut taggings: Vec<Value> = Vec::with_capacity(n);
-    let mut create_source: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut update_source: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut custom_fields: Vec<&Value> = Vec::with_capacity(n);
+    let mut phone_numbers: Vec<&Value> = Vec::with_capacity(n);
+    let mut street_addresses: Vec<&Value> = Vec::with_capacity(n);
+    let mut taggings: Vec<&Value> = Vec::with_capacity(n);
+    let mut create_source: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut update_source: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut created_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut updated_at: Vec<DateTime<Utc>> = Vec::with_capacity(n);
     let mut deleted_at: Vec<Option<NaiveDate>> = Vec::with_capacity(n);
+    // The columns borrow the page's rows: nothing is copied before the statement encodes it.
     for &r in rows {
-        let r = r.clone();
         ids.push(r.contact_id);
-        email.push(r.email);
-        first_name.push(r.first_name);
-        last_name.push(r.last_name);
-        job_title.push(r.job_title);
-        company_name.push(r.company_name);
+        email.push(r.email.as_deref());
+        first_name.push(r.first_name.as_deref());
+        last_name.push(r.last_name.as_deref());
+        job_title.push(r.job_title.as_deref());
+        company_name.push(r.company_name.as_deref());
         birthday_month.push(r.birthday_month);
         birthday_day.push(r.birthday_day);
-        anniversary.push(r.anniversary);
-        permission.push(r.permission_to_send);
-        opt_in_source.push(r.opt_in_source);
+        anniversary.push(r.anniversary.as_deref());
+        permission.push(r.permission_to_send.as_deref());
+        opt_in_source.push(r.opt_in_source.as_deref());
         opt_in_date.push(r.opt_in_date);
-        opt_out_source.push(r.opt_out_source);
+        opt_out_source.push(r.opt_out_source.as_deref());
         opt_out_date.push(r.opt_out_date);
-        opt_out_reason.push(r.opt_out_reason);
-        confirm_status.push(r.confirm_status);
+        opt_out_reason.push(r.opt_out_reason.as_deref());
+        confirm_status.push(r.confirm_status.as_deref());
         email_updated_at.push(r.email_updated_at);
-        custom_fields.push(r.custom_fields);
-        phone_numbers.push(r.phone_numbers);
-        street_addresses.push(r.street_addresses);
-        taggings.push(r.taggings);
-        create_source.push(r.create_source);
-        update_source.push(r.update_source);
+        custom_fields.push(&r.custom_fields);
+        phone_numbers.push(&r.phone_numbers);
+        street_addresses.push(&r.street_addresses);
+        taggings.push(&r.taggings);
+        create_source.push(r.create_source.as_deref());
+        update_source.push(r.update_source.as_deref());
         created_at.push(r.created_at);
         updated_at.push(r.updated_at);
         deleted_at.push(r.deleted_at);
@@ -374,32 +374,26 @@ pub async fn write_page(
 ) -> Result<Written, sqlx::Error> {
     let mut out = Written::default();
     let mut at = std::time::Instant::now();
-    let lap = |at: &mut std::time::Instant| {
-        let now = std::time::Instant::now();
-        let us = now.duration_since(*at).as_micros() as u64;
-        *at = now;
-        us
-    };
     match new_rows {
         NewRows::Copy if !w.inserts.is_empty() => {
             insert_new(conn, account, w.inserts).await?;
-            out.contacts_us += lap(&mut at);
+            out.contacts_us += super::lap(&mut at);
             memberships::insert_new(conn, account, w.insert_memberships).await?;
-            out.memberships_us += lap(&mut at);
+            out.memberships_us += super::lap(&mut at);
         }
         NewRows::Copy => {}
         NewRows::Upsert => {
             upsert(conn, account, w.inserts).await?;
-            out.contacts_us += lap(&mut at);
+            out.contacts_us += super::lap(&mut at);
             memberships::add(conn, account, w.insert_memberships).await?;
-            out.memberships_us += lap(&mut at);
+            out.memberships_us += super::lap(&mut at);
         }
     }
     upsert(conn, account, w.updates).await?;
-    out.contacts_us += lap(&mut at);
+    out.contacts_us += super::lap(&mut at);
     memberships::remove(conn, account, w.remove_memberships).await?;
     memberships::add(conn, account, w.add_memberships).await?;
-    out.memberships_us += lap(&mut at);
+    out.memberships_us += super::lap(&mut at);
     Ok(out)
 }
 

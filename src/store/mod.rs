@@ -112,6 +112,14 @@ fn is_transient_connect_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Microseconds since `at`, and `at` moved to now: one phase of a page's apply timed.
+pub(crate) fn lap(at: &mut std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let us = now.duration_since(*at).as_micros() as u64;
+    *at = now;
+    us
+}
+
 /// A pulled page's transaction: `BEGIN` and `SET LOCAL synchronous_commit = off` in one
 /// round trip.
 ///

@@ -89,14 +89,6 @@ impl std::ops::AddAssign for ApplyPhases {
     }
 }
 
-/// Microseconds since `*at`, which moves to now.
-fn lap(at: &mut std::time::Instant) -> u64 {
-    let now = std::time::Instant::now();
-    let us = now.duration_since(*at).as_micros() as u64;
-    *at = now;
-    us
-}
-
 /// A progress bar for a walk shown on a terminal.
 fn progress_bar(job: &str, account: &str, total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
@@ -411,10 +403,10 @@ async fn apply_page_with(
     }
     let mut ids: Vec<Uuid> = incoming.iter().map(|i| i.row.contact_id).collect();
     ids.sort_unstable();
-    phases.convert = lap(&mut at);
+    phases.convert = store::lap(&mut at);
     let mut tx = store::begin_page(&ctx.pool).await?;
     let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
-    phases.load = lap(&mut at);
+    phases.load = store::lap(&mut at);
     let mut plan = merge::plan_page(incoming, &stored, spec.lists_filter);
     let max_seen = incoming
         .iter()
@@ -423,7 +415,7 @@ async fn apply_page_with(
     // One order for every writer's row locks and key checks (no deadlock between pages).
     plan.inserts.sort_unstable_by_key(|r| r.contact_id);
     plan.updates.sort_unstable_by_key(|r| r.contact_id);
-    phases.merge = lap(&mut at);
+    phases.merge = store::lap(&mut at);
     let written = store::contacts::write_page(
         &mut tx,
         account,
@@ -437,7 +429,7 @@ async fn apply_page_with(
         new_rows,
     )
     .await?;
-    lap(&mut at);
+    store::lap(&mut at);
     phases.upsert = written.contacts_us;
     phases.memberships = written.memberships_us;
     let written = store::changes::append(
@@ -448,18 +440,18 @@ async fn apply_page_with(
         &plan.changes,
     )
     .await?;
-    phases.changes = lap(&mut at);
+    phases.changes = store::lap(&mut at);
     let refusals = newly_unsubscribed(incoming, &plan);
     let outbound_skipped =
         store::optouts::skip_pending_list_adds(&mut tx, account, &refusals).await?;
     store::poison::append(&mut tx, account, Some(spec.run_id), &notes).await?;
-    phases.other = lap(&mut at);
+    phases.other = store::lap(&mut at);
     if ctx.dry_run {
         tx.rollback().await?;
     } else {
         tx.commit().await?;
     }
-    phases.commit = lap(&mut at);
+    phases.commit = store::lap(&mut at);
     Ok(PageApplied {
         phases,
         stats: plan.stats,
