@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::context::JobContext;
 use super::pager::Pager;
@@ -34,17 +34,13 @@ pub(super) fn worth_slicing(ctx: &JobContext, first: &ContactsPage) -> bool {
 
 /// What the first page of a slice shows its planner.
 fn facts(page: &ContactsPage, spec: &PageSpec<'_>) -> FirstPage {
-    let (mut earliest, mut latest) = (None, None);
-    for c in &page.contacts {
-        if let Some(t) = (spec.watermark_of)(&c.row) {
-            earliest = Some(earliest.map_or(t, |e: DateTime<Utc>| e.min(t)));
-            latest = latest.max(Some(t));
-        }
-    }
     FirstPage {
         contacts_count: page.contacts_count.unwrap_or(page.contacts.len() as u64),
-        earliest,
-        latest,
+        times: page
+            .contacts
+            .iter()
+            .filter_map(|c| (spec.watermark_of)(&c.row))
+            .collect(),
     }
 }
 
@@ -213,6 +209,14 @@ async fn walk_slice(
         piece.remaining_pages,
         piece.streams,
     ));
+    debug!(
+        after = ?slice.after,
+        before = ?slice.before,
+        contacts = first.contacts_count,
+        remaining_pages = piece.remaining_pages,
+        pieces = n,
+        "a slice's first page"
+    );
     if n > 1 && PagingLinks::next_href(&page.links).is_some() {
         let pieces = slices::cut(slice, &first, Utc::now(), n);
         if pieces.len() > 1 {
