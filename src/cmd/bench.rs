@@ -398,6 +398,7 @@ async fn apply_stage(
         lists_filter: None,
         run_id: uuid::Uuid::new_v4(),
         watermark_of: sync::walk::updated_at_mark,
+        new_guess: &Default::default(),
     };
     let (mut contacts, mut timed, mut fetching) = (0u64, Duration::ZERO, Duration::ZERO);
     let mut phases = sync::walk::ApplyPhases::default();

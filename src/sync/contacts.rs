@@ -135,6 +135,7 @@ pub async fn sweep(
         lists_filter: filter.as_ref(),
         run_id,
         watermark_of: spec.watermark_of,
+        new_guess: &Default::default(),
     };
     if spec.since != Since::UpdatedAfter || ctx.settings.sync.slice_streams <= 1 {
         return pull(ctx, &client, spec.job, first, before, &page_spec).await;

@@ -169,6 +169,7 @@ async fn run(
         lists_filter: filter.as_ref(),
         run_id,
         watermark_of: super::walk::updated_at_mark,
+        new_guess: &Default::default(),
     };
     let mut stats = PullStats {
         dry_run: ctx.dry_run,

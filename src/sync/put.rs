@@ -306,6 +306,7 @@ async fn apply(
         lists_filter,
         run_id,
         watermark_of: updated_at_mark,
+        new_guess: &Default::default(),
     };
     apply_page(ctx, &spec, &page)
         .await

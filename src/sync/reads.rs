@@ -161,6 +161,7 @@ pub async fn read_contacts(
                 lists_filter,
                 run_id,
                 watermark_of: updated_at_mark,
+                new_guess: &Default::default(),
             };
             read_by_email(ctx, client, &spec, emails).await?
         }

@@ -187,6 +187,7 @@ async fn deleted_sweep(
         lists_filter: filter.as_ref(),
         run_id,
         watermark_of: walk::updated_at_mark,
+        new_guess: &Default::default(),
     };
     walk::pull(ctx, &sub, Job::Deletes, first, before, &spec)
         .await
@@ -387,6 +388,7 @@ async fn unsubscribed_sweep(
         lists_filter: filter.as_ref(),
         run_id,
         watermark_of: optout_mark,
+        new_guess: &Default::default(),
     };
     let mut max_seen: Option<DateTime<Utc>> = None;
     let mut pages = Pager::new(client, first);

@@ -3,7 +3,7 @@
 //! advanced only once every page is committed ([`pull`]). The sequential pull, the sweeps
 //! built on it (`contacts`) and each slice of a sliced pull (`slices`) walk through here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub struct PullStats {
     /// Pages applied again by upserts because another writer stored one of their new
     /// contacts first (see [`apply_page`]).
     pub pages_reapplied: u64,
+    /// Pages taken as all new to the store ([`NewGuess`]) that held a stored contact, and
+    /// were applied again with a lookup.
+    pub pages_guessed_wrong: u64,
     pub api_requests: u64,
     pub contacts_count: Option<u64>,
     /// Time spent applying pages to PostgreSQL, summed over pages (two apply at once).
@@ -123,6 +126,31 @@ pub struct PageSpec<'a> {
     pub run_id: Uuid,
     /// The timestamp each page's maximum is taken of.
     pub watermark_of: WatermarkOf,
+    /// Whether the walk's next page is likely all new to the store (see [`NewGuess`]).
+    pub new_guess: &'a NewGuess,
+}
+
+/// What a walk has learnt about its pages: whether the last page looked up found none of
+/// its contacts stored (a first sync, a backfill). While it holds, pages are copied in
+/// without looking them up first — the primary key still refuses a contact that is stored,
+/// and such a page is then applied again the ordinary way, which also ends the guess.
+#[derive(Debug, Default)]
+pub struct NewGuess(std::sync::atomic::AtomicBool);
+
+impl NewGuess {
+    /// Pages smaller than this teach nothing (a catch-up pull's few contacts): they are
+    /// always looked up.
+    pub const MIN_PAGE: usize = 50;
+
+    pub fn holds(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a page of `looked_up` contacts was looked up and `found` of them were stored.
+    fn learn(&self, looked_up: usize, found: usize) {
+        let all_new = found == 0 && looked_up >= Self::MIN_PAGE;
+        self.0.store(all_new, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Pages through `first` and its next links, applying each page; the watermark of `job`
@@ -301,6 +329,7 @@ impl PullStats {
         self.poison += applied.poison;
         self.nul_removed += applied.nul_removed;
         self.pages_reapplied += u64::from(applied.raced);
+        self.pages_guessed_wrong += u64::from(applied.guessed_wrong);
         if applied.poison > 0 && !dry_run {
             metrics::counter!("ccsync_poison_records_total", "account" => account.to_string())
                 .increment(applied.poison);
@@ -316,6 +345,7 @@ impl PullStats {
         self.poison += other.poison;
         self.nul_removed += other.nul_removed;
         self.pages_reapplied += other.pages_reapplied;
+        self.pages_guessed_wrong += other.pages_guessed_wrong;
         self.apply_ms += other.apply_ms;
         self.apply_phases_us += other.apply_phases_us;
     }
@@ -337,6 +367,9 @@ pub struct PageApplied {
     /// Another writer stored one of the page's new contacts first: the page was applied
     /// again by upserts.
     pub raced: bool,
+    /// The page was taken as all new ([`NewGuess`]) but held a stored contact: it was
+    /// applied again with a lookup.
+    pub guessed_wrong: bool,
     /// The page's largest `watermark_of` (what the walk's watermark may advance to once
     /// every page up to here is committed).
     pub max_seen: Option<DateTime<Utc>>,
@@ -354,25 +387,42 @@ pub async fn apply_page(
     spec: &PageSpec<'_>,
     page: &ContactsPage,
 ) -> anyhow::Result<PageApplied> {
-    use store::contacts::NewRows;
-    match apply_page_with(ctx, spec, page, NewRows::Copy).await {
+    let first = if spec.new_guess.holds() {
+        Attempt::GuessNew
+    } else {
+        Attempt::LookUp(store::contacts::NewRows::Copy)
+    };
+    match apply_page_with(ctx, spec, page, first).await {
         Err(e)
             if e.downcast_ref::<sqlx::Error>()
                 .is_some_and(store::contacts::is_unique_violation) =>
         {
-            let mut applied = apply_page_with(ctx, spec, page, NewRows::Upsert).await?;
-            applied.raced = true;
+            let again = Attempt::LookUp(store::contacts::NewRows::Upsert);
+            let mut applied = apply_page_with(ctx, spec, page, again).await?;
+            match first {
+                Attempt::GuessNew => applied.guessed_wrong = true,
+                Attempt::LookUp(_) => applied.raced = true,
+            }
             Ok(applied)
         }
         done => done,
     }
 }
 
+/// How a page's contacts are matched with the store.
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    /// Locked and read first; those not stored written as [`NewRows`](store::contacts::NewRows) says.
+    LookUp(store::contacts::NewRows),
+    /// Taken as all new ([`NewGuess`]): copied in without a lookup.
+    GuessNew,
+}
+
 async fn apply_page_with(
     ctx: &JobContext,
     spec: &PageSpec<'_>,
     page: &ContactsPage,
-    new_rows: store::contacts::NewRows,
+    attempt: Attempt,
 ) -> anyhow::Result<PageApplied> {
     let account = spec.account;
     let mut phases = ApplyPhases::default();
@@ -405,7 +455,14 @@ async fn apply_page_with(
     ids.sort_unstable();
     phases.convert = store::lap(&mut at);
     let mut tx = store::begin_page(&ctx.pool).await?;
-    let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
+    let (stored, new_rows) = match attempt {
+        Attempt::LookUp(new_rows) => {
+            let stored = store::contacts::load_for_update(&mut tx, account, &ids).await?;
+            spec.new_guess.learn(ids.len(), stored.len());
+            (stored, new_rows)
+        }
+        Attempt::GuessNew => (HashMap::new(), store::contacts::NewRows::Copy),
+    };
     phases.load = store::lap(&mut at);
     let mut plan = merge::plan_page(incoming, &stored, spec.lists_filter);
     let max_seen = incoming
@@ -461,6 +518,7 @@ async fn apply_page_with(
         nul_removed,
         memberships_removed: plan.remove_memberships.len() as u64,
         raced: false,
+        guessed_wrong: false,
         max_seen,
     })
 }

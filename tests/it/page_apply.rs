@@ -8,7 +8,7 @@ use std::time::Duration;
 use ccsync::ctct::dto::Contact;
 use ccsync::ctct::page::ContactsPage;
 use ccsync::store::copy::{copy_in, CopyRows};
-use ccsync::sync::walk::{apply_page, updated_at_mark, PageSpec};
+use ccsync::sync::walk::{apply_page, updated_at_mark, NewGuess, PageSpec};
 use ccsync::sync::Job;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
@@ -167,6 +167,7 @@ async fn race(writer: Contact, page: Contact) -> (bool, String, Vec<Uuid>, i64) 
             lists_filter: None,
             run_id: Uuid::new_v4(),
             watermark_of: updated_at_mark,
+            new_guess: &NewGuess::default(),
         };
         apply_page(&ctx, &spec, &ContactsPage::from_contacts(vec![page])).await
     });
@@ -243,8 +244,10 @@ async fn a_new_contact_another_writer_stores_first_is_merged_and_the_newer_versi
 async fn a_first_sync_looks_contacts_up_by_key_however_large_the_store_grows() {
     // Small pages, many of them: with a plan cached while the table was empty, every page's
     // lookup read all the contacts stored so far (quadratic in the account's size).
+    // Pages too small to teach a walk that they are all new (`NewGuess`): every one is
+    // looked up.
     let h = Harness::with(8_000, |s| {
-        s.sync.page_size = 50;
+        s.sync.page_size = NewGuess::MIN_PAGE as u32 - 1;
         s.sync.slice_streams = 1;
     })
     .await;
@@ -283,7 +286,7 @@ async fn a_first_sync_looks_contacts_up_by_key_however_large_the_store_grows() {
         (inserted >= 8_000).then(|| row.get::<i64, _>("read"))
     })
     .await;
-    // Each page probes its 50 ids (none stored yet). While the table is a page or two,
+    // Each page probes its 49 ids (none stored yet). While the table is a page or two,
     // the planner may still read it whole (about 10,000 rows in all); a plan cached then
     // kept reading every stored contact per page: over 150,000 rows for 6,000 contacts,
     // growing with the square of the account's size.
@@ -292,5 +295,110 @@ async fn a_first_sync_looks_contacts_up_by_key_however_large_the_store_grows() {
         "{read} contact rows read to look up 8,000 new contacts"
     );
     assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
+    h.db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_guess_loses_nothing() {
+    let h = Harness::new(0).await;
+    let guess = NewGuess::default();
+    let spec = PageSpec {
+        account: "default",
+        lists_filter: None,
+        run_id: Uuid::new_v4(),
+        watermark_of: updated_at_mark,
+        new_guess: &guess,
+    };
+    let list = Uuid::from_u128(7);
+    let page_of = |n: usize, stamp: &str| -> Vec<Contact> {
+        (0..n)
+            .map(|_| contact(Uuid::new_v4(), "New", stamp, &[list]))
+            .collect()
+    };
+
+    // A first page, looked up: none of its 60 contacts stored, so the next is guessed new.
+    let first = page_of(60, "2026-03-01T00:00:00Z");
+    let kept = first[0].contact_id;
+    let applied = apply_page(&h.ctx, &spec, &ContactsPage::from_contacts(first))
+        .await
+        .unwrap();
+    assert!(!applied.guessed_wrong);
+    assert!(guess.holds(), "a page of 60 new contacts teaches the guess");
+    let changes_of = |id: Uuid| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ccsync.changes WHERE contact_id = $1")
+            .bind(id)
+            .fetch_one(&h.db.pool)
+    };
+    let kept_changes = changes_of(kept).await.unwrap();
+    assert!(kept_changes > 0);
+
+    // The next page is copied in without a lookup, and is all new.
+    let applied = apply_page(
+        &h.ctx,
+        &spec,
+        &ContactsPage::from_contacts(page_of(60, "2026-03-01T00:00:00Z")),
+    )
+    .await
+    .unwrap();
+    assert!(!applied.guessed_wrong && guess.holds());
+    assert_eq!(
+        h.db.count("SELECT count(*) FROM ccsync.contacts").await,
+        120
+    );
+
+    // A page that holds an older copy of a stored contact: the guess is wrong, the copy
+    // fails on the key, and the page is applied again with a lookup — the stale guard keeps
+    // the stored copy, the other 59 are stored, and no `changes` row of the failed try
+    // remains.
+    let mut third = page_of(59, "2026-03-02T00:00:00Z");
+    third.push(contact(kept, "Older", "2026-02-01T00:00:00Z", &[]));
+    let applied = apply_page(&h.ctx, &spec, &ContactsPage::from_contacts(third))
+        .await
+        .unwrap();
+    assert!(applied.guessed_wrong && !applied.raced);
+    assert!(
+        !guess.holds(),
+        "a page with a stored contact ends the guess"
+    );
+    assert_eq!(
+        h.db.count("SELECT count(*) FROM ccsync.contacts").await,
+        179
+    );
+    let row = sqlx::query("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
+        .bind(kept)
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>("first_name"), "New");
+    let kept_lists: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ccsync.list_memberships WHERE contact_id = $1")
+            .bind(kept)
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kept_lists, 1,
+        "the stale page did not take the contact off its list"
+    );
+    assert_eq!(changes_of(kept).await.unwrap(), kept_changes);
+    assert_eq!(
+        h.db.count("SELECT count(*) FROM ccsync.list_memberships")
+            .await,
+        179
+    );
+
+    // Looked up again, a page of new contacts starts the guess again.
+    apply_page(
+        &h.ctx,
+        &spec,
+        &ContactsPage::from_contacts(page_of(60, "2026-03-03T00:00:00Z")),
+    )
+    .await
+    .unwrap();
+    assert!(guess.holds());
+    assert_eq!(
+        h.db.count("SELECT count(*) FROM ccsync.contacts").await,
+        239
+    );
     h.db.cleanup().await;
 }
