@@ -46,6 +46,9 @@ pub(crate) async fn api_layer(
     req: Request,
     next: Next,
 ) -> Response {
+    // The rate limit sees a request when it arrives, as the API's edge would — not when
+    // the state lock is next free (another request's page may hold it for milliseconds).
+    let arrived = Instant::now();
     if !(req.uri().path() == "/v3" || req.uri().path().starts_with("/v3/")) {
         return next.run(req).await;
     }
@@ -94,7 +97,7 @@ pub(crate) async fn api_layer(
         });
         match account {
             None => Decision::Unauthorized,
-            Some(account) => match limits::check(&mut st, Instant::now()) {
+            Some(account) => match limits::check(&mut st, arrived) {
                 LimitOutcome::Throttled => Decision::Throttled,
                 LimitOutcome::QuotaExceeded => Decision::Quota,
                 LimitOutcome::Ok => {
