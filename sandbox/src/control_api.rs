@@ -322,8 +322,10 @@ async fn set_limits(State(inner): State<Arc<Inner>>, body: Rejected<LimitsBody>)
         Err(e) => return bad_json(e),
     };
     let mut st = inner.lock();
-    st.limits.per_second = b.requests_per_second;
-    st.limits.tat = None;
+    *inner.rate() = super::state::Rate {
+        per_second: b.requests_per_second,
+        tat: None,
+    };
     st.limits.daily_quota = b.daily_quota;
     if let Some(ms) = b.latency_ms {
         st.limits.latency = Duration::from_millis(ms);

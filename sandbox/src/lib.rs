@@ -243,9 +243,10 @@ impl Sandbox {
     }
 
     pub fn set_rate_limit(&self, per_second: Option<f64>) {
-        let mut st = self.inner.lock();
-        st.limits.per_second = per_second;
-        st.limits.tat = None;
+        *self.inner.rate() = state::Rate {
+            per_second,
+            tat: None,
+        };
     }
 
     /// Latency of every admitted `/v3` request: `fixed` + uniform(0, `jitter`).
@@ -331,8 +332,6 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
         access_tokens: HashMap::new(),
         clock_offset: chrono::Duration::zero(),
         limits: Limits {
-            per_second: cfg.requests_per_second,
-            tat: None,
             daily_quota: cfg.daily_quota,
             day: None,
             day_count: 0,
@@ -351,6 +350,10 @@ fn build_inner(cfg: SandboxConfig) -> Inner {
     generator::generate(acct, cfg.contacts, cfg.lists, cfg.seed, now);
     Inner {
         state: Mutex::new(st),
+        rate: Mutex::new(state::Rate {
+            per_second: cfg.requests_per_second,
+            tat: None,
+        }),
         client_id: cfg.client_id,
         client_secret: cfg.client_secret,
         access_token_ttl: cfg.access_token_ttl,

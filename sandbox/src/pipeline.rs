@@ -52,6 +52,12 @@ pub(crate) async fn api_layer(
     if !(req.uri().path() == "/v3" || req.uri().path().starts_with("/v3/")) {
         return next.run(req).await;
     }
+    // Checked at once, in arrival order; a request without a token is not the key's.
+    let admission = if bearer(req.headers()).is_some() {
+        limits::admit(&mut inner.rate(), arrived)
+    } else {
+        limits::Admission::Unlimited
+    };
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -96,8 +102,11 @@ pub(crate) async fn api_layer(
                 .map(|a| a.account.clone())
         });
         match account {
-            None => Decision::Unauthorized,
-            Some(account) => match limits::check(&mut st, arrived) {
+            None => {
+                limits::refund(&mut inner.rate(), admission);
+                Decision::Unauthorized
+            }
+            Some(account) => match limits::check(&mut st, admission) {
                 LimitOutcome::Throttled => Decision::Throttled,
                 LimitOutcome::QuotaExceeded => Decision::Quota,
                 LimitOutcome::Ok => {

@@ -671,9 +671,6 @@ pub(crate) struct AccessToken {
 
 /// Per API key limits (one API key: the sandbox's client_id).
 pub(crate) struct Limits {
-    pub per_second: Option<f64>,
-    /// GCRA theoretical arrival time.
-    pub tat: Option<Instant>,
     pub daily_quota: Option<u64>,
     pub day: Option<NaiveDate>,
     pub day_count: u64,
@@ -720,8 +717,20 @@ pub(crate) struct State {
     pub oauth: super::oauth_state::OAuthState,
 }
 
+/// The API key's requests-per-second limit, apart from the state lock: a request is
+/// checked the moment it arrives, in the order requests arrive, as the API's edge would —
+/// never behind another request's page that holds the state lock (which made an on-time
+/// request look early, or two requests checked out of order).
+#[derive(Debug, Default)]
+pub(crate) struct Rate {
+    pub per_second: Option<f64>,
+    /// GCRA theoretical arrival time.
+    pub tat: Option<Instant>,
+}
+
 pub(crate) struct Inner {
     pub state: Mutex<State>,
+    pub rate: Mutex<Rate>,
     pub client_id: String,
     pub client_secret: String,
     pub access_token_ttl: std::time::Duration,
@@ -730,6 +739,11 @@ pub(crate) struct Inner {
 impl Inner {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rate limit. Taken alone, or after the state lock — never the other way round.
+    pub fn rate(&self) -> MutexGuard<'_, Rate> {
+        self.rate.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -786,8 +800,6 @@ mod latency_tests {
     #[test]
     fn a_drawn_latency_lies_in_fixed_plus_jitter_and_spreads_over_it() {
         let l = Limits {
-            per_second: None,
-            tat: None,
             daily_quota: None,
             day: None,
             day_count: 0,

@@ -464,12 +464,13 @@ pub(super) async fn backfill(
     let mut rows = Vec::with_capacity(modes.len());
     let account = "bench";
     let (db_url, pool) = demo_pool("ccsync_bench").await?;
-    let sb = Sandbox::start(SandboxConfig {
+    let apart = SandboxThreads::start(SandboxConfig {
         contacts: 0,
         requests_per_second: (rate > 0.0).then_some(rate),
         ..SandboxConfig::default()
     })
     .await?;
+    let sb = &apart.sandbox;
     let ctl = sb.account(account);
     ctl.generate(contacts, 8, 42);
     ctl.set_export_contact_ids(true);
@@ -548,9 +549,37 @@ pub(super) async fn backfill(
         );
         rows.push(row);
     }
-    sb.shutdown();
+    apart.stop();
     pool.close().await;
     Ok(rows)
+}
+
+/// The sandbox served by threads of its own, as a remote API would be: its rate limit
+/// stamps a request when the request arrives, and a request that holds the sandbox's state
+/// lock for a few milliseconds (a large slice's first scan) must not stall ccsync's
+/// runtime — nor, with two worker threads, the sandbox's own intake of the next request,
+/// which then looked early and was answered `throttled`.
+struct SandboxThreads {
+    sandbox: Sandbox,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SandboxThreads {
+    async fn start(cfg: SandboxConfig) -> anyhow::Result<SandboxThreads> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("sandbox")
+            .enable_all()
+            .build()
+            .context("starting the sandbox's threads")?;
+        let sandbox = runtime.spawn(Sandbox::start(cfg)).await??;
+        Ok(SandboxThreads { sandbox, runtime })
+    }
+
+    fn stop(self) {
+        self.sandbox.shutdown();
+        self.runtime.shutdown_background();
+    }
 }
 
 /// The row kinds `bench push` measures.
