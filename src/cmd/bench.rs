@@ -393,13 +393,12 @@ async fn apply_stage(
         ..Default::default()
     };
     let mut pages = sync::pager::Pager::new(&client, client.contacts_url(&query)?);
-    let spec = sync::walk::PageSpec {
-        account: &account.id,
-        lists_filter: None,
-        run_id: uuid::Uuid::new_v4(),
-        watermark_of: sync::walk::updated_at_mark,
-        new_guess: &Default::default(),
-    };
+    let spec = sync::walk::PageSpec::new(
+        &account.id,
+        None,
+        uuid::Uuid::new_v4(),
+        sync::walk::updated_at_mark,
+    );
     let (mut contacts, mut timed, mut fetching) = (0u64, Duration::ZERO, Duration::ZERO);
     let mut phases = sync::walk::ApplyPhases::default();
     loop {

@@ -130,13 +130,7 @@ pub async fn sweep(
         .contacts_url(&query)
         .with_context(|| format!("building the {} URL", spec.job))?;
     let filter = lists_filter(account);
-    let page_spec = PageSpec {
-        account: &account.id,
-        lists_filter: filter.as_ref(),
-        run_id,
-        watermark_of: spec.watermark_of,
-        new_guess: &Default::default(),
-    };
+    let page_spec = PageSpec::new(&account.id, filter.as_ref(), run_id, spec.watermark_of);
     if spec.since != Since::UpdatedAfter || ctx.settings.sync.slice_streams <= 1 {
         return pull(ctx, &client, spec.job, first, before, &page_spec).await;
     }

@@ -164,13 +164,12 @@ async fn run(
     };
     export.created_at = Some(created);
     // 3. Deleted contacts, paged while the exports run.
-    let spec = PageSpec {
-        account: &account.id,
-        lists_filter: filter.as_ref(),
+    let spec = PageSpec::new(
+        &account.id,
+        filter.as_ref(),
         run_id,
-        watermark_of: super::walk::updated_at_mark,
-        new_guess: &Default::default(),
-    };
+        super::walk::updated_at_mark,
+    );
     let mut stats = PullStats {
         dry_run: ctx.dry_run,
         ..Default::default()

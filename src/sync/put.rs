@@ -301,13 +301,7 @@ async fn apply(
         }
     };
     let page = ContactsPage::from_contacts(vec![c]);
-    let spec = PageSpec {
-        account: client.account(),
-        lists_filter,
-        run_id,
-        watermark_of: updated_at_mark,
-        new_guess: &Default::default(),
-    };
+    let spec = PageSpec::new(client.account(), lists_filter, run_id, updated_at_mark);
     apply_page(ctx, &spec, &page)
         .await
         .context("applying a written contact to the store")?;

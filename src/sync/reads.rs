@@ -156,13 +156,7 @@ pub async fn read_contacts(
         }
         // `choose` never answers Mixed (that is two reads put together).
         Reader::PerContact | Reader::Mixed => {
-            let spec = PageSpec {
-                account,
-                lists_filter,
-                run_id,
-                watermark_of: updated_at_mark,
-                new_guess: &Default::default(),
-            };
+            let spec = PageSpec::new(account, lists_filter, run_id, updated_at_mark);
             read_by_email(ctx, client, &spec, emails).await?
         }
     };

@@ -182,13 +182,7 @@ async fn deleted_sweep(
     let filter = lists::lists_filter(account);
     // A client of its own, so that the sweep's request count is its own.
     let sub = client.api().account(client.account());
-    let spec = PageSpec {
-        account: &account.id,
-        lists_filter: filter.as_ref(),
-        run_id,
-        watermark_of: walk::updated_at_mark,
-        new_guess: &Default::default(),
-    };
+    let spec = PageSpec::new(&account.id, filter.as_ref(), run_id, walk::updated_at_mark);
     walk::pull(ctx, &sub, Job::Deletes, first, before, &spec)
         .await
         .context("reading every deleted contact")
@@ -383,13 +377,7 @@ async fn unsubscribed_sweep(
         limit: ctx.settings.sync.page_size,
         ..Default::default()
     })?;
-    let spec = PageSpec {
-        account: &account.id,
-        lists_filter: filter.as_ref(),
-        run_id,
-        watermark_of: optout_mark,
-        new_guess: &Default::default(),
-    };
+    let spec = PageSpec::new(&account.id, filter.as_ref(), run_id, optout_mark);
     let mut max_seen: Option<DateTime<Utc>> = None;
     let mut pages = Pager::new(client, first);
     while let Some(p) = pages.next().await? {

@@ -117,8 +117,7 @@ pub fn updated_at_mark(row: &ContactRow) -> Option<DateTime<Utc>> {
     Some(row.updated_at)
 }
 
-/// How the pages of one walk are applied.
-#[derive(Clone, Copy)]
+/// How the pages of one walk are applied, and what the walk has learnt of them.
 pub struct PageSpec<'a> {
     pub account: &'a str,
     /// Lists whose memberships are synced (`None` = all).
@@ -127,7 +126,25 @@ pub struct PageSpec<'a> {
     /// The timestamp each page's maximum is taken of.
     pub watermark_of: WatermarkOf,
     /// Whether the walk's next page is likely all new to the store (see [`NewGuess`]).
-    pub new_guess: &'a NewGuess,
+    pub new_guess: NewGuess,
+}
+
+impl<'a> PageSpec<'a> {
+    /// A walk's spec, with nothing learnt yet of its pages.
+    pub fn new(
+        account: &'a str,
+        lists_filter: Option<&'a HashSet<Uuid>>,
+        run_id: Uuid,
+        watermark_of: WatermarkOf,
+    ) -> Self {
+        PageSpec {
+            account,
+            lists_filter,
+            run_id,
+            watermark_of,
+            new_guess: NewGuess::default(),
+        }
+    }
 }
 
 /// What a walk has learnt about its pages: whether the last page looked up found none of

@@ -136,6 +136,22 @@ fn contact(id: Uuid, first_name: &str, updated_at: &str, lists: &[Uuid]) -> Cont
     .unwrap()
 }
 
+const FIRST_NAME: &str = "SELECT first_name FROM ccsync.contacts WHERE contact_id = $1";
+const LISTS: &str = "SELECT coalesce(array_agg(list_id ORDER BY list_id), '{}')
+                     FROM ccsync.list_memberships WHERE contact_id = $1";
+
+/// One value about one contact: `sql` with its id as `$1`.
+async fn of_contact<T>(pool: &sqlx::PgPool, sql: &str, id: Uuid) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Another writer (a racing slice, a push's read) stores `writer` in a transaction left
 /// open; the page with `page` is applied meanwhile and must wait for it; the writer
 /// commits. The page is applied again by upsert; what ends stored is returned.
@@ -162,13 +178,7 @@ async fn race(writer: Contact, page: Contact) -> (bool, String, Vec<Uuid>, i64) 
 
     let ctx = h.ctx.clone();
     let applying = tokio::spawn(async move {
-        let spec = PageSpec {
-            account: "default",
-            lists_filter: None,
-            run_id: Uuid::new_v4(),
-            watermark_of: updated_at_mark,
-            new_guess: &NewGuess::default(),
-        };
+        let spec = PageSpec::new("default", None, Uuid::new_v4(), updated_at_mark);
         apply_page(&ctx, &spec, &ContactsPage::from_contacts(vec![page])).await
     });
     // The page planned the contact as new (the writer had not committed) and its copy
@@ -194,20 +204,10 @@ async fn race(writer: Contact, page: Contact) -> (bool, String, Vec<Uuid>, i64) 
         .await
         .unwrap()
         .expect("the page applies after the race");
-    let row = sqlx::query("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
-        .bind(id)
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
-    let lists: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT list_id FROM ccsync.list_memberships WHERE contact_id = $1 ORDER BY list_id",
-    )
-    .bind(id)
-    .fetch_all(&h.db.pool)
-    .await
-    .unwrap();
+    let name: String = of_contact(&h.db.pool, FIRST_NAME, id).await;
+    let lists: Vec<Uuid> = of_contact(&h.db.pool, LISTS, id).await;
     let n = h.db.count("SELECT count(*) FROM ccsync.contacts").await;
-    let out = (applied.raced, row.get::<String, _>("first_name"), lists, n);
+    let out = (applied.raced, name, lists, n);
     other.close().await.ok();
     h.db.cleanup().await;
     out
@@ -301,14 +301,7 @@ async fn a_first_sync_looks_contacts_up_by_key_however_large_the_store_grows() {
 #[tokio::test]
 async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_guess_loses_nothing() {
     let h = Harness::new(0).await;
-    let guess = NewGuess::default();
-    let spec = PageSpec {
-        account: "default",
-        lists_filter: None,
-        run_id: Uuid::new_v4(),
-        watermark_of: updated_at_mark,
-        new_guess: &guess,
-    };
+    let spec = PageSpec::new("default", None, Uuid::new_v4(), updated_at_mark);
     let list = Uuid::from_u128(7);
     let page_of = |n: usize, stamp: &str| -> Vec<Contact> {
         (0..n)
@@ -323,13 +316,12 @@ async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_gue
         .await
         .unwrap();
     assert!(!applied.guessed_wrong);
-    assert!(guess.holds(), "a page of 60 new contacts teaches the guess");
-    let changes_of = |id: Uuid| {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ccsync.changes WHERE contact_id = $1")
-            .bind(id)
-            .fetch_one(&h.db.pool)
-    };
-    let kept_changes = changes_of(kept).await.unwrap();
+    assert!(
+        spec.new_guess.holds(),
+        "a page of 60 new contacts teaches the guess"
+    );
+    let changes_of_kept = "SELECT count(*) FROM ccsync.changes WHERE contact_id = $1";
+    let kept_changes: i64 = of_contact(&h.db.pool, changes_of_kept, kept).await;
     assert!(kept_changes > 0);
 
     // The next page is copied in without a lookup, and is all new.
@@ -340,7 +332,7 @@ async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_gue
     )
     .await
     .unwrap();
-    assert!(!applied.guessed_wrong && guess.holds());
+    assert!(!applied.guessed_wrong && spec.new_guess.holds());
     assert_eq!(
         h.db.count("SELECT count(*) FROM ccsync.contacts").await,
         120
@@ -357,30 +349,23 @@ async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_gue
         .unwrap();
     assert!(applied.guessed_wrong && !applied.raced);
     assert!(
-        !guess.holds(),
+        !spec.new_guess.holds(),
         "a page with a stored contact ends the guess"
     );
     assert_eq!(
         h.db.count("SELECT count(*) FROM ccsync.contacts").await,
         179
     );
-    let row = sqlx::query("SELECT first_name FROM ccsync.contacts WHERE contact_id = $1")
-        .bind(kept)
-        .fetch_one(&h.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(row.get::<String, _>("first_name"), "New");
-    let kept_lists: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ccsync.list_memberships WHERE contact_id = $1")
-            .bind(kept)
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
+    let name: String = of_contact(&h.db.pool, FIRST_NAME, kept).await;
+    assert_eq!(name, "New");
+    let kept_lists: Vec<Uuid> = of_contact(&h.db.pool, LISTS, kept).await;
     assert_eq!(
-        kept_lists, 1,
+        kept_lists,
+        vec![list],
         "the stale page did not take the contact off its list"
     );
-    assert_eq!(changes_of(kept).await.unwrap(), kept_changes);
+    let changes: i64 = of_contact(&h.db.pool, changes_of_kept, kept).await;
+    assert_eq!(changes, kept_changes);
     assert_eq!(
         h.db.count("SELECT count(*) FROM ccsync.list_memberships")
             .await,
@@ -395,7 +380,7 @@ async fn a_walk_that_found_its_pages_new_copies_without_a_lookup_and_a_wrong_gue
     )
     .await
     .unwrap();
-    assert!(guess.holds());
+    assert!(spec.new_guess.holds());
     assert_eq!(
         h.db.count("SELECT count(*) FROM ccsync.contacts").await,
         239
