@@ -110,11 +110,27 @@ async fn run_with_lock(
     }
     let started = Instant::now();
     // The lock lives as long as its connection: when that connection dies, another process
-    // may take the lock, so the run stops (as a kill would stop it: every step is safe to
-    // interrupt) instead of running alongside the next one.
+    // may take the lock, so the run stops instead of running alongside the next one. It
+    // stops at its next safe point (a page boundary, a request), on a token of its own, and
+    // is awaited: dropped mid-statement, a page's `COPY` would return its connection to the
+    // pool one answer out of step with the server, and the next query on it would read the
+    // answer of the one before (sqlx 0.8).
+    let run_ctx = JobContext {
+        cancel: ctx.cancel.child_token(),
+        ..ctx.clone()
+    };
+    let running = execute(&run_ctx, account, job, run_id);
+    tokio::pin!(running);
     let mut result = tokio::select! {
-        r = execute(ctx, account, job, run_id) => r,
-        lost = watch_lock(&mut lock_conn) => Err(lost),
+        r = &mut running => r,
+        lost = watch_lock(&mut lock_conn) => {
+            run_ctx.cancel.cancel();
+            match running.await {
+                // It ended on its own: what it did is done.
+                Ok(stats) => Ok(stats),
+                Err(_) => Err(lost),
+            }
+        }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if let Ok(stats) = &mut result {

@@ -1166,6 +1166,29 @@ async fn postgresql_connections_cut_mid_push_leave_every_row_pending_or_terminal
     p.db.cleanup().await;
 }
 
+/// Every connection in `pool` answers its own query: none was left out of step with its
+/// server by work dropped mid-statement.
+async fn assert_pool_in_step(pool: &PgPool) {
+    // Held all at once, so each connection the pool has is asked once.
+    let mut held = Vec::new();
+    for _ in 0..pool.size().max(1) {
+        held.push(pool.acquire().await.unwrap());
+    }
+    for (i, conn) in held.iter_mut().enumerate() {
+        let asked = i as i32 + 1_000;
+        let answer: Result<i32, sqlx::Error> = sqlx::query_scalar("SELECT $1::int4")
+            .bind(asked)
+            .fetch_one(&mut **conn)
+            .await;
+        assert_eq!(
+            answer.ok(),
+            Some(asked),
+            "pooled connection {i} of {} answered out of step",
+            held.len()
+        );
+    }
+}
+
 /// Makes every insert into `ccsync.contacts` fail with `sqlstate` (and `message`) while
 /// `ccsync_fault.on` is true.
 async fn install_insert_fault(pool: &PgPool, body: &str) {
@@ -1558,6 +1581,18 @@ async fn a_run_whose_lock_connection_dies_stops_and_the_next_run_converges() {
         delay: Duration::from_millis(300),
         times: 1_000,
     });
+    // Slow statements too: each page's `COPY` into `changes` waits on a trigger, so the
+    // lock is likely lost while a page is mid-`COPY`. A run dropped there returned its
+    // connection to the pool one answer out of step (sqlx 0.8), and the next query on it
+    // read the answer of the one before.
+    for sql in [
+        "CREATE FUNCTION public.slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+        "CREATE TRIGGER slow_changes AFTER INSERT ON ccsync.changes
+           FOR EACH STATEMENT EXECUTE FUNCTION public.slow_statement()",
+    ] {
+        sqlx::query(sql).execute(&h.db.pool).await.unwrap();
+    }
     let run = h.run(Job::Contacts);
     let kill_lock = async {
         eventually("page 1 committed", Duration::from_secs(60), || async {
@@ -1585,6 +1620,11 @@ async fn a_run_whose_lock_connection_dies_stops_and_the_next_run_converges() {
         h.db.count("SELECT count(*) FROM ccsync.contacts").await < 3_000,
         "the run stopped before the end"
     );
+    assert_pool_in_step(&h.db.pool).await;
+    sqlx::query("DROP TRIGGER slow_changes ON ccsync.changes")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
     h.sb.clear_faults();
     h.run_ok(Job::Contacts).await;
     assert_store_equals_sandbox(&h.db.pool, &h.sb).await;
