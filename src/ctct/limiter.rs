@@ -36,6 +36,47 @@ impl Pacer {
     }
 }
 
+/// When this process's requests actually leave. Slots are spaced by the interval, but a
+/// request that wakes late for its slot (a busy machine, a slow answer to the claim) leaves
+/// its successor, on time for the next slot, less than the interval behind it, and the API
+/// counts arrivals, not slots: at 40 requests/s a few milliseconds of lateness drew
+/// `throttled` answers. So a request also leaves no sooner than `gap` after the one before
+/// it (`store::pacer` sets the gap a little under the interval: see `DEPARTURE_GAP`).
+pub struct Departures {
+    gap: Duration,
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Departures {
+    pub fn new(gap: Duration) -> Self {
+        Departures {
+            gap,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Leaves at `now` (recorded) and returns `None`, or returns how long to wait first.
+    pub fn try_leave(&self, now: tokio::time::Instant) -> Option<Duration> {
+        // A poisoned lock only means another request panicked while holding it; the
+        // instant inside is still the last departure.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(before) if now < before + self.gap => Some(before + self.gap - now),
+            _ => {
+                *last = Some(now);
+                None
+            }
+        }
+    }
+
+    /// Waits until `gap` since the previous departure has passed, then leaves.
+    pub async fn leave(&self) {
+        while let Some(wait) = self.try_leave(tokio::time::Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The budget's verdict on one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
@@ -117,6 +158,30 @@ mod tests {
         assert_eq!(b.take("a").await.unwrap(), Budget::Granted { used: 2 });
         assert_eq!(b.take("a").await.unwrap(), Budget::Exhausted);
         assert_eq!(b.used(), 2);
+    }
+
+    #[test]
+    fn a_departure_waits_out_the_gap_after_the_one_before_it() {
+        let d = Departures::new(Duration::from_millis(25));
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(d.try_leave(t0), None, "the first leaves at once");
+        // Its successor's slot came 20 ms later (the first woke 5 ms late for its own).
+        assert_eq!(
+            d.try_leave(t0 + Duration::from_millis(20)),
+            Some(Duration::from_millis(5))
+        );
+        // Waiting did not count as leaving: the gap is still measured from t0.
+        assert_eq!(
+            d.try_leave(t0 + Duration::from_millis(24)),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(d.try_leave(t0 + Duration::from_millis(25)), None);
+        // A late wake-up leaves later; the next gap counts from when it left.
+        assert_eq!(d.try_leave(t0 + Duration::from_millis(60)), None);
+        assert_eq!(
+            d.try_leave(t0 + Duration::from_millis(75)),
+            Some(Duration::from_millis(10))
+        );
     }
 
     #[tokio::test]

@@ -746,6 +746,32 @@ async fn request_slots_are_evenly_spaced_across_processes() {
 }
 
 #[tokio::test]
+async fn a_request_leaves_no_sooner_than_the_interval_after_the_one_before_it() {
+    use ccsync::ctct::limiter::SharedPacer;
+    use ccsync::store::pacer::PgPacer;
+    let db = TestDb::new().await;
+    let p = PgPacer::new(db.pool.clone(), "key", 10.0).unwrap();
+    p.wait_turn().await.unwrap();
+    let first = Instant::now();
+    // The next slot is free at once, as it is to a request whose predecessor woke late
+    // for its own slot: the slots say go, the last departure says wait.
+    sqlx::query(
+        "UPDATE ccsync.api_pacer SET next_slot_at = clock_timestamp() - interval '1 second'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    p.wait_turn().await.unwrap();
+    let gap = first.elapsed();
+    // 95 % of the 100 ms interval (the slack left for making up a late departure).
+    assert!(
+        gap >= Duration::from_millis(95),
+        "left {gap:?} after the one before"
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_failing_account_does_not_stop_the_others() {
     let (db, sb, good) = setup(40).await;
     let opts = Opts::new(vec![
