@@ -33,13 +33,14 @@ pub struct PgPacer {
 impl PgPacer {
     /// `None` when `requests_per_second` is 0 (pacing off).
     pub fn new(pool: PgPool, api_key: &str, requests_per_second: f64) -> Option<PgPacer> {
-        (requests_per_second > 0.0 && requests_per_second.is_finite()).then(|| PgPacer {
-            pool,
-            api_key: api_key.to_string(),
-            interval: Duration::from_secs_f64(1.0 / requests_per_second),
-            departures: Departures::new(Duration::from_secs_f64(
-                DEPARTURE_GAP / requests_per_second,
-            )),
+        (requests_per_second > 0.0 && requests_per_second.is_finite()).then(|| {
+            let interval = Duration::from_secs_f64(1.0 / requests_per_second);
+            PgPacer {
+                pool,
+                api_key: api_key.to_string(),
+                interval,
+                departures: Departures::new(interval.mul_f64(DEPARTURE_GAP)),
+            }
         })
     }
 
