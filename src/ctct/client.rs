@@ -458,6 +458,9 @@ impl AccountClient {
                 }
                 _ => {}
             }
+            if let (Error::Throttled { .. }, Some(shared)) = (&err, &api.shared_pacer) {
+                shared.throttled();
+            }
             let may_retry =
                 err.is_retryable() && (idempotent || matches!(err, Error::Throttled { .. }));
             if !may_retry {

@@ -29,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "ccsync_api_budget_remaining",
     "ccsync_api_requests_today",
     "ccsync_pacer_wait_seconds",
+    "ccsync_pacer_spacing_ratio",
     "ccsync_watermark_lag_seconds",
     "ccsync_last_success_age_seconds",
     "ccsync_outbound_rows",
@@ -127,6 +128,10 @@ fn describe() {
         "ccsync_pacer_wait_seconds",
         metrics::Unit::Seconds,
         "Wait for a shared request slot"
+    );
+    describe_gauge!(
+        "ccsync_pacer_spacing_ratio",
+        "Request slots' spacing over the API's nominal interval (above 1 after throttled answers)"
     );
     describe_gauge!(
         "ccsync_watermark_lag_seconds",

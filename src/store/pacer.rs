@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 
-use crate::ctct::limiter::{BudgetError, Departures, SharedPacer};
+use crate::ctct::limiter::{BudgetError, Departures, SharedPacer, Spacing};
 
 /// The least time between two of this process's departures, as a share of the interval.
 /// Not the whole interval: a request that left late would then hold back every later one,
@@ -25,9 +25,13 @@ const DEPARTURE_GAP: f64 = 0.95;
 pub struct PgPacer {
     pool: PgPool,
     api_key: String,
+    /// The API's interval (1 / requests per second).
     interval: Duration,
     /// This process's requests, spaced by when they leave (slots alone miss late wake-ups).
     departures: Departures,
+    /// How much wider than `interval` this process claims its slots (learned from
+    /// `throttled` answers).
+    spacing: std::sync::Mutex<Spacing>,
 }
 
 impl PgPacer {
@@ -35,20 +39,37 @@ impl PgPacer {
     pub fn new(pool: PgPool, api_key: &str, requests_per_second: f64) -> Option<PgPacer> {
         (requests_per_second > 0.0 && requests_per_second.is_finite()).then(|| {
             let interval = Duration::from_secs_f64(1.0 / requests_per_second);
+            metrics::gauge!("ccsync_pacer_spacing_ratio").set(Spacing::NOMINAL.factor());
             PgPacer {
                 pool,
                 api_key: api_key.to_string(),
                 interval,
                 departures: Departures::new(interval.mul_f64(DEPARTURE_GAP)),
+                spacing: std::sync::Mutex::new(Spacing::NOMINAL),
             }
         })
     }
 
-    /// Claims the next slot; returns how long to wait for it.
+    /// Claims the next slot, `interval` (widened by the learned spacing) after the one
+    /// before; returns how long to wait for it.
     pub async fn claim(&self) -> Result<Duration, sqlx::Error> {
-        Ok(claim_slot(&self.pool, &self.api_key, self.interval)
-            .await?
-            .wait)
+        let interval = self.interval.mul_f64(self.spacing().factor());
+        Ok(claim_slot(&self.pool, &self.api_key, interval).await?.wait)
+    }
+
+    /// The spacing learned so far.
+    pub fn spacing(&self) -> Spacing {
+        // A poisoned lock only means a panic while it was held; the value is still whole.
+        *self.spacing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_spacing(&self, change: impl FnOnce(&mut Spacing)) {
+        let mut s = self.spacing.lock().unwrap_or_else(|e| e.into_inner());
+        let before = s.factor();
+        change(&mut s);
+        if s.factor() != before {
+            metrics::gauge!("ccsync_pacer_spacing_ratio").set(s.factor());
+        }
     }
 }
 
@@ -115,7 +136,16 @@ impl SharedPacer for PgPacer {
                 );
             }
             self.departures.leave().await;
+            self.update_spacing(Spacing::departed);
             Ok(())
         })
+    }
+
+    fn throttled(&self) {
+        self.update_spacing(Spacing::throttled);
+        tracing::debug!(
+            spacing = self.spacing().factor(),
+            "throttled: request slots spaced wider"
+        );
     }
 }

@@ -266,6 +266,63 @@ async fn throttling_5xx_resets_and_truncated_bodies_are_retried_and_recovered() 
 }
 
 #[tokio::test]
+async fn throttled_answers_space_the_requests_wider_until_they_stop() {
+    // ccsync paces 10 % faster than the API allows: to a limiter that counts arrivals and
+    // remembers lateness (the sandbox's GCRA, burst 1, 10 % tolerance) that is what requests
+    // delayed by a busy machine look like. Paced as configured, every second request of a
+    // busy stretch would be answered `throttled`.
+    let h = Harness::with(10, |s| {
+        s.constant_contact.requests_per_second = 22.0;
+        s.constant_contact.max_retries = 20;
+    })
+    .await;
+    h.sb.set_rate_limit(Some(20.0));
+    let client = h.ctx.api.account("default");
+    let url = client
+        .contacts_url(&ccsync::ctct::ContactsQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    // Four requesters, so the pacer always has a request waiting (a busy stretch).
+    const EACH: usize = 40;
+    let requesters = (0..4).map(|_| {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            for _ in 0..EACH {
+                client.contacts_page(url.clone()).await.unwrap();
+            }
+        })
+    });
+    for r in futures_util::future::join_all(requesters).await {
+        r.unwrap();
+    }
+    let statuses: Vec<u16> =
+        h.sb.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/contacts"))
+            .map(|r| r.status)
+            .collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 4 * EACH, "{statuses:?}");
+    // The first throttled answers widen the spacing (2 % each) until it is past the
+    // API's interval; the second half of the run then meets few.
+    let (first, second) = statuses.split_at(statuses.len() / 2);
+    let throttled = |part: &[u16]| part.iter().filter(|s| **s == 429).count();
+    assert!(
+        throttled(first) >= 1,
+        "the pacer was not too fast: {statuses:?}"
+    );
+    assert!(
+        throttled(second) * 5 <= second.len(),
+        "{} of the last {} requests throttled: {statuses:?}",
+        throttled(second),
+        second.len()
+    );
+    h.finish().await;
+}
+
+#[tokio::test]
 async fn persistent_5xx_gives_up_after_a_bounded_number_of_retries() {
     let h = Harness::new(10).await;
     h.sb.inject(Fault::Status {
