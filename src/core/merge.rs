@@ -246,6 +246,7 @@ mod tests {
             created_at: DateTime::from_timestamp(0, 0),
             updated_at: DateTime::from_timestamp(updated, 0).unwrap(),
             deleted_at: None,
+            jsonb_text: Default::default(),
         }
     }
 

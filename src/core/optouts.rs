@@ -111,6 +111,7 @@ mod tests {
             created_at: None,
             updated_at: DateTime::from_timestamp(10, 0).unwrap_or_default(),
             deleted_at: None,
+            jsonb_text: Default::default(),
         }
     }
 

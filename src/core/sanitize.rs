@@ -137,10 +137,16 @@ pub fn strip_nul_row(row: &mut ContactRow) -> Vec<&'static str> {
         ("street_addresses", &mut row.street_addresses),
         ("taggings", &mut row.taggings),
     ];
+    let mut json_changed = false;
     for (name, value) in jsons {
         if strip_nul_json(value) {
             fields.push(name);
+            json_changed = true;
         }
+    }
+    if json_changed {
+        // The text the values came from still holds the NULs.
+        row.jsonb_text = Default::default();
     }
     fields
 }
@@ -178,6 +184,7 @@ mod tests {
             created_at: None,
             updated_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
             deleted_at: None,
+            jsonb_text: Default::default(),
         }
     }
 

@@ -3,31 +3,56 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::dto::Contact;
-use crate::core::contact::{ContactRow, Incoming};
+use crate::core::contact::{ContactRow, Incoming, JsonbText};
 use crate::core::sanitize::strip_nul_row;
 
 /// Converts the API's contact into the local row shape (email lower-cased, NULs removed:
 /// PostgreSQL refuses them).
-pub fn to_incoming(c: &Contact) -> Incoming {
-    into_incoming_noted(c.clone()).0
+pub fn to_incoming(c: &Contact) -> Result<Incoming, serde_json::Error> {
+    Ok(into_incoming_noted(c.clone())?.0)
 }
 
 /// [`to_incoming`] of a contact given up (its values are moved, not copied), and the
-/// columns that lost NUL characters on the way (for the caller to record).
-pub fn into_incoming_noted(c: Contact) -> (Incoming, Vec<&'static str>) {
-    let mut incoming = convert(c);
+/// columns that lost NUL characters on the way (for the caller to record). Fails when one
+/// of the array columns' text is not a JSON value ccsync can hold (a lone surrogate, a
+/// number out of range: text that is well-formed JSON only to a scanner).
+pub fn into_incoming_noted(c: Contact) -> Result<(Incoming, Vec<&'static str>), serde_json::Error> {
+    let mut incoming = convert(c)?;
     let stripped = strip_nul_row(&mut incoming.row);
-    (incoming, stripped)
+    Ok((incoming, stripped))
 }
 
-fn convert(c: Contact) -> Incoming {
-    let arr = |v: Option<Value>| match v {
-        Some(Value::Null) | None => Value::Array(Vec::new()),
-        Some(v) => v,
-    };
+/// An array column's value and text; `[]` when absent (a JSON `null` decodes as absent).
+fn array_column(raw: Option<Box<RawValue>>) -> Result<(Value, Box<RawValue>), serde_json::Error> {
+    match raw {
+        Some(raw) => Ok((serde_json::from_str(raw.get())?, raw)),
+        None => Ok((
+            Value::Array(Vec::new()),
+            RawValue::from_string("[]".to_owned())?,
+        )),
+    }
+}
+
+/// Whether `v` holds a number that did not come as a plain integer (serde_json keeps those,
+/// and only those, as floating point).
+fn has_fraction_or_exponent(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_fraction_or_exponent),
+        Value::Object(o) => o.values().any(has_fraction_or_exponent),
+        _ => false,
+    }
+}
+
+fn convert(c: Contact) -> Result<Incoming, serde_json::Error> {
+    let (custom_fields, custom_fields_text) = array_column(c.custom_fields)?;
+    let (phone_numbers, phone_numbers_text) = array_column(c.phone_numbers)?;
+    let (street_addresses, street_addresses_text) = array_column(c.street_addresses)?;
+    let (taggings, taggings_text) = array_column(c.taggings)?;
     let deleted = c.deleted_at.is_some();
     let e = c.email_address.unwrap_or_default();
     let email = e.address.map(|a| {
@@ -57,10 +82,10 @@ fn convert(c: Contact) -> Incoming {
         opt_out_reason: e.opt_out_reason,
         confirm_status: e.confirm_status,
         email_updated_at: e.updated_at,
-        custom_fields: arr(c.custom_fields),
-        phone_numbers: arr(c.phone_numbers),
-        street_addresses: arr(c.street_addresses),
-        taggings: arr(c.taggings),
+        custom_fields,
+        phone_numbers,
+        street_addresses,
+        taggings,
         create_source: c.create_source,
         update_source: c.update_source,
         created_at: c.created_at,
@@ -71,19 +96,67 @@ fn convert(c: Contact) -> Incoming {
             .or(c.created_at)
             .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
         deleted_at: c.deleted_at,
+        jsonb_text: JsonbText(None),
     };
+    let mut row = row;
+    // With a number that is not a plain integer ("1e2", "2.50", "-0") PostgreSQL would
+    // store the text's own form, which reads back as another JSON number than the one
+    // parsed here (100 against 100.0) and would look like a change at every pull; such
+    // rows are stored from their values, as they always were.
+    let columns = [
+        &row.custom_fields,
+        &row.phone_numbers,
+        &row.street_addresses,
+        &row.taggings,
+    ];
+    if !columns.into_iter().any(has_fraction_or_exponent) {
+        row.jsonb_text = JsonbText(Some(Box::new([
+            custom_fields_text,
+            phone_numbers_text,
+            street_addresses_text,
+            taggings_text,
+        ])));
+    }
     // A deleted contact has no memberships, whatever the page says.
     let memberships = if deleted {
         Some(BTreeSet::new())
     } else {
         c.list_memberships.map(|m| m.into_iter().collect())
     };
-    Incoming { row, memberships }
+    Ok(Incoming { row, memberships })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_array_columns_keep_their_text_unless_a_number_would_read_back_differently() {
+        let contact = |custom: &str| -> Contact {
+            serde_json::from_str(&format!(
+                r#"{{"contact_id": "4a9e2a1c-5a62-4a7c-9f5e-1bd9b3ab8a11",
+                    "email_address": {{"address": "a@b.c"}},
+                    "custom_fields": {custom}, "taggings": null}}"#
+            ))
+            .unwrap()
+        };
+        let (i, _) = into_incoming_noted(contact(r#"[{"value": "x", "n": 7}]"#)).unwrap();
+        let texts = i.row.jsonb_text.0.as_ref().expect("text kept");
+        assert_eq!(texts[0].get(), r#"[{"value": "x", "n": 7}]"#);
+        assert_eq!(
+            texts[1].get(),
+            "[]",
+            "absent: the empty array, as its value"
+        );
+        assert_eq!(texts[3].get(), "[]", "null: the empty array, as its value");
+        assert_eq!(i.row.taggings, serde_json::json!([]));
+        for number in ["1e2", "2.50", "-0"] {
+            let (i, _) = into_incoming_noted(contact(&format!(r#"[{{"n": {number}}}]"#))).unwrap();
+            assert!(i.row.jsonb_text.0.is_none(), "{number}");
+        }
+        // Text that scans as JSON but is no value ccsync holds: the conversion fails.
+        assert!(into_incoming_noted(contact(r#"["\ud800"]"#)).is_err());
+    }
 
     #[test]
     fn nuls_from_the_api_are_removed_and_named_at_the_edge() {
@@ -96,7 +169,7 @@ mod tests {
         )
         .unwrap();
         let c = Contact::from_value(&v).unwrap();
-        let (i, fields) = into_incoming_noted(c.clone());
+        let (i, fields) = into_incoming_noted(c.clone()).unwrap();
         assert_eq!(i.row.first_name.as_deref(), Some("Anne"));
         assert_eq!(i.row.email.as_deref(), Some("a@b.c"));
         assert_eq!(
@@ -104,6 +177,7 @@ mod tests {
             serde_json::json!([{"custom_field_id": "x", "value": "v"}])
         );
         assert_eq!(fields, vec!["first_name", "custom_fields"]);
-        assert_eq!(to_incoming(&c), i);
+        assert_eq!(to_incoming(&c).unwrap(), i);
+        assert!(i.row.jsonb_text.0.is_none(), "the text still holds the NUL");
     }
 }

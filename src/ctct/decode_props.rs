@@ -251,11 +251,11 @@ fn check_page(page: &ContactsPage, body: &Value) -> Result<(), TestCaseError> {
     // opinion.
     let mut via_tree = Vec::new();
     let mut nuls_via_tree = Vec::new();
-    for c in elements
+    for (inc, stripped) in elements
         .iter()
         .filter_map(|e| super::dto::Contact::from_value(e).ok())
+        .filter_map(|c| into_incoming_noted(c).ok())
     {
-        let (inc, stripped) = into_incoming_noted(c);
         nuls_via_tree.extend(stripped.into_iter().map(|f| (inc.row.contact_id, f)));
         via_tree.push(inc);
     }

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,7 +28,8 @@ impl PagingLinks {
     }
 }
 
-/// `ContactResource`.
+/// `ContactResource`. The four array columns are kept as their JSON text (the edge
+/// conversion parses them and keeps the text for the store: `core::contact::JsonbText`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Contact {
     pub contact_id: Uuid,
@@ -59,15 +61,15 @@ pub struct Contact {
     #[serde(default, deserialize_with = "lenient_date")]
     pub deleted_at: Option<NaiveDate>,
     #[serde(default)]
-    pub custom_fields: Option<serde_json::Value>,
+    pub custom_fields: Option<Box<RawValue>>,
     #[serde(default)]
     pub list_memberships: Option<Vec<Uuid>>,
     #[serde(default)]
-    pub phone_numbers: Option<serde_json::Value>,
+    pub phone_numbers: Option<Box<RawValue>>,
     #[serde(default)]
-    pub street_addresses: Option<serde_json::Value>,
+    pub street_addresses: Option<Box<RawValue>>,
     #[serde(default)]
-    pub taggings: Option<serde_json::Value>,
+    pub taggings: Option<Box<RawValue>>,
 }
 
 impl Contact {

@@ -214,13 +214,20 @@ impl Columns {
             created_at: self.time(r, "created_at")?,
             updated_at: self.time(r, "updated_at")?,
             deleted_at: None,
-            custom_fields: Some(Value::Array(custom)),
+            custom_fields: Some(raw(&Value::Array(custom))?),
             list_memberships: None,
-            phone_numbers: phone,
-            street_addresses: (!address.is_empty()).then(|| json!([Value::Object(address)])),
+            phone_numbers: phone.as_ref().map(raw).transpose()?,
+            street_addresses: (!address.is_empty())
+                .then(|| raw(&json!([Value::Object(address)])))
+                .transpose()?,
             taggings: None,
         })
     }
+}
+
+/// A column's value as the JSON text a contact carries it in.
+fn raw(v: &Value) -> Result<Box<serde_json::value::RawValue>, String> {
+    serde_json::value::to_raw_value(v).map_err(|e| format!("cannot encode a column: {e}"))
 }
 
 /// A permission as the API spells it, from the forms an export may write (`Implicit`,
@@ -299,12 +306,21 @@ mod tests {
         assert!(e.opt_out_date.is_some());
         assert_eq!(c.first_name.as_deref(), Some("Ann"));
         assert_eq!(c.last_name, None);
+        let value = |r: &Option<Box<serde_json::value::RawValue>>| -> Option<Value> {
+            r.as_ref().map(|r| serde_json::from_str(r.get()).unwrap())
+        };
         assert_eq!(
-            c.custom_fields,
+            value(&c.custom_fields),
             Some(json!([{"custom_field_id": Uuid::from_u128(9), "value": "44"}]))
         );
-        assert_eq!(c.street_addresses, Some(json!([{"postal_code": "02134"}])));
-        assert_eq!(c.phone_numbers, Some(json!([{"phone_number": "555"}])));
+        assert_eq!(
+            value(&c.street_addresses),
+            Some(json!([{"postal_code": "02134"}]))
+        );
+        assert_eq!(
+            value(&c.phone_numbers),
+            Some(json!([{"phone_number": "555"}]))
+        );
         assert!(c.list_memberships.is_none() && c.deleted_at.is_none());
         assert!(c.updated_at.is_some());
     }

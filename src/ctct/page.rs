@@ -34,18 +34,26 @@ impl ContactsPage {
             ..Default::default()
         };
         for c in contacts {
-            page.push(c);
+            let id = c.contact_id;
+            if let Err(e) = page.push(c) {
+                page.rejected.push(Rejected {
+                    reason: format!("does not decode as a contact: {e}"),
+                    record: serde_json::json!({ "contact_id": id }),
+                });
+            }
         }
         page
     }
 
-    /// Adds a contact, converted (and its NUL removals noted).
-    pub fn push(&mut self, c: Contact) {
-        let (incoming, stripped) = into_incoming_noted(c);
+    /// Adds a contact, converted (and its NUL removals noted); nothing when it does not
+    /// convert ([`into_incoming_noted`]).
+    pub fn push(&mut self, c: Contact) -> Result<(), serde_json::Error> {
+        let (incoming, stripped) = into_incoming_noted(c)?;
         let id = incoming.row.contact_id;
         self.nul_removed
             .extend(stripped.into_iter().map(|f| (id, f)));
         self.contacts.push(incoming);
+        Ok(())
     }
 
     /// Adds another page's contacts and rejected elements.
@@ -80,16 +88,22 @@ impl ContactsPage {
         // serde would also decode a struct from a JSON array; only an object is a contact.
         if text.starts_with('{') {
             if let Ok(c) = serde_json::from_str::<Contact>(text) {
-                if has_address(c.email_address.as_ref().and_then(|e| e.address.as_deref())) {
-                    self.push(c);
+                // A column that does not convert takes the tree path, as an element that
+                // does not decode typed does.
+                if has_address(c.email_address.as_ref().and_then(|e| e.address.as_deref()))
+                    && self.push(c).is_ok()
+                {
                     return Ok(());
                 }
             }
         }
         let record: serde_json::Value = serde_json::from_str(text)?;
-        match Contact::from_value(&record) {
-            Ok(c) => self.push(c),
-            Err(reason) => self.rejected.push(Rejected { reason, record }),
+        let verdict = Contact::from_value(&record).and_then(|c| {
+            self.push(c)
+                .map_err(|e| format!("does not decode as a contact: {e}"))
+        });
+        if let Err(reason) = verdict {
+            self.rejected.push(Rejected { reason, record });
         }
         Ok(())
     }

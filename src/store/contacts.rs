@@ -47,6 +47,7 @@ fn row_from(r: &sqlx::postgres::PgRow) -> Result<ContactRow, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         deleted_at: r.try_get("deleted_at")?,
+        jsonb_text: Default::default(),
     })
 }
 
@@ -312,12 +313,31 @@ pub async fn insert_new(
             .opt_text(r.opt_out_reason.as_deref())
             .opt_text(r.confirm_status.as_deref())
             .opt_timestamptz(r.email_updated_at);
-        data.jsonb(&r.custom_fields)
-            .and_then(|d| d.jsonb(&r.phone_numbers))
-            .and_then(|d| d.jsonb(&r.street_addresses))
-            .and_then(|d| d.jsonb(&r.taggings))
-            .map_err(enc)?
-            .opt_text(r.create_source.as_deref())
+        let values = [
+            &r.custom_fields,
+            &r.phone_numbers,
+            &r.street_addresses,
+            &r.taggings,
+        ];
+        match &r.jsonb_text.0 {
+            // The text the values were decoded from: copied, not serialized again.
+            Some(texts) => {
+                for (text, value) in texts.iter().zip(values) {
+                    debug_assert_eq!(
+                        serde_json::from_str::<Value>(text.get()).ok().as_ref(),
+                        Some(value),
+                        "a row's jsonb text disagrees with its value"
+                    );
+                    data.jsonb_text(text.get());
+                }
+            }
+            None => {
+                for value in values {
+                    data.jsonb(value).map_err(enc)?;
+                }
+            }
+        }
+        data.opt_text(r.create_source.as_deref())
             .opt_text(r.update_source.as_deref())
             .opt_timestamptz(r.created_at)
             .timestamptz(r.updated_at)

@@ -133,6 +133,15 @@ impl CopyRows {
         Ok(self)
     }
 
+    /// `jsonb` from JSON text already in hand (not checked here: PostgreSQL parses it).
+    pub fn jsonb_text(&mut self, text: &str) -> &mut Self {
+        self.buf
+            .extend_from_slice(&((text.len() + 1) as i32).to_be_bytes());
+        self.buf.push(1);
+        self.buf.extend_from_slice(text.as_bytes());
+        self
+    }
+
     pub fn opt_jsonb<T: Serialize>(
         &mut self,
         v: Option<&T>,
@@ -235,5 +244,8 @@ mod tests {
             &data[HEADER.len()..HEADER.len() + 8],
             &[0, 0, 0, 4, 1, b'[', b'1', b']']
         );
+        let mut t = CopyRows::default();
+        t.jsonb_text("[1]");
+        assert_eq!(t.finish(), data, "text in hand encodes as the value does");
     }
 }
