@@ -53,6 +53,21 @@ fn convert(c: Contact) -> Result<Incoming, serde_json::Error> {
     let (phone_numbers, phone_numbers_text) = array_column(c.phone_numbers)?;
     let (street_addresses, street_addresses_text) = array_column(c.street_addresses)?;
     let (taggings, taggings_text) = array_column(c.taggings)?;
+    // With a number that is not a plain integer ("1e2", "2.50", "-0") PostgreSQL would
+    // store the text's own form, which reads back as another JSON number than the one
+    // parsed here (100 against 100.0) and would look like a change at every pull; such
+    // rows are stored from their values, as they always were.
+    let exact = ![&custom_fields, &phone_numbers, &street_addresses, &taggings]
+        .into_iter()
+        .any(has_fraction_or_exponent);
+    let jsonb_text = JsonbText(exact.then(|| {
+        Box::new([
+            custom_fields_text,
+            phone_numbers_text,
+            street_addresses_text,
+            taggings_text,
+        ])
+    }));
     let deleted = c.deleted_at.is_some();
     let e = c.email_address.unwrap_or_default();
     let email = e.address.map(|a| {
@@ -96,27 +111,8 @@ fn convert(c: Contact) -> Result<Incoming, serde_json::Error> {
             .or(c.created_at)
             .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
         deleted_at: c.deleted_at,
-        jsonb_text: JsonbText(None),
+        jsonb_text,
     };
-    let mut row = row;
-    // With a number that is not a plain integer ("1e2", "2.50", "-0") PostgreSQL would
-    // store the text's own form, which reads back as another JSON number than the one
-    // parsed here (100 against 100.0) and would look like a change at every pull; such
-    // rows are stored from their values, as they always were.
-    let columns = [
-        &row.custom_fields,
-        &row.phone_numbers,
-        &row.street_addresses,
-        &row.taggings,
-    ];
-    if !columns.into_iter().any(has_fraction_or_exponent) {
-        row.jsonb_text = JsonbText(Some(Box::new([
-            custom_fields_text,
-            phone_numbers_text,
-            street_addresses_text,
-            taggings_text,
-        ])));
-    }
     // A deleted contact has no memberships, whatever the page says.
     let memberships = if deleted {
         Some(BTreeSet::new())

@@ -63,13 +63,16 @@ impl PgPacer {
         *self.spacing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn update_spacing(&self, change: impl FnOnce(&mut Spacing)) {
+    /// Applies `change` to the spacing; returns the new factor.
+    fn update_spacing(&self, change: impl FnOnce(&mut Spacing)) -> f64 {
         let mut s = self.spacing.lock().unwrap_or_else(|e| e.into_inner());
         let before = s.factor();
         change(&mut s);
-        if s.factor() != before {
-            metrics::gauge!("ccsync_pacer_spacing_ratio").set(s.factor());
+        let after = s.factor();
+        if after != before {
+            metrics::gauge!("ccsync_pacer_spacing_ratio").set(after);
         }
+        after
     }
 }
 
@@ -142,10 +145,7 @@ impl SharedPacer for PgPacer {
     }
 
     fn throttled(&self) {
-        self.update_spacing(Spacing::throttled);
-        tracing::debug!(
-            spacing = self.spacing().factor(),
-            "throttled: request slots spaced wider"
-        );
+        let spacing = self.update_spacing(Spacing::throttled);
+        tracing::debug!(spacing, "throttled: request slots spaced wider");
     }
 }
